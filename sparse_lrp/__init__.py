@@ -1,0 +1,37 @@
+"""sparse_lrp: Layer-wise Relevance Propagation for sparse and graph neural networks.
+
+Relevance moves along the non-zero connections of each layer: every edge ``i -> j``
+carries the message ``w_ji x_i / z_j * R_j`` (or a rule's variant of it), and the
+messages sum into input relevance. Dense, sparse and graph layers share that kernel.
+"""
+
+from . import rules
+from .backend import available_backends, get_backend, set_backend, use_backend
+from .kernel import edge_lrp
+from .linear import linear_lrp
+from .operators import EdgeOperator, prepare
+from .rules import AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WSquare, Z, ZBox, ZPlus
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "rules",
+    "edge_lrp",
+    "linear_lrp",
+    "prepare",
+    "EdgeOperator",
+    "Rule",
+    "Epsilon",
+    "Z",
+    "ZPlus",
+    "AlphaBeta",
+    "Gamma",
+    "WSquare",
+    "Flat",
+    "ZBox",
+    "Pass",
+    "available_backends",
+    "get_backend",
+    "set_backend",
+    "use_backend",
+]

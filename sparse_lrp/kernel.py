@@ -1,0 +1,257 @@
+"""The edge-wise LRP kernel: one algorithm for every rule and every linear operator.
+
+For an operator ``z_j = sum_{i->j} w_ji x_i + b_j`` and a rule made of groups of terms
+``f_k(x_i) g_k(w_ji)`` (see :mod:`sparse_lrp.rules`), each group computes::
+
+    d_j  = sum_k (g_k(W) f_k(x))_j + b^g_j            # denominators
+    s_j  = coef * [where] * R_j / stab(d_j)           # relevance per unit contribution
+    R_i += sum_k f_k(x_i) (g_k(W)ᵀ s)_i               # input relevance
+    R_e += sum_k g_k(w_e) sum_c f_k(x_i)_c s_jc       # relevance through edge e = (i -> j)
+
+The sums run over stored connections only. Two exact strategies evaluate them:
+``"spmm"`` as CSR sparse-dense products (never an ``[E, C]`` tensor) and ``"scatter"``
+as explicit per-edge messages aggregated with ``scatter_add`` in memory-bounded edge
+chunks.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
+from .rules import Pass, Rule
+from .validation import check_edge_index, check_finite, check_same, check_tensor
+
+__all__ = ["edge_lrp", "propagate", "stabilize", "Propagated"]
+
+STRATEGIES = ("auto", "spmm", "scatter")
+
+
+class Propagated(NamedTuple):
+    """What one propagation produced.
+
+    ``node``: input relevance ``[N_in, C]``; ``edge``: relevance per connection
+    (``[E]`` summed over channels) or None; ``absorbed``: the part of the output
+    relevance ``[N_out, C]`` taken by the bias and the stabiliser (``R_out - flowed``).
+    """
+
+    node: Tensor
+    edge: Tensor | None
+    absorbed: Tensor | None
+
+
+def stabilize(d: Tensor, eps: float) -> Tensor:
+    """``d + eps * sign(d)`` with ``sign(0) = +1``."""
+    if eps == 0:
+        return d
+    return d + torch.where(d >= 0, eps, -eps)
+
+
+def _safe_divide(r: Tensor, d: Tensor) -> Tensor:
+    # A zero denominator (a dead unit, an output with no connections) passes nothing on.
+    zero = d == 0
+    return torch.where(zero, 0.0, r / torch.where(zero, 1.0, d))
+
+
+def _resolve_strategy(strategy: str, x: Tensor, op) -> str:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if isinstance(op, DenseOperator):
+        return "dense"
+    if strategy == "auto":
+        # CSR products are the faster exact path wherever torch implements them
+        # (float32/float64 on CPU and CUDA); half precisions fall back to messages.
+        return "spmm" if x.dtype in (torch.float32, torch.float64) else "scatter"
+    return strategy
+
+
+def propagate(
+    op: EdgeOperator | DenseOperator,
+    x: Tensor,
+    weight: Tensor,
+    relevance: Tensor,
+    rule: Rule,
+    bias: Tensor | None = None,
+    z: Tensor | None = None,
+    strategy: str = "auto",
+    want_edge: bool = False,
+    want_absorbed: bool = False,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+) -> Propagated:
+    """Run ``rule`` over operator ``op`` (no input checks; see :func:`edge_lrp`).
+
+    ``x [N_in, C]``, ``relevance [N_out, C]``; ``weight`` is the operator's stored
+    weights (``[E]`` for an edge operator, ``[N_out, N_in]`` for a dense one); ``bias``
+    broadcasts against ``[N_out, C]``; ``z`` is the forward output if already known.
+    """
+    strategy = _resolve_strategy(strategy, x, op)
+    use_bias = bias is not None and not rule.zero_bias
+    inputs: dict[str, Tensor] = {}
+    # Skip terms that are identically zero: x⁻ after a ReLU, w⁻ on a positive adjacency.
+    x_nonneg = bool((x >= 0).all()) if any(t.inp == "neg" for g in rule.groups for t in g.terms) else False
+    x_nonpos = bool((x <= 0).all()) if any(t.inp == "pos" for g in rule.groups for t in g.terms) else False
+
+    if rule.needs_output_sign and z is None:
+        z = op.forward(weight, x, strategy, max_memory)
+        if bias is not None:
+            z = z + bias
+
+    r_in = torch.zeros_like(x)
+    edge = None
+    flowed = torch.zeros_like(relevance) if want_absorbed else None
+    for group in rule.groups:
+        terms = []
+        for term in group.terms:
+            if (term.inp == "neg" and x_nonneg) or (term.inp == "pos" and x_nonpos):
+                continue
+            gw = op.transform(weight, term.weight)
+            if isinstance(op, EdgeOperator) and not bool(gw.any()):
+                continue
+            if term.inp not in inputs:
+                inputs[term.inp] = rule.input(term.inp, x)
+            terms.append((inputs[term.inp], gw))
+
+        if group.plain and z is not None:
+            d_nobias = z - bias if bias is not None else z
+            d = z if use_bias else d_nobias
+        else:
+            d = relevance.new_zeros(relevance.shape)
+            for f, gw in terms:
+                d = d + op.forward(gw, f, strategy, max_memory)
+            d_nobias = d
+            if use_bias:
+                d = d + group.bias(bias)
+        s = _safe_divide(relevance, stabilize(d, rule.stabilizer))
+        if group.where is not None:
+            s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
+        if group.coef != 1.0:
+            s = s * group.coef
+        if flowed is not None:
+            flowed = flowed + s * d_nobias
+        for f, gw in terms:
+            part, part_edge = op.backward(gw, f, s, strategy, want_edge, max_memory)
+            r_in = r_in + part
+            if part_edge is not None:
+                edge = part_edge if edge is None else edge + part_edge
+    if want_edge and edge is None:
+        edge = weight.new_zeros(weight.shape)
+    absorbed = relevance - flowed if flowed is not None else None
+    return Propagated(r_in, edge, absorbed)
+
+
+def edge_lrp(
+    x: Tensor,
+    edge_index: Tensor | EdgeOperator,
+    edge_weight: Tensor | None,
+    relevance: Tensor,
+    rule: Rule,
+    *,
+    bias: Tensor | None = None,
+    num_out: int | None = None,
+    z: Tensor | None = None,
+    return_edge_relevance: bool = False,
+    return_absorbed: bool = False,
+    strategy: str = "auto",
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    check: bool = True,
+):
+    """LRP through a sparse operator given as edges: the library's kernel.
+
+    For ``z_j = sum_{e=(i->j)} w_e x_i + b_j`` the basic rule gives
+    ``R_i = sum_{e=(i->j)} x_i w_e / z_j * R_j``; ``rule`` chooses the contributions
+    (see :mod:`sparse_lrp.rules`). Every edge is one connection.
+
+    Args:
+        x: inputs ``[N_in, C]`` (C channels: features, or a batch).
+        edge_index: ``[2, E]``; row 0 the input (source) index ``i``, row 1 the output
+            (target) index ``j``. Or an operator from :func:`sparse_lrp.prepare`,
+            which reuses its index structures.
+        edge_weight: ``[E]`` weights, or None for weight 1 on every edge.
+        relevance: output relevance ``[N_out, C]``.
+        rule: an LRP rule object.
+        bias: broadcasts against ``[N_out, C]``; takes its rule-specific share.
+        num_out: number of outputs (default ``relevance.shape[0]``).
+        z: the forward output ``W x + b`` if already known; saves one product for rules
+            whose denominator is the forward (Epsilon) or that need its sign (Gamma).
+        return_edge_relevance: also return the relevance through each edge, ``[E]``,
+            summed over channels.
+        return_absorbed: also return the relevance ``[N_out, C]`` absorbed by the bias
+            and the stabiliser; ``R_in.sum() + absorbed.sum() == relevance.sum()``.
+        strategy: ``"spmm"`` (sparse products), ``"scatter"`` (edge messages), or
+            ``"auto"`` (the faster exact one for the dtype).
+        max_memory: byte budget for the ``[chunk, C]`` temporaries of edge messages and
+            edge relevance.
+        check: validate inputs (internal callers that validated already pass False).
+
+    Returns:
+        ``R_in [N_in, C]``, followed by the edge relevance and the absorbed relevance
+        when requested.
+    """
+    if isinstance(rule, Pass) or not isinstance(rule, Rule):
+        raise TypeError(f"edge_lrp needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    op = edge_index if isinstance(edge_index, EdgeOperator) else None
+    if check:
+        check_tensor("x", x, ndim=2)
+        check_tensor("relevance", relevance, ndim=2)
+        if relevance.shape[1] != x.shape[1]:
+            raise ValueError(
+                f"relevance has {relevance.shape[1]} channels but x has {x.shape[1]} "
+                f"(x is [N_in, C] = {tuple(x.shape)}, relevance is [N_out, C] = {tuple(relevance.shape)})"
+            )
+        if num_out is not None and num_out != relevance.shape[0]:
+            raise ValueError(f"num_out={num_out} but relevance has {relevance.shape[0]} rows")
+        check_same("x", x, relevance=relevance, edge_weight=edge_weight, bias=bias, z=z)
+        ei = op.edge_index if op is not None else edge_index
+        if op is not None and (op.num_in != x.shape[0] or op.num_out != relevance.shape[0]):
+            raise ValueError(
+                f"prepared operator maps {op.num_in} -> {op.num_out} but x has {x.shape[0]} rows "
+                f"and relevance {relevance.shape[0]}"
+            )
+        check_edge_index(ei, x.shape[0], relevance.shape[0])
+        if ei.device != x.device:
+            raise ValueError(f"edge_index is on {ei.device} but x is on {x.device}")
+        if edge_weight is not None:
+            check_tensor("edge_weight", edge_weight, ndim=1)
+            if edge_weight.shape[0] != ei.shape[1]:
+                raise ValueError(
+                    f"edge_weight has {edge_weight.shape[0]} entries but edge_index has {ei.shape[1]} edges"
+                )
+        if bias is not None:
+            check_tensor("bias", bias)
+            try:
+                torch.broadcast_shapes(bias.shape, relevance.shape)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"bias of shape {tuple(bias.shape)} does not broadcast against relevance {tuple(relevance.shape)}"
+                ) from err
+        if z is not None and z.shape != relevance.shape:
+            raise ValueError(f"z has shape {tuple(z.shape)} but relevance has {tuple(relevance.shape)}")
+        for name, t in (("x", x), ("relevance", relevance), ("edge_weight", edge_weight), ("bias", bias)):
+            if t is not None:
+                check_finite(name, t)
+    if op is None:
+        op = EdgeOperator(edge_index, x.shape[0], relevance.shape[0])
+    if edge_weight is None:
+        edge_weight = x.new_ones(op.num_edges)
+    res = propagate(
+        op,
+        x,
+        edge_weight,
+        relevance,
+        rule,
+        bias=bias,
+        z=z,
+        strategy=strategy,
+        want_edge=return_edge_relevance,
+        want_absorbed=return_absorbed,
+        max_memory=max_memory,
+    )
+    out = (res.node,)
+    if return_edge_relevance:
+        out += (res.edge,)
+    if return_absorbed:
+        out += (res.absorbed,)
+    return out[0] if len(out) == 1 else out

@@ -1,0 +1,95 @@
+"""LRP for a linear layer ``y = x Wᵀ + b`` with a dense or sparse (COO/CSR) weight."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .kernel import propagate
+from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
+from .rules import Pass, Rule
+from .validation import check_finite, check_same, check_tensor
+
+__all__ = ["linear_lrp", "sparse_weight_edges"]
+
+
+def sparse_weight_edges(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """The connections of a sparse ``[out, in]`` weight as ``(edge_index, values)``.
+
+    Duplicate COO entries are summed first (a sparse tensor means the sum of its
+    entries), so a rule's weight transform sees each connection's real weight. The
+    edges run input (column) -> output (row).
+    """
+    coo = weight.to_sparse_coo() if weight.layout != torch.sparse_coo else weight
+    coo = coo.coalesce()
+    rows, cols = coo.indices()
+    return torch.stack([cols, rows]), coo.values()
+
+
+def linear_lrp(
+    x: Tensor,
+    weight: Tensor,
+    relevance: Tensor,
+    rule: Rule,
+    bias: Tensor | None = None,
+    *,
+    strategy: str = "auto",
+    return_absorbed: bool = False,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+):
+    """LRP through ``z = x Wᵀ + b`` (``torch.nn.Linear`` layout).
+
+    With the basic rule ``R_i = x_i sum_j w_ji / z_j R_j``; ``rule`` picks the variant.
+    A sparse weight runs the edge kernel over its stored connections (the batch becomes
+    the channels), so cost scales with the non-zeros, not with ``in * out``.
+
+    Args:
+        x: ``[B, in]`` inputs.
+        weight: ``[out, in]``, dense or a sparse COO/CSR tensor.
+        relevance: ``[B, out]`` output relevance.
+        rule: an LRP rule.
+        bias: ``[out]`` or None.
+        strategy: kernel strategy for sparse weights (``"auto"``, ``"spmm"``, ``"scatter"``).
+        return_absorbed: also return the ``[B, out]`` relevance absorbed by bias and
+            stabiliser.
+        max_memory: byte budget for the kernel's edge chunks.
+
+    Returns:
+        ``R_in [B, in]`` (and the absorbed relevance when requested).
+    """
+    if isinstance(rule, Pass) or not isinstance(rule, Rule):
+        raise TypeError(f"linear_lrp needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    check_tensor("x", x, ndim=2)
+    check_tensor("relevance", relevance, ndim=2)
+    check_tensor("weight", weight, ndim=2)
+    check_same("x", x, weight=weight, relevance=relevance, bias=bias)
+    n_out, n_in = weight.shape
+    if x.shape[1] != n_in:
+        raise ValueError(f"x has {x.shape[1]} features but weight [out, in] = {tuple(weight.shape)} expects {n_in}")
+    if relevance.shape != (x.shape[0], n_out):
+        raise ValueError(f"relevance must have shape [B, out] = {(x.shape[0], n_out)}, got {tuple(relevance.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1)
+        if bias.shape[0] != n_out:
+            raise ValueError(f"bias has {bias.shape[0]} entries but weight has {n_out} outputs")
+    for name, t in (("x", x), ("weight", weight), ("relevance", relevance), ("bias", bias)):
+        if t is not None:
+            check_finite(name, t)
+
+    # The kernel works on [N_in, C]: inputs are rows, the batch is the channels.
+    rule = rule.map_inputs(lambda t: torch.broadcast_to(t.to(x), x.shape).T)
+    xt, rt = x.T.contiguous(), relevance.T.contiguous()
+    b = bias[:, None] if bias is not None else None
+    if weight.layout in (torch.sparse_coo, torch.sparse_csr):
+        edge_index, values = sparse_weight_edges(weight)
+        op = EdgeOperator(edge_index, n_in, n_out)
+    elif weight.layout == torch.strided:
+        op, values = DenseOperator(weight), weight
+    else:
+        raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
+    res = propagate(
+        op, xt, values, rt, rule, bias=b, strategy=strategy, want_absorbed=return_absorbed, max_memory=max_memory
+    )
+    if return_absorbed:
+        return res.node.T, res.absorbed.T
+    return res.node.T

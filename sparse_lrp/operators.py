@@ -1,0 +1,185 @@
+"""The linear operators the LRP kernel runs on.
+
+Each operator is a linear map ``z = W x`` (``x [N_in, C] -> z [N_out, C]``, channels in
+the second dimension) and offers the three primitives every rule needs, for a weight
+transformed by a rule term (``g(w)``, applied to stored values only):
+
+* ``forward(gw, f)``: ``g(W) f``, the denominators;
+* ``backward(gw, f, s)``: ``f ⊙ (g(W)ᵀ s)``, the input relevance of one term, and with
+  ``want_edge`` the per-connection relevance ``g(w_ji) * sum_c f_ic s_jc``;
+* ``transform(fn)``: the stored weights mapped by ``fn``.
+
+:class:`EdgeOperator` is a sparse operator given as an edge list; it runs either as
+sparse (CSR) matrix products or as explicit edge messages with ``scatter_add``.
+:class:`DenseOperator` is a dense matrix, used by ``linear_lrp`` for dense weights.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from .backend import scatter_add
+
+__all__ = ["EdgeOperator", "DenseOperator", "prepare"]
+
+DEFAULT_MAX_MEMORY = 256 * 2**20
+
+# CSR products are the point of this module; torch's "beta" notice says nothing actionable.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+
+
+def _chunk_size(num_edges: int, channels: int, itemsize: int, max_memory: int, temporaries: int) -> int:
+    per_edge = max(1, channels * itemsize * temporaries)
+    return max(1, min(num_edges, int(max_memory) // per_edge))
+
+
+class EdgeOperator:
+    """A sparse operator ``z_j = sum_{e=(i->j)} w_e x_i`` given by ``edge_index [2, E]``.
+
+    Row 0 of ``edge_index`` is the input (source) index ``i``, row 1 the output
+    (target) index ``j`` (PyG's source-to-target convention). Each edge is its own
+    connection: multi-edges stay separate messages.
+
+    The CSR index structures for ``W`` and ``Wᵀ`` are built lazily on first use and then
+    reused, so preparing an operator once (:func:`prepare`) and passing it to
+    :func:`~sparse_lrp.edge_lrp` for many layers or targets pays the sort only once.
+    """
+
+    def __init__(self, edge_index: Tensor, num_in: int, num_out: int) -> None:
+        self.edge_index = edge_index
+        self.src = edge_index[0]
+        self.dst = edge_index[1]
+        self.num_in = int(num_in)
+        self.num_out = int(num_out)
+        self.num_edges = int(edge_index.shape[1])
+        self._by_dst: tuple[Tensor, Tensor, Tensor] | None = None
+        self._by_src: tuple[Tensor, Tensor, Tensor] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.edge_index.device
+
+    # -- CSR structures -------------------------------------------------------------
+    @staticmethod
+    def _csr_index(rows: Tensor, cols: Tensor, num_rows: int, num_cols: int) -> tuple[Tensor, Tensor, Tensor]:
+        # Sort by (row, col) so the CSR is canonical; a stable sort on the combined key
+        # keeps duplicates (multi-edges) in input order.
+        key = rows.to(torch.int64) * num_cols + cols.to(torch.int64)
+        perm = torch.argsort(key, stable=True)
+        counts = torch.bincount(rows, minlength=num_rows)
+        crow = torch.zeros(num_rows + 1, dtype=torch.int64, device=rows.device)
+        torch.cumsum(counts, 0, out=crow[1:])
+        return crow, cols[perm].to(torch.int64), perm
+
+    def build(self) -> EdgeOperator:
+        """Build both CSR index structures now (otherwise built on first use)."""
+        self._csr_by_dst()
+        self._csr_by_src()
+        return self
+
+    def _csr_by_dst(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._by_dst is None:
+            self._by_dst = self._csr_index(self.dst, self.src, self.num_out, self.num_in)
+        return self._by_dst
+
+    def _csr_by_src(self) -> tuple[Tensor, Tensor, Tensor]:
+        if self._by_src is None:
+            self._by_src = self._csr_index(self.src, self.dst, self.num_in, self.num_out)
+        return self._by_src
+
+    def csr(self, values: Tensor) -> Tensor:
+        """``W`` as a ``[N_out, N_in]`` CSR tensor with per-edge ``values [E]``."""
+        crow, col, perm = self._csr_by_dst()
+        return torch.sparse_csr_tensor(crow, col, values[perm], (self.num_out, self.num_in), check_invariants=False)
+
+    def csr_t(self, values: Tensor) -> Tensor:
+        """``Wᵀ`` as a ``[N_in, N_out]`` CSR tensor with per-edge ``values [E]``."""
+        crow, col, perm = self._csr_by_src()
+        return torch.sparse_csr_tensor(crow, col, values[perm], (self.num_in, self.num_out), check_invariants=False)
+
+    # -- primitives -----------------------------------------------------------------
+    def transform(self, weight: Tensor, fn) -> Tensor:
+        return fn(weight)
+
+    def forward(self, gw: Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
+        if strategy == "spmm":
+            return self.csr(gw) @ f
+        out = f.new_zeros(self.num_out, f.shape[1])
+        step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 2)
+        for a in range(0, self.num_edges, step):
+            src, dst = self.src[a : a + step], self.dst[a : a + step]
+            scatter_add(f[src] * gw[a : a + step, None], dst, self.num_out, out=out)
+        return out
+
+    def backward(
+        self, gw: Tensor, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
+    ) -> tuple[Tensor, Tensor | None]:
+        if strategy == "spmm":
+            r_in = f * (self.csr_t(gw) @ s)
+            return r_in, (gw * self.edge_dot(f, s, max_memory) if want_edge else None)
+        # The literal message-passing view: message_e = f(x_i) g(w_e) s_j on every edge.
+        r_in = f.new_zeros(self.num_in, f.shape[1])
+        edge = gw.new_zeros(self.num_edges) if want_edge else None
+        step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 3)
+        for a in range(0, self.num_edges, step):
+            src, dst = self.src[a : a + step], self.dst[a : a + step]
+            msg = f[src] * s[dst]
+            msg *= gw[a : a + step, None]
+            scatter_add(msg, src, self.num_in, out=r_in)
+            if edge is not None:
+                edge[a : a + step] = msg.sum(1)
+        return r_in, edge
+
+    def edge_dot(self, f: Tensor, s: Tensor, max_memory: int = DEFAULT_MAX_MEMORY) -> Tensor:
+        """``sum_c f[src_e, c] * s[dst_e, c]`` for every edge, in edge chunks (never ``[E, C]``)."""
+        out = f.new_empty(self.num_edges)
+        step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 2)
+        for a in range(0, self.num_edges, step):
+            prod = f[self.src[a : a + step]] * s[self.dst[a : a + step]]
+            torch.sum(prod, 1, out=out[a : a + step])
+        return out
+
+
+class DenseOperator:
+    """A dense ``W [N_out, N_in]``; the same primitives as :class:`EdgeOperator`."""
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        self.num_out, self.num_in = weight.shape
+
+    def transform(self, weight: Tensor, fn) -> Tensor:
+        return fn(weight)
+
+    def forward(self, gw: Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
+        return gw @ f
+
+    def backward(
+        self, gw: Tensor, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
+    ) -> tuple[Tensor, Tensor | None]:
+        # Connection relevance of a dense map is the full [N_out, N_in] matrix.
+        return f * (gw.T @ s), (gw * (s @ f.T) if want_edge else None)
+
+
+def prepare(edge_index: Tensor, num_in: int | None = None, num_out: int | None = None) -> EdgeOperator:
+    """Prepare an edge list once for repeated :func:`~sparse_lrp.edge_lrp` calls.
+
+    Builds the CSR index structures of ``W`` and ``Wᵀ`` (a sort and a count, the
+    expensive part of a sparse product on an unsorted ``edge_index``). Edge weights are
+    not part of the operator, so one prepared graph serves every layer and rule.
+
+    Args:
+        edge_index: ``[2, E]`` integer tensor, row 0 the inputs, row 1 the outputs.
+        num_in: number of inputs; defaults to ``edge_index.max() + 1`` (a graph's nodes).
+        num_out: number of outputs; defaults to ``num_in`` (square, as for a graph).
+    """
+    from .validation import check_edge_index
+
+    if num_in is None:
+        num_in = int(edge_index.max()) + 1 if edge_index.numel() else 0
+    if num_out is None:
+        num_out = num_in
+    check_edge_index(edge_index, num_in, num_out)
+    return EdgeOperator(edge_index, num_in, num_out).build()

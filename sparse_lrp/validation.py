@@ -1,0 +1,57 @@
+"""Input checks with errors that name the problem.
+
+They run once at the public entry points; internal calls pass ``check=False``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_tensor", "check_finite", "check_edge_index", "check_same"]
+
+
+def check_tensor(name: str, t: object, ndim: int | None = None, floating: bool = True) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {tuple(t.shape)}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
+    return t
+
+
+def check_finite(name: str, t: Tensor) -> None:
+    values = t.values() if t.layout == torch.sparse_coo else (t.values() if t.layout == torch.sparse_csr else t)
+    if values.numel() and not bool(torch.isfinite(values).all()):
+        bad = "NaN" if bool(torch.isnan(values).any()) else "Inf"
+        raise ValueError(f"{name} contains {bad} values; LRP needs finite inputs")
+
+
+def check_same(reference_name: str, reference: Tensor, **others: Tensor | None) -> None:
+    """Every tensor in ``others`` must share ``reference``'s device and dtype."""
+    for name, t in others.items():
+        if t is None:
+            continue
+        if t.device != reference.device:
+            raise ValueError(f"{name} is on {t.device} but {reference_name} is on {reference.device}")
+        if t.is_floating_point() and t.dtype != reference.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {reference_name} has dtype {reference.dtype}")
+
+
+def check_edge_index(edge_index: Tensor, num_in: int, num_out: int) -> None:
+    if not isinstance(edge_index, Tensor):
+        raise TypeError(f"edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"edge_index must have dtype torch.int64 or torch.int32, got {edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index must have shape [2, E], got {tuple(edge_index.shape)}")
+    if edge_index.numel() == 0:
+        return
+    if int(edge_index.min()) < 0:
+        raise ValueError("edge_index contains negative indices")
+    src_max, dst_max = int(edge_index[0].max()), int(edge_index[1].max())
+    if src_max >= num_in:
+        raise ValueError(f"edge_index[0] (inputs) has index {src_max}, out of range for {num_in} inputs")
+    if dst_max >= num_out:
+        raise ValueError(f"edge_index[1] (outputs) has index {dst_max}, out of range for {num_out} outputs")
