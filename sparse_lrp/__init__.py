@@ -5,9 +5,12 @@ carries the message ``w_ji x_i / z_j * R_j`` (or a rule's variant of it), and th
 messages sum into input relevance. Dense, sparse and graph layers share that kernel.
 """
 
-from . import rules
+from . import composites, rules
 from .backend import available_backends, get_backend, set_backend, use_backend
+from .composites import Composite
+from .explain import ExplainResult, explain
 from .kernel import edge_lrp
+from .layers import register_handler
 from .linear import linear_lrp
 from .operators import EdgeOperator, prepare
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WSquare, Z, ZBox, ZPlus
@@ -16,6 +19,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "rules",
+    "composites",
+    "Composite",
+    "explain",
+    "ExplainResult",
+    "register_handler",
     "edge_lrp",
     "linear_lrp",
     "prepare",

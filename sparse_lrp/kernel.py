@@ -25,7 +25,7 @@ from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
 from .rules import Pass, Rule
 from .validation import check_edge_index, check_finite, check_same, check_tensor
 
-__all__ = ["edge_lrp", "propagate", "stabilize", "Propagated"]
+__all__ = ["Branch", "Propagated", "edge_lrp", "propagate", "propagate_branches", "stabilize"]
 
 STRATEGIES = ("auto", "spmm", "scatter")
 
@@ -56,16 +56,106 @@ def _safe_divide(r: Tensor, d: Tensor) -> Tensor:
     return torch.where(zero, 0.0, r / torch.where(zero, 1.0, d))
 
 
-def _resolve_strategy(strategy: str, x: Tensor, op) -> str:
+def _resolve_strategy(strategy: str, x: Tensor) -> str:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    if isinstance(op, DenseOperator):
-        return "dense"
     if strategy == "auto":
         # CSR products are the faster exact path wherever torch implements them
         # (float32/float64 on CPU and CUDA); half precisions fall back to messages.
         return "spmm" if x.dtype in (torch.float32, torch.float64) else "scatter"
     return strategy
+
+
+class Branch(NamedTuple):
+    """One linear map ``op`` with stored ``weight`` applied to input ``x``."""
+
+    op: EdgeOperator | DenseOperator
+    x: Tensor
+    weight: Tensor
+
+
+def propagate_branches(
+    branches: list[Branch],
+    relevance: Tensor,
+    rule: Rule,
+    bias: Tensor | None = None,
+    z: Tensor | None = None,
+    strategy: str = "auto",
+    want_edge: bool = False,
+    want_absorbed: bool = False,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor | None]:
+    """Run ``rule`` over ``z = sum_b op_b(x_b) + bias``, all branches sharing one denominator.
+
+    A layer that adds several linear maps (a root weight beside the neighbour
+    aggregation, APPNP's teleport term) is one linear map over the concatenated inputs;
+    sharing the denominator applies the rule to that joint map, not to each summand.
+    Returns ``[(R_in_b, edge_b)]`` per branch and the absorbed relevance (or None).
+    No input checks (see :func:`edge_lrp`).
+    """
+    strategy = _resolve_strategy(strategy, relevance)
+    use_bias = bias is not None and not rule.zero_bias
+    uses = {t.inp for g in rule.groups for t in g.terms}
+
+    if rule.needs_output_sign and z is None:
+        z = sum(b.op.forward(b.weight, b.x, strategy, max_memory) for b in branches)
+        if bias is not None:
+            z = z + bias
+
+    # Per branch: resolved inputs, and which sign-restricted inputs vanish (x⁻ after a ReLU).
+    prepared = []
+    for b in branches:
+        skip = set()
+        if "neg" in uses and bool((b.x >= 0).all()):
+            skip.add("neg")
+        if "pos" in uses and bool((b.x <= 0).all()):
+            skip.add("pos")
+        prepared.append((b, skip, {}))
+
+    results: list[list] = [[torch.zeros_like(b.x), None] for b in branches]
+    flowed = torch.zeros_like(relevance) if want_absorbed else None
+    for group in rule.groups:
+        terms = []  # (branch position, f, g(w))
+        for pos, (b, skip, inputs) in enumerate(prepared):
+            for term in group.terms:
+                if term.inp in skip:
+                    continue
+                gw = b.op.transform(b.weight, term.weight)
+                if not bool(gw.any()):  # w⁻ of a positive adjacency, and the like
+                    continue
+                if term.inp not in inputs:
+                    inputs[term.inp] = rule.input(term.inp, b.x)
+                terms.append((pos, inputs[term.inp], gw))
+
+        if group.plain and z is not None:
+            d_nobias = z - bias if bias is not None else z
+            d = z if use_bias else d_nobias
+        else:
+            d = relevance.new_zeros(relevance.shape)
+            for pos, f, gw in terms:
+                d = d + prepared[pos][0].op.forward(gw, f, strategy, max_memory)
+            d_nobias = d
+            if use_bias:
+                d = d + group.bias(bias)
+        s = _safe_divide(relevance, stabilize(d, rule.stabilizer))
+        if group.where is not None:
+            s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
+        if group.coef != 1.0:
+            s = s * group.coef
+        if flowed is not None:
+            flowed = flowed + s * d_nobias
+        for pos, f, gw in terms:
+            part, part_edge = prepared[pos][0].op.backward(gw, f, s, strategy, want_edge, max_memory)
+            slot = results[pos]
+            slot[0] = slot[0] + part
+            if part_edge is not None:
+                slot[1] = part_edge if slot[1] is None else slot[1] + part_edge
+    if want_edge:
+        for b, slot in zip(branches, results):
+            if slot[1] is None:
+                slot[1] = b.weight.new_zeros(b.weight.shape)
+    absorbed = relevance - flowed if flowed is not None else None
+    return [tuple(slot) for slot in results], absorbed
 
 
 def propagate(
@@ -81,65 +171,17 @@ def propagate(
     want_absorbed: bool = False,
     max_memory: int = DEFAULT_MAX_MEMORY,
 ) -> Propagated:
-    """Run ``rule`` over operator ``op`` (no input checks; see :func:`edge_lrp`).
+    """Run ``rule`` over one operator ``op`` (no input checks; see :func:`edge_lrp`).
 
-    ``x [N_in, C]``, ``relevance [N_out, C]``; ``weight`` is the operator's stored
-    weights (``[E]`` for an edge operator, ``[N_out, N_in]`` for a dense one); ``bias``
-    broadcasts against ``[N_out, C]``; ``z`` is the forward output if already known.
+    ``x`` and ``relevance`` are laid out as ``op`` expects (``[N_in, C]``/``[N_out, C]``
+    for an edge operator, ``[B, in]``/``[B, out]`` for a dense one); ``weight`` is the
+    operator's stored weights; ``bias`` broadcasts against ``relevance``; ``z`` is the
+    forward output if already known.
     """
-    strategy = _resolve_strategy(strategy, x, op)
-    use_bias = bias is not None and not rule.zero_bias
-    inputs: dict[str, Tensor] = {}
-    # Skip terms that are identically zero: x⁻ after a ReLU, w⁻ on a positive adjacency.
-    x_nonneg = bool((x >= 0).all()) if any(t.inp == "neg" for g in rule.groups for t in g.terms) else False
-    x_nonpos = bool((x <= 0).all()) if any(t.inp == "pos" for g in rule.groups for t in g.terms) else False
-
-    if rule.needs_output_sign and z is None:
-        z = op.forward(weight, x, strategy, max_memory)
-        if bias is not None:
-            z = z + bias
-
-    r_in = torch.zeros_like(x)
-    edge = None
-    flowed = torch.zeros_like(relevance) if want_absorbed else None
-    for group in rule.groups:
-        terms = []
-        for term in group.terms:
-            if (term.inp == "neg" and x_nonneg) or (term.inp == "pos" and x_nonpos):
-                continue
-            gw = op.transform(weight, term.weight)
-            if isinstance(op, EdgeOperator) and not bool(gw.any()):
-                continue
-            if term.inp not in inputs:
-                inputs[term.inp] = rule.input(term.inp, x)
-            terms.append((inputs[term.inp], gw))
-
-        if group.plain and z is not None:
-            d_nobias = z - bias if bias is not None else z
-            d = z if use_bias else d_nobias
-        else:
-            d = relevance.new_zeros(relevance.shape)
-            for f, gw in terms:
-                d = d + op.forward(gw, f, strategy, max_memory)
-            d_nobias = d
-            if use_bias:
-                d = d + group.bias(bias)
-        s = _safe_divide(relevance, stabilize(d, rule.stabilizer))
-        if group.where is not None:
-            s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
-        if group.coef != 1.0:
-            s = s * group.coef
-        if flowed is not None:
-            flowed = flowed + s * d_nobias
-        for f, gw in terms:
-            part, part_edge = op.backward(gw, f, s, strategy, want_edge, max_memory)
-            r_in = r_in + part
-            if part_edge is not None:
-                edge = part_edge if edge is None else edge + part_edge
-    if want_edge and edge is None:
-        edge = weight.new_zeros(weight.shape)
-    absorbed = relevance - flowed if flowed is not None else None
-    return Propagated(r_in, edge, absorbed)
+    (node_edge,), absorbed = propagate_branches(
+        [Branch(op, x, weight)], relevance, rule, bias, z, strategy, want_edge, want_absorbed, max_memory
+    )
+    return Propagated(node_edge[0], node_edge[1], absorbed)
 
 
 def edge_lrp(

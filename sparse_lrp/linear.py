@@ -76,20 +76,25 @@ def linear_lrp(
         if t is not None:
             check_finite(name, t)
 
-    # The kernel works on [N_in, C]: inputs are rows, the batch is the channels.
-    rule = rule.map_inputs(lambda t: torch.broadcast_to(t.to(x), x.shape).T)
-    xt, rt = x.T.contiguous(), relevance.T.contiguous()
-    b = bias[:, None] if bias is not None else None
-    if weight.layout in (torch.sparse_coo, torch.sparse_csr):
-        edge_index, values = sparse_weight_edges(weight)
-        op = EdgeOperator(edge_index, n_in, n_out)
-    elif weight.layout == torch.strided:
-        op, values = DenseOperator(weight), weight
-    else:
+    if weight.layout == torch.strided:
+        res = propagate(DenseOperator(weight), x, weight, relevance, rule, bias=bias, want_absorbed=return_absorbed)
+        return (res.node, res.absorbed) if return_absorbed else res.node
+    if weight.layout not in (torch.sparse_coo, torch.sparse_csr):
         raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
+    # The edge kernel works on [N_in, C]: inputs are rows, the batch is the channels.
+    rule = rule.map_inputs(lambda t: torch.broadcast_to(t.to(x), x.shape).T)
+    edge_index, values = sparse_weight_edges(weight)
+    op = EdgeOperator(edge_index, n_in, n_out)
+    b = bias[:, None] if bias is not None else None
     res = propagate(
-        op, xt, values, rt, rule, bias=b, strategy=strategy, want_absorbed=return_absorbed, max_memory=max_memory
+        op,
+        x.T.contiguous(),
+        values,
+        relevance.T.contiguous(),
+        rule,
+        bias=b,
+        strategy=strategy,
+        want_absorbed=return_absorbed,
+        max_memory=max_memory,
     )
-    if return_absorbed:
-        return res.node.T, res.absorbed.T
-    return res.node.T
+    return (res.node.T, res.absorbed.T) if return_absorbed else res.node.T

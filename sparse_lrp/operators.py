@@ -119,7 +119,7 @@ class EdgeOperator:
     ) -> tuple[Tensor, Tensor | None]:
         if strategy == "spmm":
             r_in = f * (self.csr_t(gw) @ s)
-            return r_in, (gw * self.edge_dot(f, s, max_memory) if want_edge else None)
+            return r_in, (gw * self.sampled_dot(f, s, max_memory) if want_edge else None)
         # The literal message-passing view: message_e = f(x_i) g(w_e) s_j on every edge.
         r_in = f.new_zeros(self.num_in, f.shape[1])
         edge = gw.new_zeros(self.num_edges) if want_edge else None
@@ -133,6 +133,20 @@ class EdgeOperator:
                 edge[a : a + step] = msg.sum(1)
         return r_in, edge
 
+    def sampled_dot(self, f: Tensor, s: Tensor, max_memory: int = DEFAULT_MAX_MEMORY) -> Tensor:
+        """:meth:`edge_dot` as a sampled dense-dense product (SDDMM) on the CSR pattern."""
+        crow, col, perm = self._csr_by_dst()
+        pattern = torch.sparse_csr_tensor(
+            crow, col, f.new_ones(self.num_edges), (self.num_out, self.num_in), check_invariants=False
+        )
+        try:
+            vals = torch.sparse.sampled_addmm(pattern, s, f.T, beta=0.0).values()
+        except (RuntimeError, NotImplementedError):  # dtype/device without an SDDMM kernel
+            return self.edge_dot(f, s, max_memory)
+        out = torch.empty_like(vals)
+        out[perm] = vals
+        return out
+
     def edge_dot(self, f: Tensor, s: Tensor, max_memory: int = DEFAULT_MAX_MEMORY) -> Tensor:
         """``sum_c f[src_e, c] * s[dst_e, c]`` for every edge, in edge chunks (never ``[E, C]``)."""
         out = f.new_empty(self.num_edges)
@@ -144,7 +158,11 @@ class EdgeOperator:
 
 
 class DenseOperator:
-    """A dense ``W [N_out, N_in]``; the same primitives as :class:`EdgeOperator`."""
+    """A dense ``W [out, in]`` applied to rows: ``z = x Wᵀ`` for ``x [B, in]``.
+
+    Row layout (samples in rows, as ``torch.nn.Linear``), so ``x``, ``relevance`` and a
+    ZBox bound keep the user's layout; the primitives mirror :class:`EdgeOperator`'s.
+    """
 
     def __init__(self, weight: Tensor) -> None:
         self.weight = weight
@@ -154,13 +172,13 @@ class DenseOperator:
         return fn(weight)
 
     def forward(self, gw: Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
-        return gw @ f
+        return f @ gw.T
 
     def backward(
         self, gw: Tensor, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
     ) -> tuple[Tensor, Tensor | None]:
-        # Connection relevance of a dense map is the full [N_out, N_in] matrix.
-        return f * (gw.T @ s), (gw * (s @ f.T) if want_edge else None)
+        # Connection relevance of a dense map is the full [out, in] matrix, summed over rows.
+        return f * (s @ gw), (gw * (s.T @ f) if want_edge else None)
 
 
 def prepare(edge_index: Tensor, num_in: int | None = None, num_out: int | None = None) -> EdgeOperator:

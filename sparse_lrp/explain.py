@@ -1,0 +1,487 @@
+"""Whole-model LRP: :func:`explain` any supported PyTorch / PyG model.
+
+The model runs its own ``forward`` code once, with each supported module temporarily
+routed through its layer handler (:mod:`sparse_lrp.layers`); one backward pass then
+carries the relevance to the inputs and records edge relevance per layer. Nothing of
+the model is changed: train/eval mode, parameters, ``requires_grad`` and hooks are the
+same afterwards, also when an error is raised midway.
+
+Many target nodes run as one pass over the disjoint union of their computation
+subgraphs, so each target gets its own relevance while the cost stays bounded by the
+subgraphs' size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .composites import Composite, resolve
+from .layers import find_handler, supported_types
+from .layers.base import Context, LayerCall, record_input
+from .operators import DEFAULT_MAX_MEMORY
+from .rules import Rule
+from .validation import check_edge_index, check_finite, check_tensor
+
+__all__ = ["ExplainResult", "explain"]
+
+_EDGE_KWARGS = ("edge_weight", "edge_attr", "edge_type")
+_NODE_KWARGS = ("batch", "pos")
+
+
+@dataclass
+class ExplainResult:
+    """Relevance of one explanation (leading ``[T]`` dimension when several targets).
+
+    Attributes:
+        node_feat: relevance of each input feature, ``[N, F]``.
+        node: relevance per node, ``node_feat`` summed over features, ``[N]``.
+        edge: relevance that flowed through each edge, summed over layers, ``[E]``
+            (None without ``edge_index``).
+        edge_attr: relevance of the edge features ``[E, D]`` where the model uses them.
+        layers: per layer path, ``{"edge": [E], "node": [N]}`` (relevance through the
+            layer's edges, and reaching the layer's input).
+        output: the explained output value(s), e.g. the logit.
+        target: the explained class(es).
+        index: the explained rows (nodes or graphs), or None for all.
+        conservation: ``{"out", "in", "absorbed", "lost"}``: relevance at the output,
+            at the inputs (node and edge features), absorbed by biases and
+            stabilisers, and lost where a rule could not pass it (zero activations under
+            non-proportional rules). ``in + absorbed + lost == out`` up to float error.
+    """
+
+    node_feat: Tensor
+    node: Tensor
+    edge: Tensor | None
+    output: Tensor
+    target: Tensor | None
+    index: Tensor | None
+    edge_attr: Tensor | None = None
+    layers: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    conservation: dict[str, float] = field(default_factory=dict)
+
+
+# -- model patching -----------------------------------------------------------------
+def _collect(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
+    """Modules to route through handlers; errors on unsupported modules with parameters."""
+    found: list[tuple[str, nn.Module, Any]] = []
+
+    def visit(name: str, module: nn.Module) -> None:
+        entry = find_handler(module)
+        if entry is not None:
+            handler, children = entry
+            found.append((name, module, handler))
+            for child in children:
+                sub = getattr(module, child, None)
+                if isinstance(sub, nn.Module):
+                    visit(f"{name}.{child}" if name else child, sub)
+            return
+        if any(True for _ in module.parameters(recurse=False)):
+            raise TypeError(
+                f"module {name or '<model>'!r} of type {type(module).__module__}.{type(module).__name__} has "
+                f"parameters but no LRP handler. Supported: {', '.join(supported_types())}. "
+                "Register one with sparse_lrp.register_handler(type, handler)."
+            )
+        for child_name, child in module.named_children():
+            visit(f"{name}.{child_name}" if name else child_name, child)
+
+    visit("", model)
+    return found
+
+
+@contextlib.contextmanager
+def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
+    """Route handled modules through their handlers; restore everything afterwards."""
+    modules = _collect(model)
+    training = {m: m.training for m in model.modules()}
+    saved = []
+    try:
+        model.eval()
+        for name, module, handler in modules:
+            had = "forward" in module.__dict__
+            original = module.__dict__.get("forward", module.forward)
+            saved.append((module, had, original))
+            module.forward = functools.partial(_run_handler, ctx, name, module, handler, original)
+        yield
+    finally:
+        for module, had, original in reversed(saved):
+            if had:
+                module.forward = original
+            else:
+                module.__dict__.pop("forward", None)
+        for m, flag in training.items():
+            m.training = flag
+
+
+def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, *args, **kwargs):
+    call = LayerCall(ctx, name, module, original)
+    if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
+        args = (record_input(call, args[0]), *args[1:])
+    out = handler(call, *args, **kwargs)
+    if isinstance(out, Tensor):
+        ctx.outputs.append((call.index, out))
+    return out
+
+
+def num_hops(model: nn.Module) -> int:
+    """Message-passing hops of a model: its receptive field in edges."""
+    from torch_geometric.nn.conv import MessagePassing
+
+    hops = 0
+    for m in model.modules():
+        if isinstance(m, MessagePassing):
+            if type(m).__name__ == "ChebConv":
+                hops += len(m.lins) - 1
+            else:
+                hops += int(getattr(m, "K", 1))
+    return hops
+
+
+# -- targets ------------------------------------------------------------------------
+def _as_index(index, rows: int, what: str) -> tuple[Tensor | None, bool]:
+    """``(index tensor or None, many)``."""
+    if index is None:
+        return None, False
+    if isinstance(index, int):
+        if not -rows <= index < rows:
+            raise ValueError(f"index {index} is out of range for {rows} {what}")
+        return torch.tensor([index % rows]), False
+    idx = torch.as_tensor(index)
+    if idx.dtype == torch.bool:
+        idx = idx.nonzero().view(-1)
+    if idx.dim() == 0:
+        return _as_index(int(idx), rows, what)
+    idx = idx.view(-1).long()
+    if idx.numel() and (int(idx.min()) < -rows or int(idx.max()) >= rows):
+        raise ValueError(f"index out of range for {rows} {what}: {idx.min().item()}..{idx.max().item()}")
+    return idx % rows if idx.numel() else idx, True
+
+
+def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gradient seed ``c = R / y`` at the output, the explained values and classes."""
+    y2 = y.reshape(y.shape[0], -1)
+    sel = torch.arange(y2.shape[0], device=y.device) if rows is None else rows.to(y.device)
+    if isinstance(target, Tensor) and target.is_floating_point():
+        rel = (
+            target.to(y2).reshape(-1, y2.shape[1]) if target.numel() != y2.numel() else target.to(y2).reshape(y2.shape)
+        )
+        if rel.shape[0] == sel.numel() and rel.shape[0] != y2.shape[0]:
+            full = torch.zeros_like(y2)
+            full[sel] = rel
+            rel = full
+        if rel.shape != y2.shape:
+            raise ValueError(
+                f"target relevance must have the output's shape {tuple(y.shape)}, got {tuple(target.shape)}"
+            )
+        mask = torch.zeros_like(y2, dtype=torch.bool)
+        mask[sel] = True
+        rel = torch.where(mask, rel, 0.0)
+        zero = y2 == 0
+        seed = torch.where(zero, 0.0, rel / torch.where(zero, 1.0, y2))
+        return seed.reshape(y.shape), rel[sel].sum(1), None
+    if target is None:
+        cls = y2[sel].argmax(1) if y2.shape[1] > 1 else torch.zeros_like(sel)
+    elif isinstance(target, int):
+        cls = torch.full_like(sel, target)
+    else:
+        t = torch.as_tensor(target, device=y.device).long().view(-1)
+        if t.numel() == y2.shape[0] and (rows is None or t.numel() != sel.numel()):
+            t = t[sel]
+        if t.numel() == 1:
+            t = t.expand(sel.numel())
+        if t.numel() != sel.numel():
+            raise ValueError(f"target has {t.numel()} entries for {sel.numel()} explained rows")
+        cls = t
+    if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= y2.shape[1]):
+        raise ValueError(f"target class out of range for an output with {y2.shape[1]} columns")
+    seed = torch.zeros_like(y2)
+    seed[sel, cls] = 1.0
+    return seed.reshape(y.shape), y2[sel, cls], cls
+
+
+# -- subgraphs ----------------------------------------------------------------------
+def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int):
+    """Disjoint union of the targets' computation subgraphs, vectorised over targets.
+
+    Keeps every edge whose target node is within ``hops`` of a target, so that the nodes
+    the prediction depends on see all of their incoming edges (exact degrees for GCN
+    normalisation, complete attention softmax). Returns the union's node and edge maps
+    ``(node_t, node_v)``, ``(edge_t, edge_e)`` and its ``edge_index``.
+    """
+    device = edge_index.device
+    src, dst = edge_index[0].long(), edge_index[1].long()
+    order = torch.argsort(dst, stable=True)
+    indeg = torch.bincount(dst, minlength=num_nodes)
+    start = torch.zeros(num_nodes + 1, dtype=torch.long, device=device)
+    torch.cumsum(indeg, 0, out=start[1:])
+    t_ids = torch.arange(targets.numel(), device=device)
+
+    def in_edges(pt: Tensor, pv: Tensor) -> tuple[Tensor, Tensor]:
+        counts = indeg[pv]
+        total = int(counts.sum())
+        owner = torch.repeat_interleave(torch.arange(pv.numel(), device=device), counts)
+        offset = torch.arange(total, device=device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        pos = order[start[pv][owner] + offset]
+        return pt[owner], pos
+
+    key = t_ids * num_nodes + targets.to(device)
+    seen = key
+    frontier = key
+    for _ in range(hops):
+        et, pos = in_edges(frontier // num_nodes, frontier % num_nodes)
+        new = torch.unique(et * num_nodes + src[pos])
+        fresh = new[~torch.isin(new, seen)]
+        seen = torch.cat([seen, fresh])
+        frontier = fresh
+    edge_t, edge_e = in_edges(seen // num_nodes, seen % num_nodes)
+    node_keys = torch.unique(torch.cat([seen, edge_t * num_nodes + src[edge_e]]))
+    node_t, node_v = node_keys // num_nodes, node_keys % num_nodes
+    new_src = torch.searchsorted(node_keys, edge_t * num_nodes + src[edge_e])
+    new_dst = torch.searchsorted(node_keys, edge_t * num_nodes + dst[edge_e])
+    centers = torch.searchsorted(node_keys, key)
+    return node_t, node_v, edge_t, edge_e, torch.stack([new_src, new_dst]), centers
+
+
+# -- the explanation ----------------------------------------------------------------
+def _validate(model, x, edge_index, kwargs) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_tensor("x", x)
+    check_finite("x", x)
+    if edge_index is not None:
+        check_edge_index(edge_index, x.shape[0], x.shape[0])
+        if edge_index.device != x.device:
+            raise ValueError(f"edge_index is on {edge_index.device} but x is on {x.device}")
+    for name, value in kwargs.items():
+        if isinstance(value, Tensor):
+            if value.device != x.device:
+                raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
+            if value.is_floating_point():
+                check_finite(name, value)
+    params = [p for p in model.parameters()]
+    if params and params[0].device != x.device:
+        raise ValueError(f"model parameters are on {params[0].device} but x is on {x.device}")
+
+
+def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_graph: bool):
+    x_in = x.detach().requires_grad_(True)
+    ctx.inputs = {"x": x_in}
+    ea = kwargs.get("edge_attr")
+    if isinstance(ea, Tensor) and ea.is_floating_point():
+        ea = ea.detach().requires_grad_(True)
+        kwargs = {**kwargs, "edge_attr": ea}
+        ctx.inputs["edge_attr"] = ea
+    else:
+        ea = None
+    ctx.edge_index = edge_index
+    with _patched(model, ctx), torch.enable_grad():
+        args = (x_in,) if edge_index is None else (x_in, edge_index)
+        y = model(*args, **kwargs)
+        if not isinstance(y, Tensor):
+            raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
+        # Explain the logit: if functional code (log_softmax, softmax) follows the last
+        # layer, start from that layer's output instead.
+        top = next((i for i, out in reversed(ctx.outputs) if out is y), None)
+        if top is None:
+            top, y = next(((i, out) for i, out in reversed(ctx.outputs) if out.shape == y.shape), (None, y))
+        ctx.top_call = top
+        if not task_graph and y.shape[0] != x.shape[0]:
+            raise ValueError(f"node-level task but the model returned {y.shape[0]} rows for {x.shape[0]} nodes")
+        seed, value, cls = _seed(y, rows, target)
+        grads = torch.autograd.grad(y, [x_in] + ([ea] if ea is not None else []), seed, allow_unused=True)
+    gx = grads[0] if grads[0] is not None else torch.zeros_like(x_in)
+    node_feat = (x_in.detach() * gx) + ctx.side.get("x", 0)
+    edge_attr_rel = None
+    if ea is not None:
+        ge = grads[1] if grads[1] is not None else torch.zeros_like(ea)
+        edge_attr_rel = ea.detach() * ge + ctx.side.get("edge_attr", 0)
+    return node_feat, edge_attr_rel, value, cls, seed, y
+
+
+def explain(
+    model: nn.Module,
+    x: Tensor,
+    edge_index: Tensor | None = None,
+    *,
+    index: int | Sequence[int] | Tensor | None = None,
+    target: int | Tensor | None = None,
+    composite: Composite | Rule | str | None = None,
+    task_level: str | None = None,
+    edges: bool = True,
+    hops: int | None = None,
+    strategy: str = "auto",
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    **forward_kwargs: Any,
+) -> ExplainResult:
+    """Explain ``model(x, edge_index, **forward_kwargs)`` with LRP.
+
+    Args:
+        model: any module built from supported layers (see :mod:`sparse_lrp.layers`);
+            its own ``forward`` code runs unchanged.
+        x: node features ``[N, F]`` (or a batch ``[B, F]`` for a model without graph).
+        edge_index: ``[2, E]`` (source, target), or None for a model without graph.
+        index: the output row(s) to explain: a node (node-level), a graph of the batch
+            (graph-level) or a sample; a list/tensor gives a leading ``[T]`` dimension
+            in every result. None explains all rows jointly.
+        target: the class to explain (default: the predicted one), a class per index,
+            or a float relevance tensor at the output (regression, multi-output).
+        composite: a :class:`~sparse_lrp.composites.Composite`, a single rule for
+            every layer, or a preset name (``"epsilon"``, ``"zplus"``, ``"gamma"``).
+        task_level: ``"node"`` or ``"graph"``; by default ``"node"`` when the output
+            has one row per node.
+        edges: record edge relevance (a little extra work per graph layer).
+        hops: receptive field for many node targets (default: counted from the
+            model's message-passing layers).
+        strategy, max_memory: passed to the edge kernel.
+        **forward_kwargs: passed to the model (``edge_weight``, ``edge_attr``,
+            ``batch``...).
+
+    Output relevance is the explained logit itself, so with LRP-0 on a bias-free ReLU
+    network ``node_feat`` equals gradient × input and sums to the logit.
+    """
+    _validate(model, x, edge_index, forward_kwargs)
+    ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)
+    n = x.shape[0]
+    batch = forward_kwargs.get("batch")
+    if task_level not in (None, "node", "graph"):
+        raise ValueError(f"task_level must be 'node', 'graph' or None, got {task_level!r}")
+    num_graphs = int(batch.max()) + 1 if isinstance(batch, Tensor) and batch.numel() else None
+    is_graph = task_level == "graph"
+    if task_level is None and index is not None and num_graphs is not None and num_graphs != n:
+        is_graph = True
+    rows_total = num_graphs if is_graph and num_graphs is not None else n
+    rows, many = _as_index(index, rows_total, "graphs" if is_graph else "rows")
+    if is_graph and many and batch is None:
+        raise ValueError("graph-level targets need the `batch` vector (forward kwarg batch=...)")
+    if task_level is None and edge_index is None:
+        is_graph = True  # a plain model: rows are samples, explained jointly in one pass
+
+    was_grad = {p: p.requires_grad for p in model.parameters()}
+    try:
+        if many and not is_graph and edge_index is not None:
+            return _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, forward_kwargs)
+        node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, is_graph)
+    finally:
+        for p, flag in was_grad.items():
+            p.requires_grad_(flag)
+    res = _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index)
+    if many and is_graph and batch is not None:
+        res = _split_graphs(res, rows, batch, edge_index)
+    return res
+
+
+def _conservation(ctx: Context, out_value: Tensor, node_feat: Tensor, ea_rel: Tensor | None) -> dict[str, float]:
+    rel_in = float(node_feat.sum()) + (float(ea_rel.sum()) if ea_rel is not None else 0.0)
+    return {"out": float(out_value.detach().sum()), "in": rel_in, "absorbed": ctx.absorbed, "lost": ctx.lost}
+
+
+def _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index) -> ExplainResult:
+    layers = {name: {k: v for k, v in rec.items()} for name, rec in ctx.records.items()}
+    edge = None
+    if edge_index is not None:
+        edge = node_feat.new_zeros(edge_index.shape[1])
+        for rec in layers.values():
+            if "edge" in rec:
+                edge = edge + rec["edge"]
+    node_feat = node_feat.detach()
+    return ExplainResult(
+        node_feat=node_feat,
+        node=node_feat.reshape(node_feat.shape[0], -1).sum(1),
+        edge=edge,
+        output=value.detach(),
+        target=cls,
+        index=rows,
+        edge_attr=None if ea_rel is None else ea_rel.detach(),
+        layers=layers,
+        conservation=_conservation(ctx, value, node_feat, ea_rel),
+    )
+
+
+def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: Tensor | None) -> ExplainResult:
+    """One joint pass explained every graph at once (graphs are disjoint); split by graph."""
+    rows = rows.to(batch.device)
+    node_mask = batch[None, :] == rows[:, None]  # [T, N]
+
+    def by_node(t: Tensor) -> Tensor:
+        return t[None] * node_mask.view(*node_mask.shape, *([1] * (t.dim() - 1)))
+
+    edge_mask = node_mask[:, edge_index[1]] if edge_index is not None else None
+
+    def by_edge(t: Tensor) -> Tensor:
+        return t[None] * edge_mask.view(*edge_mask.shape, *([1] * (t.dim() - 1)))
+
+    layers = {
+        name: {k: (by_edge(v) if k == "edge" else by_node(v) if k == "node" else v) for k, v in rec.items()}
+        for name, rec in res.layers.items()
+    }
+    return ExplainResult(
+        node_feat=by_node(res.node_feat),
+        node=by_node(res.node),
+        edge=None if res.edge is None else by_edge(res.edge),
+        output=res.output,
+        target=res.target,
+        index=rows,
+        edge_attr=None if res.edge_attr is None else by_edge(res.edge_attr),
+        layers=layers,
+        conservation=res.conservation,
+    )
+
+
+def _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, kwargs) -> ExplainResult:
+    """T node targets in one pass over the disjoint union of their computation subgraphs."""
+    n, num_edges, t_count = x.shape[0], edge_index.shape[1], rows.numel()
+    k = num_hops(model) if hops is None else int(hops)
+    node_t, node_v, edge_t, edge_e, union_ei, centers = _khop_union(edge_index, n, rows.to(x.device), k)
+    sub_kwargs = {}
+    for name, value in kwargs.items():
+        if (
+            isinstance(value, Tensor)
+            and value.dim() > 0
+            and (name in _EDGE_KWARGS or (value.shape[0] == num_edges and name not in _NODE_KWARGS))
+        ):
+            sub_kwargs[name] = value[edge_e]
+        elif isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+            sub_kwargs[name] = value[node_v]
+        else:
+            sub_kwargs[name] = value
+    if isinstance(target, Tensor) and not target.is_floating_point() and target.numel() == n:
+        target = target.to(x.device)[rows.to(x.device)]
+    node_feat_u, ea_u, value, cls, _, _ = _run(model, ctx, x[node_v], union_ei, sub_kwargs, centers, target, False)
+
+    node_feat = x.new_zeros((t_count, *x.shape))
+    node_feat[node_t, node_v] = node_feat_u.detach()
+    layers = {}
+    edge = x.new_zeros(t_count, num_edges)
+    for name, rec in ctx.records.items():
+        out = {}
+        if "edge" in rec:
+            e = x.new_zeros(t_count, num_edges)
+            e[edge_t, edge_e] = rec["edge"]
+            out["edge"] = e
+            edge = edge + e
+        if "node" in rec:
+            v = x.new_zeros(t_count, n)
+            v[node_t, node_v] = rec["node"]
+            out["node"] = v
+        layers[name] = out
+    ea_rel = None
+    if ea_u is not None:
+        ea_rel = ea_u.new_zeros((t_count, num_edges, *ea_u.shape[1:]))
+        ea_rel[edge_t, edge_e] = ea_u.detach()
+    return ExplainResult(
+        node_feat=node_feat,
+        node=node_feat.reshape(t_count, n, -1).sum(-1),
+        edge=edge,
+        output=value.detach(),
+        target=cls,
+        index=rows,
+        edge_attr=ea_rel,
+        layers=layers,
+        conservation=_conservation(ctx, value, node_feat, ea_rel),
+    )

@@ -1,0 +1,304 @@
+"""The machinery every layer handler uses: LRP through autograd.
+
+During an explanation each supported module runs its forward through a *handler*: a
+short function that rewrites the layer as linear maps (:meth:`LayerCall.linear`,
+:meth:`LayerCall.edges`, :meth:`LayerCall.map`) and element-wise activations
+(:meth:`LayerCall.passthrough`), glued by ordinary tensor code.
+
+Every primitive is a ``torch.autograd.Function`` whose backward runs the LRP kernel.
+What flows backwards through autograd is the *relevance ratio* ``c = R / a`` at each
+activation ``a``, so ``R = a * c`` anywhere. That choice makes the glue between layers
+correct without handlers of its own:
+
+* a sum (residual ``h + conv(h)``, sum/mean pooling, a multi-use tensor) passes the
+  same ``c`` to each summand, so relevance splits in proportion to the summands;
+* ReLU, LeakyReLU, max pooling and other positively homogeneous maps pass ``c`` with
+  their gradient, which keeps ``R`` unchanged (the Pass rule);
+* indexing, reshapes and concatenation move ``c`` with the values.
+
+A rule whose relevance is not proportional to its input (WSquare, Flat, ZBox) cannot be
+written as ``x * c`` where ``x = 0``; where such a rule reads the model's own input, its
+relevance goes to a side channel instead, exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..composites import Composite
+from ..kernel import Branch, propagate_branches
+from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
+from ..rules import Rule
+
+__all__ = ["Context", "LayerCall", "MapBranch"]
+
+
+def _ratio(r: Tensor, x: Tensor) -> Tensor:
+    zero = x == 0
+    return torch.where(zero, 0.0, r / torch.where(zero, 1.0, x))
+
+
+@dataclass
+class Context:
+    """State of one explanation: rules, caches, and what the backward pass records."""
+
+    composite: Composite
+    strategy: str = "auto"
+    max_memory: int = DEFAULT_MAX_MEMORY
+    want_edges: bool = True
+    inputs: dict[str, Tensor] = field(default_factory=dict)  # model inputs by key ("x", "edge_attr")
+    edge_index: Tensor | None = None  # the model's edge_index: per-layer edges map onto it
+    top_call: int | None = None
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    side: dict[str, Tensor] = field(default_factory=dict)
+    absorbed: float = 0.0
+    lost: float = 0.0
+    outputs: list[tuple[int, Tensor]] = field(default_factory=list)
+    _operators: dict[tuple, EdgeOperator] = field(default_factory=dict)
+    _calls: int = 0
+
+    def operator(self, edge_index: Tensor, num_in: int, num_out: int) -> EdgeOperator:
+        """One prepared operator per graph structure, shared by all layers of a pass."""
+        key = (edge_index.data_ptr(), tuple(edge_index.shape), edge_index.stride(), num_in, num_out)
+        op = self._operators.get(key)
+        if op is None or (op.edge_index is not edge_index and not torch.equal(op.edge_index, edge_index)):
+            op = self._operators[key] = EdgeOperator(edge_index, num_in, num_out)
+        return op
+
+    def input_key(self, t: Tensor) -> str | None:
+        """Which model input ``t`` is (same storage, shape and strides), if any."""
+        for key, inp in self.inputs.items():
+            if t.data_ptr() == inp.data_ptr() and t.shape == inp.shape and t.stride() == inp.stride():
+                return key
+        return None
+
+    def edge_ids(self, edge_index: Tensor) -> Tensor | None:
+        """Positions of ``edge_index``'s edges in the model's edge_index, if it is the same."""
+        ref = self.edge_index
+        if ref is None:
+            return None
+        if edge_index.data_ptr() == ref.data_ptr() and edge_index.shape == ref.shape:
+            return torch.arange(ref.shape[1], device=ref.device)
+        return None
+
+    def record_edges(self, name: str, ids: Tensor | None, values: Tensor) -> None:
+        rec = self.records.setdefault(name, {})
+        if ids is None:
+            rec["edge_local"] = values if "edge_local" not in rec else rec["edge_local"] + values
+            return
+        keep = ids >= 0
+        full = values.new_zeros(self.edge_index.shape[1]).index_add_(0, ids[keep], values[keep])
+        rec["edge"] = full if "edge" not in rec else rec["edge"] + full
+
+    def record_node(self, name: str, r_in: Tensor) -> None:
+        rec = self.records.setdefault(name, {})
+        node = r_in.detach().reshape(r_in.shape[0], -1).sum(1) if r_in.dim() > 1 else r_in.detach()
+        rec["node"] = node if "node" not in rec else rec["node"] + node
+
+
+@dataclass
+class MapBranch:
+    """One summand ``op(weight) x`` of a linear map, and how to report its relevance.
+
+    ``edge_ids`` maps the operator's edges onto the model's edges (``-1`` for edges the
+    layer added, such as self-loops); ``rows_are_edges`` marks an input whose rows are
+    per-edge messages, so its relevance is edge relevance.
+    """
+
+    op: EdgeOperator | DenseOperator
+    weight: Tensor
+    x: Tensor
+    edge_ids: Tensor | None = None
+    record_edges: bool = False
+    rows_are_edges: bool = False
+
+
+class _MapFunction(torch.autograd.Function):
+    """Forward: ``z = sum_b op_b(w_b) x_b + bias``. Backward: the LRP kernel."""
+
+    @staticmethod
+    def forward(fctx, call: LayerCall, spec: tuple, *xs: Tensor) -> Tensor:
+        branches, bias = spec
+        strategy = "spmm" if call.ctx.strategy == "auto" else call.ctx.strategy
+        z = None
+        for b, x in zip(branches, xs):
+            part = b.op.forward(
+                b.weight, x, strategy if isinstance(b.op, EdgeOperator) else "dense", DEFAULT_MAX_MEMORY
+            )
+            z = part if z is None else z + part
+        if bias is not None:
+            z = z + bias
+        fctx.call, fctx.spec = call, spec
+        fctx.save_for_backward(z, *xs)
+        return z
+
+    @staticmethod
+    def backward(fctx, grad: Tensor):
+        z, *xs = fctx.saved_tensors
+        call: LayerCall = fctx.call
+        branches, bias = fctx.spec
+        ctx = call.ctx
+        keys = [ctx.input_key(x) for x in xs]
+        rule = call.rule(reads_input=any(k is not None for k in keys))
+        r_out = z * grad
+        want_edge = ctx.want_edges and any(b.record_edges for b in branches)
+        results, absorbed = propagate_branches(
+            [Branch(b.op, x, b.weight) for b, x in zip(branches, xs)],
+            r_out,
+            rule,
+            bias=bias,
+            z=z,
+            strategy=ctx.strategy,
+            want_edge=want_edge,
+            want_absorbed=True,
+            max_memory=ctx.max_memory,
+        )
+        ctx.absorbed += float(absorbed.sum())
+        grads = []
+        for b, x, key, (r_in, edge) in zip(branches, xs, keys, results):
+            if b.record_edges and edge is not None:
+                ctx.record_edges(call.name, b.edge_ids, edge)
+            if b.rows_are_edges and ctx.want_edges:
+                ctx.record_edges(call.name, b.edge_ids, r_in.reshape(r_in.shape[0], -1).sum(1))
+            if key is not None and not rule.proportional:
+                # Exact side channel for input-independent rules on the model's input.
+                ctx.side[key] = ctx.side.get(key, 0) + r_in
+                grads.append(torch.zeros_like(x))
+                continue
+            if not rule.proportional:
+                ctx.lost += float(r_in[x == 0].sum())
+            grads.append(_ratio(r_in, x))
+        return (None, None, *grads)
+
+
+class _PassFunction(torch.autograd.Function):
+    """Forward: an element-wise ``y = fn(x)``. Backward: ``R_x = R_y`` (ratio ``c_y y / x``)."""
+
+    @staticmethod
+    def forward(fctx, call: LayerCall, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        y = fn(x)
+        fctx.call = call
+        fctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(fctx, grad: Tensor):
+        x, y = fctx.saved_tensors
+        r = y * grad
+        fctx.call.ctx.lost += float(r[x == 0].sum())
+        return None, None, _ratio(r, x)
+
+
+class _RecordFunction(torch.autograd.Function):
+    """Identity that records the relevance ``x * c`` reaching a layer's input."""
+
+    @staticmethod
+    def forward(fctx, call: LayerCall, x: Tensor) -> Tensor:
+        fctx.call = call
+        fctx.save_for_backward(x)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(fctx, grad: Tensor):
+        (x,) = fctx.saved_tensors
+        fctx.call.ctx.record_node(fctx.call.name, x * grad)
+        return None, grad
+
+
+def record_input(call: LayerCall, x: Tensor) -> Tensor:
+    return _RecordFunction.apply(call, x)
+
+
+class LayerCall:
+    """One call of one module during an explanation: what a handler works with."""
+
+    def __init__(self, ctx: Context, name: str, module: nn.Module, original: Callable) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.module = module
+        self.original = original  # the module's own forward, for what a handler reuses as is
+        ctx._calls += 1
+        self.index = ctx._calls
+
+    def rule(self, reads_input: bool = False) -> Rule:
+        return self.ctx.composite.rule(
+            self.name, self.module, reads_input=reads_input, is_top=self.index == self.ctx.top_call
+        )
+
+    # -- primitives -------------------------------------------------------------------
+    def map(self, branches: list[MapBranch], bias: Tensor | None = None) -> Tensor:
+        """``sum_b op_b(w_b) x_b + bias`` as one linear map under this layer's rule."""
+        spec = (tuple(branches), None if bias is None else bias.detach())
+        return _MapFunction.apply(self, spec, *[b.x for b in branches])
+
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        """``x Wᵀ + b`` over the last dimension of ``x`` (any leading shape)."""
+        lead = x.shape[:-1]
+        out = self.map([MapBranch(DenseOperator(weight.detach()), weight.detach(), x.reshape(-1, x.shape[-1]))], bias)
+        return out.reshape(*lead, out.shape[-1])
+
+    def edges(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        bias: Tensor | None = None,
+        edge_ids: Tensor | None = None,
+        num_out: int | None = None,
+        extra: list[MapBranch] | None = None,
+    ) -> Tensor:
+        """Node mixing ``z_j = sum_{i->j} w_e x_i (+ extra branches) + b`` over ``edge_index``.
+
+        ``edge_ids`` maps the edges onto the model's edge_index (default: found by
+        identity, else the layer's edges are reported on their own).
+        """
+        num_out = x.shape[0] if num_out is None else num_out
+        op = self.ctx.operator(edge_index, x.shape[0], num_out)
+        w = x.new_ones(edge_index.shape[1]) if edge_weight is None else edge_weight.detach()
+        ids = edge_ids if edge_ids is not None else self.ctx.edge_ids(edge_index)
+        lead = x.shape[1:]
+        x2 = x.reshape(x.shape[0], -1)
+        branches = [MapBranch(op, w, x2, edge_ids=ids, record_edges=True)]
+        for b in extra or []:
+            branches.append(MapBranch(b.op, b.weight, b.x.reshape(b.x.shape[0], -1), b.edge_ids, b.record_edges))
+        if bias is not None:
+            bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
+        return self.map(branches, bias).reshape(num_out, *lead)
+
+    def dense_branch(self, x: Tensor, weight: Tensor) -> MapBranch:
+        """A branch ``x Wᵀ`` (rows of ``x`` are samples/nodes) to combine in :meth:`map`."""
+        w = weight.detach()
+        return MapBranch(DenseOperator(w), w, x)
+
+    def messages(
+        self,
+        msg: Tensor,
+        rows: Tensor,
+        num_out: int,
+        edge_ids: Tensor | None,
+        extra: list[MapBranch] | None = None,
+        bias: Tensor | None = None,
+    ) -> Tensor:
+        """Sum per-edge messages ``msg [E, C]`` into their targets (``rows[1]``).
+
+        The messages are the inputs of this map, so their relevance is edge relevance.
+        """
+        op = EdgeOperator(rows, msg.shape[0], num_out)
+        branches = [MapBranch(op, msg.new_ones(msg.shape[0]), msg, edge_ids=edge_ids, rows_are_edges=True)]
+        return self.map(branches + list(extra or []), bias)
+
+    def self_loops(self, x: Tensor, weight: float | Tensor) -> MapBranch:
+        """A branch ``weight * x_i -> i`` (a root/self term) to pass as ``extra``."""
+        n = x.shape[0]
+        loop = torch.arange(n, device=x.device).expand(2, n)
+        w = torch.as_tensor(weight, dtype=x.dtype, device=x.device).expand(n).contiguous()
+        return MapBranch(self.ctx.operator(loop, n, n), w, x)
+
+    def passthrough(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """An element-wise ``fn(x)`` under the Pass rule."""
+        return _PassFunction.apply(self, fn, x)

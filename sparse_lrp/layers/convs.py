@@ -1,0 +1,268 @@
+"""torch_geometric graph layers as node mixing (edge maps) plus feature mixing (Linear).
+
+Each handler recomputes its layer's forward with the LRP primitives; the layer's own
+normalisation code (``gcn_norm``, ChebConv's Laplacian, GAT's attention) is called,
+never rewritten, so the recomputed output equals the layer's.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import register_handler
+from .base import LayerCall
+
+
+def _check_plain(call: LayerCall, x, edge_index) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{call.name} ({type(call.module).__name__}): bipartite (tuple) inputs are not supported")
+    if not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided:
+        raise ValueError(
+            f"{call.name} ({type(call.module).__name__}): edge_index must be a [2, E] tensor "
+            "(SparseTensor/sparse adjacency inputs are not supported)"
+        )
+    if getattr(call.module, "flow", "source_to_target") != "source_to_target":
+        raise ValueError(f"{call.name}: only flow='source_to_target' is supported")
+
+
+def match_edges(new: Tensor, ref: Tensor | None, num_nodes: int) -> Tensor | None:
+    """For each edge of ``new``, the position of an equal edge in ``ref`` (``-1`` if none).
+
+    Layers that rebuild their edge list (adding self-loops, reordering) report relevance
+    on the model's edges through this map. Multi-edges map to one of their copies.
+    """
+    if ref is None:
+        return None
+    if new.data_ptr() == ref.data_ptr() and new.shape == ref.shape:
+        return torch.arange(ref.shape[1], device=ref.device)
+    key_ref = ref[0].to(torch.int64) * num_nodes + ref[1]
+    key_new = new[0].to(torch.int64) * num_nodes + new[1]
+    order = torch.argsort(key_ref)
+    sorted_ref = key_ref[order]
+    pos = torch.searchsorted(sorted_ref, key_new).clamp(max=max(sorted_ref.numel() - 1, 0))
+    if sorted_ref.numel() == 0:
+        return torch.full_like(key_new, -1)
+    found = sorted_ref[pos] == key_new
+    return torch.where(found, order[pos], -1)
+
+
+def _gcn_norm(call: LayerCall, edge_index, edge_weight, n, improved, add_self_loops, dtype):
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+    ei, w = gcn_norm(edge_index, edge_weight, n, improved, add_self_loops, "source_to_target", dtype)
+    return ei, w, match_edges(ei, call.ctx.edge_index, n)
+
+
+def gcn_conv(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+    """GCNConv: ``out = Â (x Θ) + b``."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    h = call.linear(x, m.lin.weight, m.lin.bias)
+    if m.normalize:
+        ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], m.improved, m.add_self_loops, x.dtype)
+    else:
+        ei, w, ids = edge_index, edge_weight, None
+    return call.edges(h, ei, w, m.bias, edge_ids=ids)
+
+
+def _aggregate(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None, aggr: str) -> Tensor:
+    """Sum or mean of incoming messages ``w_e x_i`` as one edge map."""
+    if aggr in ("add", "sum"):
+        return call.edges(x, edge_index, edge_weight)
+    if aggr == "mean":
+        count = torch.bincount(edge_index[1], minlength=x.shape[0]).clamp(min=1).to(x.dtype)
+        w = x.new_ones(edge_index.shape[1]) if edge_weight is None else edge_weight.detach()
+        return call.edges(x, edge_index, w / count[edge_index[1]])
+    raise ValueError(f"{call.name} ({type(call.module).__name__}): aggr={aggr!r} is not supported (use add/sum/mean)")
+
+
+def _aggr_name(module) -> str:
+    aggr = module.aggr
+    return aggr if isinstance(aggr, str) else type(module.aggr_module).__name__.replace("Aggregation", "").lower()
+
+
+def _with_root(call: LayerCall, a: Tensor, x: Tensor, lin_neigh, lin_root) -> Tensor:
+    """``lin_neigh(a) + lin_root(x)``: one linear map over the pair ``[a, x]``."""
+    branches = [call.dense_branch(a, lin_neigh.weight)]
+    if lin_root is not None:
+        branches.append(call.dense_branch(x, lin_root.weight))
+    bias = lin_neigh.bias
+    if lin_root is not None and lin_root.bias is not None:
+        bias = lin_root.bias if bias is None else bias + lin_root.bias
+    return call.map(branches, bias)
+
+
+def graph_conv(call: LayerCall, x, edge_index, edge_weight=None, size=None) -> Tensor:
+    """GraphConv: ``out = W_rel aggr_j(w_ji x_j) + W_root x_i + b``."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    a = _aggregate(call, x, edge_index, edge_weight, _aggr_name(m))
+    return _with_root(call, a, x, m.lin_rel, m.lin_root)
+
+
+def sage_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
+    """SAGEConv: ``out = W_l mean_j(x_j) + W_r x_i + b`` (optionally after a ReLU projection)."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if m.normalize:
+        raise ValueError(f"{call.name}: SAGEConv(normalize=True) (L2 output normalisation) is not supported")
+    if m.project:
+        x = call.passthrough(torch.relu, call.linear(x, m.lin.weight, m.lin.bias))
+    a = _aggregate(call, x, edge_index, None, _aggr_name(m))
+    return _with_root(call, a, x, m.lin_l, m.lin_r if m.root_weight else None)
+
+
+def gin_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
+    """GINConv: ``out = nn((1 + ε) x_i + sum_j x_j)``; ``nn`` is explained by its own layers."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    a = call.edges(x, edge_index, extra=[call.self_loops(x, 1.0 + float(m.eps))])
+    return m.nn(a)
+
+
+def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tensor:
+    """GINEConv: ``out = nn((1 + ε) x_i + sum_j ReLU(x_j + lin(e_ji)))``.
+
+    The per-edge messages are the inputs of the sum, so their relevance is the edge
+    relevance; through the ReLU it splits between ``x_j`` and the edge features.
+    """
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if edge_attr is None:
+        raise ValueError(f"{call.name}: GINEConv needs edge_attr")
+    e = m.lin(edge_attr) if m.lin is not None else edge_attr
+    msg = torch.relu(x[edge_index[0]] + e)
+    num_edges = edge_index.shape[1]
+    rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
+    ids = call.ctx.edge_ids(edge_index)
+    return m.nn(call.messages(msg, rows, x.shape[0], ids, extra=[call.self_loops(x, 1.0 + float(m.eps))]))
+
+
+def _attention(call: LayerCall, x, edge_index, edge_attr):
+    """Run the layer once for its attention coefficients ``α [E', H]`` (kept fixed)."""
+    _, (ei, alpha) = call.original(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
+    return ei, alpha.detach()
+
+
+def _heads(call: LayerCall, h: Tensor, ei: Tensor, alpha: Tensor, bias: Tensor | None, concat: bool) -> Tensor:
+    """Per-head node mixing ``out_jh = sum_i α_jih h_ih`` as one edge map over (node, head) rows."""
+    n, heads, c = h.shape
+    offs = torch.arange(heads, device=h.device)
+    src = (ei[0][:, None] * heads + offs).reshape(-1)
+    dst = (ei[1][:, None] * heads + offs).reshape(-1)
+    ids = match_edges(ei, call.ctx.edge_index, n)
+    ids = None if ids is None else ids[:, None].expand(-1, heads).reshape(-1)
+    stacked = torch.stack([src, dst])
+    b = None
+    if bias is not None:
+        b = bias.view(1, heads, c) if concat else bias.view(1, 1, c)
+        b = torch.broadcast_to(b, (n, heads, c)).reshape(n * heads, c)
+    out = call.edges(h.reshape(n * heads, c), stacked, alpha.reshape(-1), b, edge_ids=ids)
+    out = out.view(n, heads, c)
+    return out.reshape(n, heads * c) if concat else out.mean(1)
+
+
+def gat_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None, return_attention_weights=None) -> Tensor:
+    """GATConv: ``out_j = sum_i α_ji Θ x_i + b`` with the forward's attention ``α`` fixed."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if m.lin is None:
+        raise ValueError(f"{call.name}: bipartite GATConv (lin_src/lin_dst) is not supported")
+    ei, alpha = _attention(call, x, edge_index, edge_attr)
+    h = call.linear(x, m.lin.weight, m.lin.bias).view(-1, m.heads, m.out_channels)
+    out = _heads(call, h, ei, alpha, m.bias, m.concat)
+    if getattr(m, "res", None) is not None:
+        out = out + call.linear(x, m.res.weight, m.res.bias)
+    return out
+
+
+def gatv2_conv(call: LayerCall, x, edge_index, edge_attr=None, return_attention_weights=None) -> Tensor:
+    """GATv2Conv: ``out_j = sum_i α_ji (W_l x_i + b_l) + b`` with the forward's ``α`` fixed."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    ei, alpha = _attention(call, x, edge_index, edge_attr)
+    h = call.linear(x, m.lin_l.weight, m.lin_l.bias).view(-1, m.heads, m.out_channels)
+    out = _heads(call, h, ei, alpha, m.bias, m.concat)
+    if getattr(m, "res", None) is not None:
+        out = out + call.linear(x, m.res.weight, m.res.bias)
+    return out
+
+
+def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
+    """SGConv: ``out = Θ Â^K x + b``."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
+    for _ in range(m.K):
+        x = call.edges(x, ei, w, edge_ids=ids)
+    return call.linear(x, m.lin.weight, m.lin.bias)
+
+
+def tag_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
+    """TAGConv: ``out = sum_k Θ_k Â^k x + b`` as one linear map over the hops."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if m.normalize:
+        ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, False, x.dtype)
+    else:
+        ei, w, ids = edge_index, edge_weight, None
+    hops = [x]
+    for _ in range(m.K):
+        hops.append(call.edges(hops[-1], ei, w, edge_ids=ids))
+    bias = m.bias
+    for lin in m.lins:
+        if lin.bias is not None:
+            bias = lin.bias if bias is None else bias + lin.bias
+    return call.map([call.dense_branch(h, lin.weight) for h, lin in zip(hops, m.lins)], bias)
+
+
+def appnp(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
+    """APPNP: ``h ← (1 - α) Â h + α x``, K times; each step one map over ``[h, x]``."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    ei, w, ids = edge_index, edge_weight, None
+    if m.normalize:
+        ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
+    w = x.new_ones(ei.shape[1]) if w is None else w
+    h = x
+    for _ in range(m.K):
+        h = call.edges(h, ei, (1 - m.alpha) * w, edge_ids=ids, extra=[call.self_loops(x, m.alpha)])
+    return h
+
+
+def cheb_conv(call: LayerCall, x, edge_index, edge_weight=None, batch=None, lambda_max=None) -> Tensor:
+    """ChebConv: ``out = sum_k Θ_k T_k(L̂) x + b``, ``T_k = 2 L̂ T_{k-1} - T_{k-2}``.
+
+    The scaled Laplacian has negative weights, so every rule sees signed edges here.
+    """
+    _check_plain(call, x, edge_index)
+    m = call.module
+    ei, norm = m.__norm__(edge_index, x.shape[0], edge_weight, m.normalization, lambda_max, x.dtype, batch)
+    ids = match_edges(ei, call.ctx.edge_index, x.shape[0])
+    t = [x]
+    if len(m.lins) > 1:
+        t.append(call.edges(x, ei, norm, edge_ids=ids))
+    for _ in m.lins[2:]:
+        t.append(call.edges(t[-1], ei, 2 * norm, edge_ids=ids, extra=[call.self_loops(t[-2], -1.0)]))
+    bias = m.bias
+    return call.map([call.dense_branch(tk, lin.weight) for tk, lin in zip(t, m.lins)], bias)
+
+
+def _register() -> None:
+    import torch_geometric.nn as g
+
+    register_handler(g.GCNConv, gcn_conv)
+    register_handler(g.GraphConv, graph_conv)
+    register_handler(g.SAGEConv, sage_conv)
+    register_handler(g.GINConv, gin_conv, children=("nn",))
+    register_handler(g.GINEConv, gine_conv, children=("nn", "lin"))
+    register_handler(g.GATConv, gat_conv)
+    register_handler(g.GATv2Conv, gatv2_conv)
+    register_handler(g.SGConv, sg_conv)
+    register_handler(g.TAGConv, tag_conv)
+    register_handler(g.APPNP, appnp)
+    register_handler(g.ChebConv, cheb_conv)
+
+
+_register()

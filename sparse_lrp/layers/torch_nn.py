@@ -1,0 +1,71 @@
+"""torch.nn layers: Linear, BatchNorm, element-wise activations."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import register_handler
+from .base import LayerCall
+
+
+def linear(call: LayerCall, x: Tensor) -> Tensor:
+    """``y = x Wᵀ + b``: one dense linear map."""
+    m = call.module
+    return call.linear(x, m.weight, m.bias)
+
+
+def batch_norm(call: LayerCall, x: Tensor) -> Tensor:
+    """Eval-mode batch norm is the affine map ``y = a x + b`` per channel, explained as such."""
+    m = call.module
+    if x.dim() != 2:
+        raise ValueError(f"{call.name}: BatchNorm is supported on [N, C] inputs, got shape {tuple(x.shape)}")
+    if m.running_mean is not None and m.track_running_stats:
+        mean, var = m.running_mean, m.running_var
+    else:  # no running statistics: the batch's own, taken as constants
+        mean, var = x.detach().mean(0), x.detach().var(0, unbiased=False)
+    scale = torch.rsqrt(var + m.eps)
+    if m.weight is not None:
+        scale = scale * m.weight.detach()
+    shift = -mean * scale + (m.bias.detach() if m.bias is not None else 0)
+    return call.linear(x, torch.diag(scale), shift)
+
+
+def activation(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
+    """Element-wise activations pass relevance unchanged."""
+    return call.passthrough(lambda t: call.original(t, *args, **kwargs), x)
+
+
+def identity(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
+    return x
+
+
+register_handler(nn.Linear, linear)
+for _bn in (nn.BatchNorm1d,):
+    register_handler(_bn, batch_norm)
+for _act in (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.ReLU6,
+):
+    register_handler(_act, activation)
+for _ident in (nn.Identity, nn.Dropout):
+    register_handler(_ident, identity)
+
+try:  # PyG's own Linear has the torch layout (weight [out, in], bias [out]).
+    from torch_geometric.nn.dense.linear import Linear as _PygLinear
+
+    register_handler(_PygLinear, linear)
+except ImportError:  # pragma: no cover - torch_geometric is a dependency
+    pass
