@@ -9,6 +9,7 @@ from . import composites, rules
 from .backend import available_backends, get_backend, set_backend, use_backend
 from .composites import Composite
 from .explain import ExplainResult, explain
+from .explainer import LRPExplainer
 from .kernel import edge_lrp
 from .layers import register_handler
 from .linear import linear_lrp
@@ -23,6 +24,7 @@ __all__ = [
     "Composite",
     "explain",
     "ExplainResult",
+    "LRPExplainer",
     "register_handler",
     "edge_lrp",
     "linear_lrp",

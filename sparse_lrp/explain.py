@@ -198,9 +198,16 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
         if t.numel() != sel.numel():
             raise ValueError(f"target has {t.numel()} entries for {sel.numel()} explained rows")
         cls = t
+    seed = torch.zeros_like(y2)
+    if y2.shape[1] == 1 and target is not None:
+        # One-logit binary model: class 1 is the logit, class 0 its negation.
+        if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) > 1):
+            raise ValueError("a one-column (binary) output takes target classes 0 or 1")
+        sign = cls.to(y2.dtype) * 2 - 1
+        seed[sel, 0] = sign
+        return seed.reshape(y.shape), sign * y2[sel, 0], cls
     if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= y2.shape[1]):
         raise ValueError(f"target class out of range for an output with {y2.shape[1]} columns")
-    seed = torch.zeros_like(y2)
     seed[sel, cls] = 1.0
     return seed.reshape(y.shape), y2[sel, cls], cls
 
@@ -330,7 +337,8 @@ def explain(
             (graph-level) or a sample; a list/tensor gives a leading ``[T]`` dimension
             in every result. None explains all rows jointly.
         target: the class to explain (default: the predicted one), a class per index,
-            or a float relevance tensor at the output (regression, multi-output).
+            or a float relevance tensor at the output (regression, multi-output). For a
+            one-column binary output, class 1 explains the logit and class 0 its negation.
         composite: a :class:`~sparse_lrp.composites.Composite`, a single rule for
             every layer, or a preset name (``"epsilon"``, ``"zplus"``, ``"gamma"``).
         task_level: ``"node"`` or ``"graph"``; by default ``"node"`` when the output

@@ -47,11 +47,29 @@ def match_edges(new: Tensor, ref: Tensor | None, num_nodes: int) -> Tensor | Non
     return torch.where(found, order[pos], -1)
 
 
+def _model_ids(call: LayerCall, edge_index: Tensor) -> Tensor | None:
+    """Positions of the layer's input edges in the model's edge_index."""
+    return call.ctx.edge_ids(edge_index)
+
+
+def _follow(ids: Tensor | None, positions: Tensor) -> Tensor | None:
+    """Compose a layer's edge re-ordering ``positions`` (``-1`` = added) with ``ids``."""
+    if ids is None:
+        return None
+    return torch.where(positions >= 0, ids[positions.clamp(min=0)], -1)
+
+
 def _gcn_norm(call: LayerCall, edge_index, edge_weight, n, improved, add_self_loops, dtype):
     from torch_geometric.nn.conv.gcn_conv import gcn_norm
+    from torch_geometric.utils import add_remaining_self_loops
 
     ei, w = gcn_norm(edge_index, edge_weight, n, improved, add_self_loops, "source_to_target", dtype)
-    return ei, w, match_edges(ei, call.ctx.edge_index, n)
+    positions = torch.arange(edge_index.shape[1], device=edge_index.device)
+    if add_self_loops:
+        # Same re-ordering as gcn_norm, applied to edge positions (exact, multi-edges too).
+        _, pos = add_remaining_self_loops(edge_index, positions.to(torch.float64), -1.0, n)
+        positions = pos.long()
+    return ei, w, _follow(_model_ids(call, edge_index), positions)
 
 
 def gcn_conv(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None) -> Tensor:
@@ -141,17 +159,25 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
 
 def _attention(call: LayerCall, x, edge_index, edge_attr):
     """Run the layer once for its attention coefficients ``α [E', H]`` (kept fixed)."""
+    from torch_geometric.utils import add_self_loops, remove_self_loops
+
     _, (ei, alpha) = call.original(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
-    return ei, alpha.detach()
+    # Replay the layer's self-loop handling on edge positions to map α onto model edges.
+    positions = torch.arange(edge_index.shape[1], device=edge_index.device)
+    if call.module.add_self_loops:
+        ei0, pos = remove_self_loops(edge_index, positions.to(torch.float64))
+        _, pos = add_self_loops(ei0, pos, fill_value=-1.0, num_nodes=x.shape[0])
+        positions = pos.long()
+    ids = _follow(_model_ids(call, edge_index), positions) if positions.numel() == ei.shape[1] else None
+    return ei, alpha.detach(), ids
 
 
-def _heads(call: LayerCall, h: Tensor, ei: Tensor, alpha: Tensor, bias: Tensor | None, concat: bool) -> Tensor:
+def _heads(call: LayerCall, h, ei, alpha, ids, bias: Tensor | None, concat: bool) -> Tensor:
     """Per-head node mixing ``out_jh = sum_i α_jih h_ih`` as one edge map over (node, head) rows."""
     n, heads, c = h.shape
     offs = torch.arange(heads, device=h.device)
     src = (ei[0][:, None] * heads + offs).reshape(-1)
     dst = (ei[1][:, None] * heads + offs).reshape(-1)
-    ids = match_edges(ei, call.ctx.edge_index, n)
     ids = None if ids is None else ids[:, None].expand(-1, heads).reshape(-1)
     stacked = torch.stack([src, dst])
     b = None
@@ -169,9 +195,9 @@ def gat_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None, return_a
     m = call.module
     if m.lin is None:
         raise ValueError(f"{call.name}: bipartite GATConv (lin_src/lin_dst) is not supported")
-    ei, alpha = _attention(call, x, edge_index, edge_attr)
+    ei, alpha, ids = _attention(call, x, edge_index, edge_attr)
     h = call.linear(x, m.lin.weight, m.lin.bias).view(-1, m.heads, m.out_channels)
-    out = _heads(call, h, ei, alpha, m.bias, m.concat)
+    out = _heads(call, h, ei, alpha, ids, m.bias, m.concat)
     if getattr(m, "res", None) is not None:
         out = out + call.linear(x, m.res.weight, m.res.bias)
     return out
@@ -181,9 +207,9 @@ def gatv2_conv(call: LayerCall, x, edge_index, edge_attr=None, return_attention_
     """GATv2Conv: ``out_j = sum_i α_ji (W_l x_i + b_l) + b`` with the forward's ``α`` fixed."""
     _check_plain(call, x, edge_index)
     m = call.module
-    ei, alpha = _attention(call, x, edge_index, edge_attr)
+    ei, alpha, ids = _attention(call, x, edge_index, edge_attr)
     h = call.linear(x, m.lin_l.weight, m.lin_l.bias).view(-1, m.heads, m.out_channels)
-    out = _heads(call, h, ei, alpha, m.bias, m.concat)
+    out = _heads(call, h, ei, alpha, ids, m.bias, m.concat)
     if getattr(m, "res", None) is not None:
         out = out + call.linear(x, m.res.weight, m.res.bias)
     return out
