@@ -123,10 +123,9 @@ def timing(num_edges: int, channels: int, repeats: int) -> None:
     except torch.OutOfMemoryError:
         t_grad = float("nan")
     fresh()
+    device_name = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
     mem = torch.cuda.max_memory_allocated() / 2**30 if DEV == "cuda" else float("nan")
-    print(
-        f"\n3-layer GCN, {n:,} nodes, {num_edges:,} edges, {channels} channels, {torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu'}"
-    )
+    print(f"\n3-layer GCN, {n:,} nodes, {num_edges:,} edges, {channels} channels, {device_name}")
     print("| measure | median ms | ratio to forward |\n| --- | --- | --- |")
     for name, t in [
         ("model forward (PyG)", t_fwd),
