@@ -47,7 +47,8 @@ def stabilize(d: Tensor, eps: float) -> Tensor:
     """``d + eps * sign(d)`` with ``sign(0) = +1``."""
     if eps == 0:
         return d
-    return d + torch.where(d >= 0, eps, -eps)
+    # Add in d's own dtype: a float scalar tensor would round eps or upcast half inputs.
+    return torch.where(d >= 0, d + eps, d - eps)
 
 
 def _safe_divide(r: Tensor, d: Tensor) -> Tensor:
@@ -234,6 +235,10 @@ def edge_lrp(
     """
     if isinstance(rule, Pass) or not isinstance(rule, Rule):
         raise TypeError(f"edge_lrp needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if edge_weight is not None and not isinstance(edge_weight, Tensor):
+        raise TypeError(f"edge_weight must be a torch.Tensor or None, got {type(edge_weight).__name__}")
     op = edge_index if isinstance(edge_index, EdgeOperator) else None
     if check:
         check_tensor("x", x, ndim=2)

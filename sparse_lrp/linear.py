@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .kernel import propagate
+from .kernel import STRATEGIES, propagate
 from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
 from .rules import Pass, Rule
 from .validation import check_finite, check_same, check_tensor
@@ -59,6 +59,10 @@ def linear_lrp(
     """
     if isinstance(rule, Pass) or not isinstance(rule, Rule):
         raise TypeError(f"linear_lrp needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
+    if isinstance(weight, Tensor) and weight.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
+        raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
     check_tensor("x", x, ndim=2)
     check_tensor("relevance", relevance, ndim=2)
     check_tensor("weight", weight, ndim=2)

@@ -20,6 +20,7 @@ stabilised denominator is still exactly zero passes no relevance (never NaN).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -202,6 +203,8 @@ class AlphaBeta(Rule):
         self, alpha: float = 2.0, beta: float = 1.0, stabilizer: float = 1e-6, zero_bias: bool = False
     ) -> None:
         super().__init__(stabilizer, zero_bias)
+        if not (math.isfinite(alpha) and math.isfinite(beta)):
+            raise ValueError(f"AlphaBeta needs finite alpha and beta, got alpha={alpha}, beta={beta}")
         if alpha < 0 or beta < 0:
             raise ValueError(f"AlphaBeta needs alpha, beta >= 0, got alpha={alpha}, beta={beta}")
         if abs((alpha - beta) - 1.0) > 1e-9:

@@ -22,7 +22,12 @@ def check_tensor(name: str, t: object, ndim: int | None = None, floating: bool =
 
 
 def check_finite(name: str, t: Tensor) -> None:
-    values = t.values() if t.layout == torch.sparse_coo else (t.values() if t.layout == torch.sparse_csr else t)
+    if t.layout == torch.sparse_coo:
+        values = t._values()  # stored entries, coalesced or not
+    elif t.layout == torch.sparse_csr:
+        values = t.values()
+    else:
+        values = t
     if values.numel() and not bool(torch.isfinite(values).all()):
         bad = "NaN" if bool(torch.isnan(values).any()) else "Inf"
         raise ValueError(f"{name} contains {bad} values; LRP needs finite inputs")

@@ -1,0 +1,154 @@
+"""``sparse-lrp bench`` in its tiny mode: tables, files and ratios (no timing assertions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sparse_lrp.bench import dense, explainers, graphs, libs, main, sparse
+from sparse_lrp.bench.common import Config, read_csv
+
+EXPECTED_COLUMNS = {
+    "dense": dense.COLUMNS,
+    "sparse": sparse.COLUMNS,
+    "graphs": graphs.COLUMNS,
+    "explainers": explainers.COLUMNS,
+}
+# Ratios that exist whatever optional libraries are installed.
+ALWAYS = {
+    "dense": ["lrp/grad"],
+    "sparse": ["dense/sparse"],
+    "graphs": ["lrp/fwd", "lrp/grad", "lrp_edges/fwd"],
+    "explainers": ["method/lrp"],
+}
+
+
+def _positive_finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+def _check_ratios(table: dict) -> None:
+    assert table["rows"], f"{table['name']}: no rows"
+    for row in table["rows"]:
+        for col in table["ratio_columns"]:
+            v = row.get(col)
+            if col in ALWAYS.get(table["name"], []):
+                assert _positive_finite(v), f"{table['name']}.{col} = {v!r} in {row}"
+            else:
+                assert v is None or _positive_finite(v), f"{table['name']}.{col} = {v!r} in {row}"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    threads = torch.get_num_threads()
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    args = parser.parse_args(["--tiny", "--suites", "all", "--threads", "1", "--quiet", "--out", str(out)])
+    rc = main.run(args)
+    assert torch.get_num_threads() == threads  # restored
+    return rc, out
+
+
+def test_tiny_bench_writes_tables_and_files(tiny_run):
+    rc, out = tiny_run
+    assert rc == 0
+    results = json.loads((out / "results.json").read_text())
+    tables = {t["name"]: t for t in results["tables"]}
+    assert set(EXPECTED_COLUMNS) <= set(tables)
+    for name, columns in EXPECTED_COLUMNS.items():
+        assert tables[name]["columns"] == list(columns)
+        _check_ratios(tables[name])
+        rows = read_csv(out / f"{name}.csv")
+        assert rows and list(rows[0]) == list(columns)
+        for row in rows:
+            for col in tables[name]["ratio_columns"]:
+                if row[col] != "":
+                    assert math.isfinite(float(row[col])) and float(row[col]) > 0
+    md = (out / "bench.md").read_text()
+    assert "machine:" in md and "torch" in md and "| model |" in md
+    assert (out / "dense.csv").read_text().startswith("# ")  # machine and versions lead every CSV
+    env = results["env"]
+    assert env["torch"] and env["cpu"]
+    pytest.importorskip("matplotlib")
+    assert (out / "bench.png").stat().st_size > 0
+
+
+def test_tiny_bench_attributions_match_zennit(tiny_run):
+    if libs.zennit() is None:
+        pytest.skip("zennit not installed")
+    _, out = tiny_run
+    table = next(t for t in json.loads((out / "results.json").read_text())["tables"] if t["name"] == "dense")
+    for row in table["rows"]:
+        assert row["maxdiff_zennit"] <= 1e-4 * max(1.0, row["max_abs_R"]), row
+
+
+def test_graph_targets_and_memory_reported(tiny_run):
+    _, out = tiny_run
+    table = next(t for t in json.loads((out / "results.json").read_text())["tables"] if t["name"] == "graphs")
+    assert {r["model"] for r in table["rows"]} == {"GCN", "GIN"}
+    assert all(t["status"] in ("PASS", "MISS", "n/a") for t in table["targets"])
+    if sys.platform.startswith("linux"):
+        for row in table["rows"]:
+            for col in ("mem_fwd_mb", "mem_grad_mb", "mem_lrp_mb", "mem_chunked_mb"):
+                assert row[col] is None or row[col] >= 0
+
+
+def test_missing_libraries_are_skipped_with_a_note(monkeypatch):
+    monkeypatch.setattr(libs, "zennit", lambda: None)
+    monkeypatch.setattr(libs, "captum", lambda: None)
+    monkeypatch.setitem(libs.why_missing, "zennit", "zennit not available (test)")
+    monkeypatch.setitem(libs.why_missing, "captum", "captum not available (test)")
+    cfg = Config(mode="tiny", warmup=0, verbose=False)
+    (table,) = dense.run(cfg)
+    assert table.columns == dense.COLUMNS
+    assert all(r.get("zennit_ms") is None and r.get("captum_ms") is None for r in table.rows)
+    assert any("zennit columns skipped" in n for n in table.notes)
+    assert any("captum columns skipped" in n for n in table.notes)
+    _check_ratios(table.to_dict())
+    (expl,) = explainers.run(cfg)
+    assert not any("Captum" in r["method"] for r in expl.rows)
+    assert any("Captum rows skipped" in n for n in expl.notes)
+
+
+def test_memory_probe_in_a_fresh_process():
+    spec = {"model": "GCN", "edges": 400, "device": "cpu", "seed": 0, "budget": 2**20, "methods": ["fwd", "lrp"]}
+    mem = graphs.probe_in_subprocess(spec, timeout=120)
+    assert set(mem) == {"fwd", "lrp"}
+    assert all(v is None or v >= 0 for v in mem.values())
+
+
+def test_edge_sizes_and_arguments():
+    assert graphs.edge_sizes(Config(mode="quick")) == [10_000, 100_000, 1_000_000]
+    assert graphs.edge_sizes(Config(mode="quick", max_edges=1e8))[-1] == 100_000_000
+    assert graphs.edge_sizes(Config(mode="full", min_edges=1e5, max_edges=3e6)) == [100_000, 1_000_000, 3_000_000]
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    args = parser.parse_args(["--device", "cpu", "--suites", "graphs", "--max-edges", "1e8", "--full"])
+    cfg = main.config_from_args(args)
+    assert (cfg.mode, cfg.suites, cfg.max_edges, cfg.device) == ("full", ("graphs",), 1e8, "cpu")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--suites", "nope"])
+
+
+def test_main_module_is_cheap_to_import():
+    code = (
+        "import sys, sparse_lrp.bench.main as m; "
+        "heavy = [n for n in ('zennit', 'captum', 'matplotlib', 'sparse_lrp.bench.dense', 'sparse_lrp.bench.graphs') "
+        "if n in sys.modules]; print(heavy); assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graph_suite_on_cuda():
+    cfg = Config(mode="tiny", device="cuda", warmup=0, verbose=False)
+    (table,) = graphs.run(cfg)
+    _check_ratios(table.to_dict())
+    assert all(r["mem_lrp_mb"] is not None for r in table.rows)

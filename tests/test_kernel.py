@@ -1,0 +1,388 @@
+"""The edge-wise kernel: strategies, edge relevance, conservation, gradient×input,
+prepared operators and memory-bounded chunking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_rules_reference import RULES, ZBox, make_rule, random_graph, ref_edge_lrp, ref_epsilon_multigraph
+
+from sparse_lrp import AlphaBeta, Epsilon, Gamma, WSquare, ZPlus, edge_lrp, linear_lrp, prepare
+from sparse_lrp.operators import EdgeOperator
+
+RULE_IDS = [r[0] for r in RULES]
+DTYPES = [torch.float64, torch.float32]
+DTYPE_IDS = ["f64", "f32"]
+
+
+def tol(dtype):
+    return {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+
+
+def graph_rule(rule_id, spec, n_in):
+    """A rule for an edge_lrp input ``[n_in, C]`` (ZBoxVec gets per-node bounds)."""
+    if rule_id == "ZBoxVec":
+        return ZBox(-torch.linspace(0.5, 2.0, n_in)[:, None], torch.linspace(1.0, 3.0, n_in)[:, None])
+    return make_rule(spec, 1)
+
+
+def graph_data(seed=0, dtype=torch.float64, n_in=9, n_out=9, C=3, multi=True, bias=True):
+    g = torch.Generator().manual_seed(seed)
+    ei = random_graph(seed, n_in=n_in, n_out=n_out, multi=multi)
+    x = torch.randn(n_in, C, generator=g, dtype=torch.float64)
+    w = torch.randn(ei.shape[1], generator=g, dtype=torch.float64)
+    R = torch.randn(n_out, C, generator=g, dtype=torch.float64)
+    b = torch.randn(n_out, C, generator=g, dtype=torch.float64) if bias else None
+
+    def cast(t):
+        return None if t is None else t.to(dtype)
+
+    return ei, cast(x), cast(w), cast(R), cast(b)
+
+
+def run_edge(x, ei, w, R, rule, b, strategy, **kw):
+    return edge_lrp(
+        x, ei, w, R, rule, bias=b, strategy=strategy, return_edge_relevance=True, return_absorbed=True, **kw
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Strategy agreement
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
+def test_strategies_agree_edge_lrp(rule_id, spec, dtype, backend):
+    for multi in (True, False):
+        for bias in (True, False):
+            ei, x, w, R, b = graph_data(1, dtype, multi=multi, bias=bias)
+            rule = graph_rule(rule_id, spec, x.shape[0])
+            outs = {s: run_edge(x, ei, w, R, rule, b, s) for s in ("scatter", "spmm", "auto")}
+            for s in ("spmm", "auto"):
+                for name, a, e in zip(("R_in", "edge", "absorbed"), outs[s], outs["scatter"]):
+                    assert a.dtype == dtype and a.shape == e.shape
+                    torch.testing.assert_close(a, e, **tol(dtype), msg=lambda m, s=s, n=name: f"{s} {n}: {m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
+def test_strategies_agree_linear_lrp(rule_id, spec, dtype, backend):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 10, generator=g, dtype=torch.float64).to(dtype)
+    W = (torch.randn(8, 10, generator=g, dtype=torch.float64) * (torch.rand(8, 10, generator=g) < 0.4)).to(dtype)
+    R = torch.randn(4, 8, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(8, generator=g, dtype=torch.float64).to(dtype)
+    rule = make_rule(spec, 10)
+    for Ws in (W.to_sparse_coo(), W.to_sparse_csr()):
+        ref, ref_abs = linear_lrp(x, Ws, R, rule, b, strategy="scatter", return_absorbed=True)
+        for s in ("spmm", "auto"):
+            r, a = linear_lrp(x, Ws, R, rule, b, strategy=s, return_absorbed=True)
+            torch.testing.assert_close(r, ref, **tol(dtype))
+            torch.testing.assert_close(a, ref_abs, **tol(dtype))
+
+
+# --------------------------------------------------------------------------------------
+# Edge relevance
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+@pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
+def test_edge_relevance_sums_to_input_relevance(rule_id, spec, strategy, backend):
+    """Every input relevance is the sum of its edges' messages, so in total
+    ``edge.sum() == R_in.sum()`` (for every rule, also the non-proportional ones),
+    and per input node the edges leaving it sum to its relevance (summed over channels)."""
+    for multi in (True, False):
+        ei, x, w, R, b = graph_data(4, multi=multi)
+        r_in, edge, _ = run_edge(x, ei, w, R, graph_rule(rule_id, spec, x.shape[0]), b, strategy)
+        torch.testing.assert_close(edge.sum(), r_in.sum(), rtol=1e-10, atol=1e-10)
+        per_node = torch.zeros(x.shape[0], dtype=edge.dtype).index_add_(0, ei[0], edge)
+        torch.testing.assert_close(per_node, r_in.sum(1), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+@pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
+def test_edge_relevance_matches_dense_per_edge_reference(rule_id, spec, strategy, backend):
+    ei, x, w, R, b = graph_data(5, multi=False)
+    rule = graph_rule(rule_id, spec, x.shape[0])
+    exp_r, exp_e, exp_a = ref_edge_lrp(rule, x, ei, w, R, b)
+    r_in, edge, absorbed = run_edge(x, ei, w, R, rule, b, strategy)
+    torch.testing.assert_close(edge, exp_e, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(r_in, exp_r, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(absorbed, exp_a, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+def test_edge_relevance_multigraph_keeps_each_edge_separate(strategy, backend):
+    """Two parallel edges of weight 1 and 3 carry relevance in the ratio 1 : 3."""
+    ei = torch.tensor([[0, 0, 1], [0, 0, 0]])
+    w = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
+    x = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    R = torch.tensor([[8.0]], dtype=torch.float64)
+    r_in, edge = edge_lrp(x, ei, w, R, Epsilon(0.0), strategy=strategy, return_edge_relevance=True)
+    # z = 1*1 + 3*1 + 2*2 = 8 -> messages 1, 3, 4
+    torch.testing.assert_close(edge, torch.tensor([1.0, 3.0, 4.0], dtype=torch.float64))
+    torch.testing.assert_close(r_in, torch.tensor([[4.0], [4.0]], dtype=torch.float64))
+    _, exp_e, _ = ref_epsilon_multigraph(0.0, x, ei, w, R)
+    torch.testing.assert_close(edge, exp_e)
+
+
+# --------------------------------------------------------------------------------------
+# Conservation
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+def test_conservation_epsilon0_without_bias(strategy, backend):
+    g = torch.Generator().manual_seed(6)
+    # a complete bipartite graph with positive inputs and weights: no zero denominators
+    src, dst = torch.meshgrid(torch.arange(6), torch.arange(4), indexing="ij")
+    ei = torch.stack([src.flatten(), dst.flatten()])
+    x = torch.rand(6, 3, generator=g, dtype=torch.float64) + 0.1
+    w = torch.rand(ei.shape[1], generator=g, dtype=torch.float64) + 0.1
+    R = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    r_in, absorbed = edge_lrp(x, ei, w, R, Epsilon(0.0), strategy=strategy, return_absorbed=True)
+    torch.testing.assert_close(r_in.sum(0), R.sum(0), rtol=1e-12, atol=1e-12)  # per channel
+    torch.testing.assert_close(absorbed, torch.zeros_like(R), rtol=0, atol=1e-12)
+    # also for mixed signs, as long as no denominator is zero
+    x2 = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    w2 = torch.randn(ei.shape[1], generator=g, dtype=torch.float64)
+    r2 = edge_lrp(x2, ei, w2, R, Epsilon(0.0), strategy=strategy)
+    torch.testing.assert_close(r2.sum(), R.sum(), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+@pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
+def test_conservation_with_bias_and_absorbed(rule_id, spec, strategy, backend):
+    """``R_in.sum() + absorbed.sum() == R.sum()`` per channel, for every rule."""
+    ei, x, w, R, b = graph_data(7, bias=True)
+    r_in, _, absorbed = run_edge(x, ei, w, R, graph_rule(rule_id, spec, x.shape[0]), b, strategy)
+    torch.testing.assert_close(r_in.sum(0) + absorbed.sum(0), R.sum(0), rtol=1e-10, atol=1e-10)
+    # linear_lrp too
+    g = torch.Generator().manual_seed(8)
+    xl = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    W = torch.randn(5, 6, generator=g, dtype=torch.float64) * (torch.rand(5, 6, generator=g) < 0.5)
+    Rl = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    bl = torch.randn(5, generator=g, dtype=torch.float64)
+    for Ws in (W, W.to_sparse_csr()):
+        r, a = linear_lrp(xl, Ws, Rl, make_rule(spec, 6), bl, strategy=strategy, return_absorbed=True)
+        torch.testing.assert_close(r.sum(1) + a.sum(1), Rl.sum(1), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+def test_alphabeta_conserves_without_bias(strategy, backend):
+    """With alpha - beta = 1, no bias, no stabiliser and every output having both positive
+    and negative contributions, AlphaBeta conserves exactly and absorbs nothing."""
+    g = torch.Generator().manual_seed(9)
+    src, dst = torch.meshgrid(torch.arange(5), torch.arange(4), indexing="ij")
+    ei = torch.stack([src.flatten(), dst.flatten()])
+    x = torch.rand(5, 2, generator=g, dtype=torch.float64) + 0.5
+    w = torch.randn(ei.shape[1], generator=g, dtype=torch.float64)
+    w[:4] = w[:4].abs() + 0.1  # input 0 -> every output: positive
+    w[4:8] = -w[4:8].abs() - 0.1  # input 1 -> every output: negative
+    R = torch.randn(4, 2, generator=g, dtype=torch.float64)
+    for alpha, beta in ((1, 0), (2, 1), (3, 2)):
+        r, a = edge_lrp(x, ei, w, R, AlphaBeta(alpha, beta, stabilizer=0.0), strategy=strategy, return_absorbed=True)
+        torch.testing.assert_close(r.sum(0), R.sum(0), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(a, torch.zeros_like(R), rtol=0, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------
+# LRP-0 equals gradient × input
+# --------------------------------------------------------------------------------------
+
+
+def sparse_relu_net(seed=10, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    W1 = torch.randn(16, 10, generator=g, dtype=dtype) * (torch.rand(16, 10, generator=g) < 0.4)
+    W2 = torch.randn(4, 16, generator=g, dtype=dtype) * (torch.rand(4, 16, generator=g) < 0.5)
+    x = torch.randn(3, 10, generator=g, dtype=dtype)
+    return W1, W2, x
+
+
+@pytest.mark.parametrize("target", [0, 2])
+@pytest.mark.parametrize("strategy", ["auto", "scatter", "spmm"])
+@pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
+def test_epsilon0_equals_gradient_times_input(layout, strategy, target, backend):
+    W1, W2, x = sparse_relu_net()
+    W1s, W2s = W1.to_sparse_coo(), W2.to_sparse_coo()
+    # autograd forward through the sparse weights
+    xg = x.clone().requires_grad_(True)
+    h = torch.relu(torch.sparse.mm(W1s, xg.T).T)
+    logits = torch.sparse.mm(W2s, h.T).T
+    logits[:, target].sum().backward()
+    expected = (x * xg.grad).detach()
+    assert expected.abs().sum() > 0
+
+    def lay(W):
+        return {"dense": W, "coo": W.to_sparse_coo(), "csr": W.to_sparse_csr()}[layout]
+
+    with torch.no_grad():
+        h = torch.relu(x @ W1.T)
+        out = h @ W2.T
+        R2 = torch.zeros_like(out)
+        R2[:, target] = out[:, target]
+        R1 = linear_lrp(h, lay(W2), R2, Epsilon(0.0), strategy=strategy)  # ReLU passes R1 unchanged
+        R0 = linear_lrp(x, lay(W1), R1, Epsilon(0.0), strategy=strategy)
+    torch.testing.assert_close(R0, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(R0.sum(1), out[:, target], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+def test_edge_lrp_epsilon0_equals_gradient_times_input(strategy, backend):
+    """A graph aggregation ``z = A x``; with ``R = z`` LRP-0 gives ``x * d(sum z)/dx``."""
+    ei, x, w, _, _ = graph_data(11, bias=False)
+    xg = x.clone().requires_grad_(True)
+    z = torch.zeros(9, x.shape[1], dtype=x.dtype).index_add(0, ei[1], xg[ei[0]] * w[:, None])
+    z.sum().backward()
+    r = edge_lrp(x, ei, w, z.detach(), Epsilon(0.0), strategy=strategy)
+    torch.testing.assert_close(r, x * xg.grad, rtol=1e-10, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------
+# Prepared operators, z, index dtypes, chunking
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm", "auto"])
+@pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
+def test_prepared_operator_identical_and_reusable(rule_id, spec, strategy, backend):
+    ei, x, w, R, b = graph_data(12)
+    rule = graph_rule(rule_id, spec, x.shape[0])
+    op = prepare(ei, x.shape[0], R.shape[0])
+    assert isinstance(op, EdgeOperator)
+    raw = run_edge(x, ei, w, R, rule, b, strategy)
+    prepared = run_edge(x, op, w, R, rule, b, strategy)
+    for a, e in zip(prepared, raw):
+        torch.testing.assert_close(a, e, rtol=0, atol=0)
+    # the same operator again with different edge weights, inputs and no weights at all
+    g = torch.Generator().manual_seed(13)
+    for w2 in (torch.randn(ei.shape[1], generator=g, dtype=torch.float64), None):
+        x2 = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        again = run_edge(x2, op, w2, R, rule, b, strategy)
+        fresh = run_edge(x2, ei, w2, R, rule, b, strategy)
+        for a, e in zip(again, fresh):
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+def test_prepare_defaults_to_square_graph(backend):
+    ei = torch.tensor([[0, 1, 4], [1, 2, 0]])
+    op = prepare(ei)
+    assert (op.num_in, op.num_out, op.num_edges) == (5, 5, 3)
+    x = torch.rand(5, 2, dtype=torch.float64)
+    R = torch.rand(5, 2, dtype=torch.float64)
+    torch.testing.assert_close(edge_lrp(x, op, None, R, Epsilon()), edge_lrp(x, ei, None, R, Epsilon()))
+
+
+def test_prepared_operator_size_mismatch_raises():
+    ei = torch.tensor([[0, 1], [1, 0]])
+    op = prepare(ei, 3, 2)
+    with pytest.raises(ValueError, match="prepared operator maps 3 -> 2"):
+        edge_lrp(torch.rand(4, 1), op, None, torch.rand(2, 1), Epsilon())
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+@pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
+def test_tiny_max_memory_chunks_give_identical_results(rule_id, spec, strategy, backend):
+    ei, x, w, R, b = graph_data(14, C=5)
+    rule = graph_rule(rule_id, spec, x.shape[0])
+    full = run_edge(x, ei, w, R, rule, b, strategy)
+    for budget in (1, 100, 1000):  # 1000 bytes: a handful of edges per chunk
+        chunked = run_edge(x, ei, w, R, rule, b, strategy, max_memory=budget)
+        for a, e in zip(chunked, full):
+            torch.testing.assert_close(a, e, rtol=1e-13, atol=1e-13)
+    g = torch.Generator().manual_seed(15)
+    xl = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    W = torch.randn(7, 12, generator=g, dtype=torch.float64) * (torch.rand(7, 12, generator=g) < 0.5)
+    Rl = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    lrule = make_rule(spec, 12)
+    torch.testing.assert_close(
+        linear_lrp(xl, W.to_sparse_csr(), Rl, lrule, strategy=strategy, max_memory=1000),
+        linear_lrp(xl, W.to_sparse_csr(), Rl, lrule, strategy=strategy),
+        rtol=1e-13,
+        atol=1e-13,
+    )
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+@pytest.mark.parametrize(
+    "rule", [Epsilon(0.0), Epsilon(0.01), Epsilon(0.01, zero_bias=True), Gamma(0.5), ZPlus()], ids=repr
+)
+def test_given_forward_z_gives_same_result(rule, strategy, backend):
+    ei, x, w, R, b = graph_data(16)
+    z = torch.zeros_like(R).index_add_(0, ei[1], x[ei[0]] * w[:, None]) + b
+    with_z = run_edge(x, ei, w, R, rule, b, strategy, z=z)
+    without = run_edge(x, ei, w, R, rule, b, strategy)
+    for a, e in zip(with_z, without):
+        torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+def test_int32_edge_index_equals_int64(strategy, backend):
+    ei, x, w, R, b = graph_data(17)
+    for rule in (Epsilon(), WSquare(), Gamma()):
+        a = run_edge(x, ei.to(torch.int32), w, R, rule, b, strategy)
+        e = run_edge(x, ei, w, R, rule, b, strategy)
+        for u, v in zip(a, e):
+            torch.testing.assert_close(u, v, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm", "auto"])
+@pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
+def test_graph_without_edges(rule_id, spec, strategy, backend):
+    ei = torch.zeros(2, 0, dtype=torch.long)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    R = torch.randn(3, 2, dtype=torch.float64)
+    r, edge, absorbed = run_edge(
+        x, ei, torch.zeros(0, dtype=torch.float64), R, graph_rule(rule_id, spec, 4), None, strategy
+    )
+    assert r.shape == (4, 2) and edge.shape == (0,)
+    assert torch.all(r == 0)
+    torch.testing.assert_close(absorbed, R)  # nothing flows: everything is dropped
+
+
+def test_stabilizer_is_exact_in_float64(backend):
+    """``stab(d) = d + eps * sign(d)`` in the input's precision: for float64 the epsilon
+    must not be rounded to float32 first (0.1 and 1e-6 are not float32 numbers)."""
+    x = torch.tensor([[1.0, -1.0]], dtype=torch.float64)  # z = 0 -> stab(0) = eps
+    W = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    R = torch.ones(1, 1, dtype=torch.float64)
+    for eps in (0.1, 1e-6):
+        for Ws in (W, W.to_sparse_csr()):
+            r = linear_lrp(x, Ws, R, Epsilon(eps))
+            # R_0 = 1 * 1 / (0 + eps), R_1 = -1 * 1 / (0 + eps)
+            torch.testing.assert_close(r, torch.tensor([[1 / eps, -1 / eps]], dtype=torch.float64), rtol=1e-14, atol=0)
+    # a negative denominator: z = -2 -> stab = -2 - 0.1
+    r = linear_lrp(torch.tensor([[-2.0]], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64), R, Epsilon(0.1))
+    torch.testing.assert_close(r, torch.tensor([[-2.0 / (-2.1)]], dtype=torch.float64), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
+def test_half_precision_runs_and_keeps_dtype(layout, dtype, backend):
+    """Half precisions are supported ("auto" falls back to edge messages for them):
+    the result keeps the input dtype and matches float64 to half-precision accuracy."""
+    g = torch.Generator().manual_seed(18)
+    x = torch.rand(3, 6, generator=g, dtype=torch.float64) + 0.1
+    W = torch.rand(4, 6, generator=g, dtype=torch.float64) * (torch.rand(4, 6, generator=g) < 0.6)
+    W[:, 0] = 0.5  # every output has a connection
+    R = torch.rand(3, 4, generator=g, dtype=torch.float64)
+    for rule in (Epsilon(), ZPlus(), Gamma(), WSquare()):
+        expected = linear_lrp(x, W, R, rule)
+        Wh = W.to(dtype)
+        Wh = {"dense": Wh, "coo": Wh.to_sparse_coo(), "csr": Wh.to_sparse_csr()}[layout]
+        r = linear_lrp(x.to(dtype), Wh, R.to(dtype), rule)
+        assert r.dtype == dtype
+        torch.testing.assert_close(r.double(), expected, rtol=3e-2, atol=3e-2)
+    ei = torch.tensor([[0, 1, 2, 2], [1, 2, 0, 1]])
+    xe, we, Re = (
+        torch.rand(3, 2, dtype=torch.float64),
+        torch.rand(4, dtype=torch.float64),
+        torch.rand(3, 2, dtype=torch.float64),
+    )
+    r, e = edge_lrp(xe.to(dtype), ei, we.to(dtype), Re.to(dtype), Epsilon(), return_edge_relevance=True)
+    r64, e64 = edge_lrp(xe, ei, we, Re, Epsilon(), return_edge_relevance=True)
+    assert r.dtype == dtype and e.dtype == dtype
+    torch.testing.assert_close(r.double(), r64, rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(e.double(), e64, rtol=3e-2, atol=3e-2)

@@ -1,0 +1,476 @@
+"""Every supported graph layer against independent references.
+
+(a) LRP-0 on bias-free two-layer models (ReLU in between) equals gradient × input of
+    the explained logit; for GAT/GATv2 the reference is the layer written densely with
+    its attention coefficients held fixed.
+(b) Every rule on a one-layer model with a controlled output relevance equals the
+    two-stage LRP (node mixing, feature mixing) written out in ``gnn_reference``.
+
+The graph has self-loops, an isolated node, multi-edges and directed edges.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_geometric.nn as gnn
+from gnn_reference import (
+    DT,
+    check_graph,
+    gat_attention,
+    gat_dense,
+    grad_x_input,
+    make_graph,
+    randomise,
+    ref_appnp,
+    ref_cheb,
+    ref_gat,
+    ref_gcn,
+    ref_gin,
+    ref_gine,
+    ref_graph_conv,
+    ref_sage,
+    ref_sg,
+    ref_tag,
+    zero_biases,
+)
+from torch import nn
+
+import sparse_lrp
+from sparse_lrp import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
+
+N, F, H, C, D = 12, 5, 6, 4, 3
+EI = make_graph(N)
+E = EI.shape[1]
+
+
+def close(a, b, atol=1e-8, rtol=1e-7):
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+@pytest.fixture
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(N, F, generator=g, dtype=DT)
+    ew = torch.rand(E, generator=g, dtype=DT) + 0.2
+    ea = torch.randn(E, D, generator=g, dtype=DT)
+    return x, ew, ea
+
+
+def test_graph_has_every_awkward_case():
+    check_graph(EI, N)
+
+
+# --------------------------------------------------------------------------------------
+# (a) LRP-0 == gradient × input on bias-free two-layer models
+# --------------------------------------------------------------------------------------
+
+
+class TwoLayers(nn.Module):
+    """``conv2(relu(conv1(pre(x))))``; forward kwargs go to both convs."""
+
+    def __init__(self, conv1, conv2, pre=None):
+        super().__init__()
+        self.pre = pre
+        self.conv1, self.act, self.conv2 = conv1, nn.ReLU(), conv2
+
+    def forward(self, x, edge_index, **kw):
+        if self.pre is not None:
+            x = self.pre(x)
+        return self.conv2(self.act(self.conv1(x, edge_index, **kw)), edge_index, **kw)
+
+
+def _gin(i, o, **kw):
+    return gnn.GINConv(nn.Linear(i, o, bias=False), **kw)
+
+
+def _gine(i, o, **kw):
+    conv = gnn.GINEConv(nn.Linear(i, o, bias=False), edge_dim=D, **kw)
+    return zero_biases(conv)  # the edge lin always has a bias: make it zero
+
+
+def _train_eps(conv):
+    with torch.no_grad():
+        conv.eps.fill_(0.3)
+    return conv
+
+
+# name -> (builder, forward kwargs names)
+TWO_LAYER = {
+    "gcn": (lambda: TwoLayers(gnn.GCNConv(F, H, bias=False), gnn.GCNConv(H, C, bias=False)), ()),
+    "gcn_no_normalize": (
+        lambda: TwoLayers(
+            gnn.GCNConv(F, H, bias=False, normalize=False), gnn.GCNConv(H, C, bias=False, normalize=False)
+        ),
+        (),
+    ),
+    "gcn_no_self_loops": (
+        lambda: TwoLayers(
+            gnn.GCNConv(F, H, bias=False, add_self_loops=False), gnn.GCNConv(H, C, bias=False, add_self_loops=False)
+        ),
+        (),
+    ),
+    "gcn_edge_weight": (lambda: TwoLayers(gnn.GCNConv(F, H, bias=False), gnn.GCNConv(H, C, bias=False)), ("ew",)),
+    "gcn_no_normalize_edge_weight": (
+        lambda: TwoLayers(
+            gnn.GCNConv(F, H, bias=False, normalize=False), gnn.GCNConv(H, C, bias=False, normalize=False)
+        ),
+        ("ew",),
+    ),
+    "gcn_cached": (
+        lambda: TwoLayers(gnn.GCNConv(F, H, bias=False, cached=True), gnn.GCNConv(H, C, bias=False, cached=True)),
+        (),
+    ),
+    "gcn_improved": (
+        lambda: TwoLayers(gnn.GCNConv(F, H, bias=False, improved=True), gnn.GCNConv(H, C, bias=False, improved=True)),
+        (),
+    ),
+    "graph_add": (lambda: TwoLayers(gnn.GraphConv(F, H, bias=False), gnn.GraphConv(H, C, bias=False)), ()),
+    "graph_mean": (
+        lambda: TwoLayers(gnn.GraphConv(F, H, aggr="mean", bias=False), gnn.GraphConv(H, C, aggr="mean", bias=False)),
+        (),
+    ),
+    "graph_add_edge_weight": (
+        lambda: TwoLayers(gnn.GraphConv(F, H, bias=False), gnn.GraphConv(H, C, bias=False)),
+        ("ew",),
+    ),
+    "graph_mean_edge_weight": (
+        lambda: TwoLayers(gnn.GraphConv(F, H, aggr="mean", bias=False), gnn.GraphConv(H, C, aggr="mean", bias=False)),
+        ("ew",),
+    ),
+    "sage_root": (lambda: TwoLayers(gnn.SAGEConv(F, H, bias=False), gnn.SAGEConv(H, C, bias=False)), ()),
+    "sage_no_root": (
+        lambda: TwoLayers(
+            gnn.SAGEConv(F, H, bias=False, root_weight=False), gnn.SAGEConv(H, C, bias=False, root_weight=False)
+        ),
+        (),
+    ),
+    "gin_eps": (lambda: TwoLayers(_gin(F, H, eps=0.25), _gin(H, C, eps=-0.4)), ()),
+    "gin_train_eps": (
+        lambda: TwoLayers(_train_eps(_gin(F, H, train_eps=True)), _train_eps(_gin(H, C, train_eps=True))),
+        (),
+    ),
+    "gine": (lambda: TwoLayers(_gine(F, H, eps=0.2), _gine(H, C)), ("ea",)),
+    "sg": (lambda: TwoLayers(gnn.SGConv(F, H, K=2, bias=False), gnn.SGConv(H, C, K=2, bias=False)), ()),
+    "tag": (lambda: TwoLayers(gnn.TAGConv(F, H, K=2, bias=False), gnn.TAGConv(H, C, K=2, bias=False)), ()),
+    "appnp": (
+        lambda: TwoLayers(gnn.APPNP(K=3, alpha=0.15), gnn.APPNP(K=3, alpha=0.3), nn.Linear(F, C, bias=False)),
+        (),
+    ),
+    "cheb": (lambda: TwoLayers(gnn.ChebConv(F, H, K=3, bias=False), gnn.ChebConv(H, C, K=3, bias=False)), ()),
+}
+
+GAT_LAYERS = {
+    "gat_concat": (
+        lambda: TwoLayers(gnn.GATConv(F, 3, heads=2, bias=False), gnn.GATConv(6, C, heads=2, bias=False)),
+        (),
+    ),
+    "gat_mean": (
+        lambda: TwoLayers(
+            gnn.GATConv(F, H, heads=2, concat=False, bias=False), gnn.GATConv(H, C, heads=2, concat=False, bias=False)
+        ),
+        (),
+    ),
+    "gat_edge_dim": (
+        lambda: TwoLayers(
+            gnn.GATConv(F, 3, heads=2, edge_dim=D, bias=False), gnn.GATConv(6, C, heads=2, edge_dim=D, bias=False)
+        ),
+        ("ea",),
+    ),
+    "gatv2_concat": (
+        lambda: TwoLayers(gnn.GATv2Conv(F, 3, heads=2, bias=False), gnn.GATv2Conv(6, C, heads=2, bias=False)),
+        (),
+    ),
+    "gatv2_mean": (
+        lambda: TwoLayers(
+            gnn.GATv2Conv(F, H, heads=2, concat=False, bias=False),
+            gnn.GATv2Conv(H, C, heads=2, concat=False, bias=False),
+        ),
+        (),
+    ),
+    "gatv2_edge_dim": (
+        lambda: TwoLayers(
+            gnn.GATv2Conv(F, 3, heads=2, edge_dim=D, bias=False), gnn.GATv2Conv(6, C, heads=2, edge_dim=D, bias=False)
+        ),
+        ("ea",),
+    ),
+}
+
+
+def _kwargs(names, ew, ea):
+    kw = {}
+    if "ew" in names:
+        kw["edge_weight"] = ew
+    if "ea" in names:
+        kw["edge_attr"] = ea
+    return kw
+
+
+def _no_bias(model):
+    for name, p in model.named_parameters():
+        assert name.split(".")[-1] != "bias" or not bool(p.any()), f"{name} is a non-zero bias"
+
+
+def _check_lrp0(model, x, kw, index, target, reference):
+    """explain() with LRP-0 against ``reference(x, ea) -> (grad×input of x, of ea, output)``."""
+    res = sparse_lrp.explain(model, x, EI, index=index, target=target, composite=Epsilon(0.0), **kw)
+    ref_x, ref_ea, ref_out = reference
+    close(res.node_feat, ref_x)
+    close(res.node, ref_x.sum(1))
+    close(res.output.sum(), ref_out)
+    if "edge_attr" in kw:
+        assert res.edge_attr is not None and res.edge_attr.shape == kw["edge_attr"].shape
+        close(res.edge_attr, ref_ea)
+    total = res.node_feat.sum() + (res.edge_attr.sum() if res.edge_attr is not None else 0)
+    close(total, ref_out)  # conservation: bias-free ReLU network, LRP-0
+    assert res.conservation["in"] == pytest.approx(res.conservation["out"], abs=1e-8)
+    assert abs(res.conservation["absorbed"]) < 1e-8 and abs(res.conservation["lost"]) < 1e-8
+    assert res.edge is not None and res.edge.shape == (E,)
+    assert torch.isfinite(res.edge).all()
+
+
+@pytest.mark.parametrize("index,target", [(5, None), (None, 2)])
+@pytest.mark.parametrize("name", list(TWO_LAYER))
+def test_lrp0_equals_gradient_times_input(name, index, target, inputs):
+    x, ew, ea = inputs
+    build, names = TWO_LAYER[name]
+    model = build().double().eval()
+    _no_bias(model)
+    kw = _kwargs(names, ew, ea)
+    if name == "gcn_cached":
+        model(x, EI)  # fills the caches with this graph's normalisation
+    y = model(x, EI, **kw)
+    cls = int(y[index].argmax()) if target is None else target
+
+    def logit(x_, *rest):
+        kw_ = dict(kw)
+        if rest:
+            kw_["edge_attr"] = rest[0]
+        out = model(x_, EI, **kw_)
+        return out[:, cls].sum() if index is None else out[index, cls]
+
+    if "edge_attr" in kw:
+        gx, gea = grad_x_input(logit, x, ea)
+    else:
+        (gx,), gea = grad_x_input(logit, x), None
+    ref_out = y[:, cls].sum() if index is None else y[index, cls]
+    _check_lrp0(model, x, kw, index, target, (gx, gea, ref_out.detach()))
+
+
+@pytest.mark.parametrize("index,target", [(5, None), (None, 2)])
+@pytest.mark.parametrize("name", list(GAT_LAYERS))
+def test_lrp0_gat_equals_gradient_times_input_with_fixed_attention(name, index, target, inputs):
+    x, ew, ea = inputs
+    build, names = GAT_LAYERS[name]
+    model = build().double().eval()
+    _no_bias(model)
+    kw = _kwargs(names, ew, ea)
+    edge_attr = kw.get("edge_attr")
+    # The attention of each layer on the inputs it really sees, then held fixed.
+    ei1, a1 = gat_attention(model.conv1, x, EI, edge_attr)[:2]
+    h1 = torch.relu(gat_dense(model.conv1, x, ei1, a1)).detach()
+    ei2, a2 = gat_attention(model.conv2, h1, EI, edge_attr)[:2]
+
+    def dense(x_):
+        return gat_dense(model.conv2, torch.relu(gat_dense(model.conv1, x_, ei1, a1)), ei2, a2)
+
+    y = model(x, EI, **kw)
+    close(dense(x).detach(), y.detach())  # the dense reference is the layer's forward
+    cls = int(y[index].argmax()) if target is None else target
+    (gx,) = grad_x_input(lambda x_: dense(x_)[:, cls].sum() if index is None else dense(x_)[index, cls], x)
+    ref_out = (y[:, cls].sum() if index is None else y[index, cls]).detach()
+    ref_ea = torch.zeros_like(ea)  # attention is held fixed: edge features get nothing
+    _check_lrp0(model, x, kw, index, target, (gx, ref_ea, ref_out))
+
+
+def test_gat_attention_is_really_input_dependent(inputs):
+    """Guard for the GAT reference: treating attention as fixed must make a difference."""
+    x, _, _ = inputs
+    build, _ = GAT_LAYERS["gat_concat"]
+    model = build().double().eval()
+    (g_full,) = grad_x_input(lambda x_: model(x_, EI)[5, 0], x)
+    res = sparse_lrp.explain(model, x, EI, index=5, target=0, composite=Epsilon(0.0))
+    assert not torch.allclose(res.node_feat, g_full, atol=1e-6)
+
+
+def test_gcn_cached_explains_the_current_graph_and_keeps_the_cache(inputs):
+    x, _, _ = inputs
+    model = TWO_LAYER["gcn_cached"][0]().double().eval()
+    model(x, EI)
+    cache = [c.clone() if isinstance(c, torch.Tensor) else c for c in model.conv1._cached_edge_index]
+    res = sparse_lrp.explain(model, x, EI, index=3, target=0, composite=Epsilon(0.0))
+    (gx,) = grad_x_input(lambda x_: model(x_, EI)[3, 0], x)
+    close(res.node_feat, gx)
+    after = model.conv1._cached_edge_index
+    assert all(torch.equal(a, b) for a, b in zip(cache, after) if isinstance(a, torch.Tensor))
+
+
+# --------------------------------------------------------------------------------------
+# (b) every rule against the dense two-stage reference, one layer at a time
+# --------------------------------------------------------------------------------------
+
+RULES = {
+    "epsilon": lambda: Epsilon(0.1),
+    "zplus": lambda: ZPlus(),
+    "alphabeta": lambda: AlphaBeta(2.0, 1.0),
+    "gamma": lambda: Gamma(0.25),
+    "wsquare": lambda: WSquare(),
+    "flat": lambda: Flat(),
+    "zbox": lambda: ZBox(-2.0, 3.0),
+}
+
+
+# name -> (builder, reference(m, x, R, rule, ew, ea), forward kwargs names)
+ONE_LAYER = {
+    "gcn": (lambda: gnn.GCNConv(F, C), lambda m, x, R, r, ew, ea: ref_gcn(m, x, EI, R, r), ()),
+    "gcn_edge_weight": (
+        lambda: gnn.GCNConv(F, C),
+        lambda m, x, R, r, ew, ea: ref_gcn(m, x, EI, R, r, edge_weight=ew),
+        ("ew",),
+    ),
+    "gcn_improved": (lambda: gnn.GCNConv(F, C, improved=True), lambda m, x, R, r, ew, ea: ref_gcn(m, x, EI, R, r), ()),
+    "gcn_no_self_loops": (
+        lambda: gnn.GCNConv(F, C, add_self_loops=False),
+        lambda m, x, R, r, ew, ea: ref_gcn(m, x, EI, R, r),
+        (),
+    ),
+    "gcn_no_normalize": (
+        lambda: gnn.GCNConv(F, C, normalize=False),
+        lambda m, x, R, r, ew, ea: ref_gcn(m, x, EI, R, r, edge_weight=ew),
+        ("ew",),
+    ),
+    "graph_add": (
+        lambda: gnn.GraphConv(F, C),
+        lambda m, x, R, r, ew, ea: ref_graph_conv(m, x, EI, R, r, edge_weight=ew),
+        ("ew",),
+    ),
+    "graph_mean": (
+        lambda: gnn.GraphConv(F, C, aggr="mean"),
+        lambda m, x, R, r, ew, ea: ref_graph_conv(m, x, EI, R, r),
+        (),
+    ),
+    "sage": (lambda: gnn.SAGEConv(F, C), lambda m, x, R, r, ew, ea: ref_sage(m, x, EI, R, r), ()),
+    "sage_no_root": (
+        lambda: gnn.SAGEConv(F, C, root_weight=False),
+        lambda m, x, R, r, ew, ea: ref_sage(m, x, EI, R, r),
+        (),
+    ),
+    "gin": (lambda: gnn.GINConv(nn.Linear(F, C), eps=0.3), lambda m, x, R, r, ew, ea: ref_gin(m, x, EI, R, r), ()),
+    "gine": (
+        lambda: gnn.GINEConv(nn.Linear(F, C), eps=0.1, edge_dim=D),
+        lambda m, x, R, r, ew, ea: ref_gine(m, x, EI, ea, R, r),
+        ("ea",),
+    ),
+    "appnp": (lambda: gnn.APPNP(K=3, alpha=0.2), lambda m, x, R, r, ew, ea: ref_appnp(m, x, EI, R, r), ()),
+    "cheb": (lambda: gnn.ChebConv(F, C, K=3), lambda m, x, R, r, ew, ea: ref_cheb(m, x, EI, R, r), ()),
+    "sg": (lambda: gnn.SGConv(F, C, K=2), lambda m, x, R, r, ew, ea: ref_sg(m, x, EI, R, r), ()),
+    "tag": (lambda: gnn.TAGConv(F, C, K=2), lambda m, x, R, r, ew, ea: ref_tag(m, x, EI, R, r), ()),
+    "gat_concat": (lambda: gnn.GATConv(F, 2, heads=2), lambda m, x, R, r, ew, ea: ref_gat(m, x, EI, R, r), ()),
+    "gat_mean": (
+        lambda: gnn.GATConv(F, C, heads=2, concat=False, bias=False),
+        lambda m, x, R, r, ew, ea: ref_gat(m, x, EI, R, r),
+        (),
+    ),
+    "gat_edge_dim": (
+        lambda: gnn.GATConv(F, 2, heads=2, edge_dim=D),
+        lambda m, x, R, r, ew, ea: ref_gat(m, x, EI, R, r, edge_attr=ea),
+        ("ea",),
+    ),
+    "gatv2_concat": (lambda: gnn.GATv2Conv(F, 2, heads=2), lambda m, x, R, r, ew, ea: ref_gat(m, x, EI, R, r), ()),
+    "gatv2_mean": (
+        lambda: gnn.GATv2Conv(F, C, heads=2, concat=False, bias=False),
+        lambda m, x, R, r, ew, ea: ref_gat(m, x, EI, R, r),
+        (),
+    ),
+    "gatv2_edge_dim": (
+        lambda: gnn.GATv2Conv(F, 2, heads=2, edge_dim=D),
+        lambda m, x, R, r, ew, ea: ref_gat(m, x, EI, R, r, edge_attr=ea),
+        ("ea",),
+    ),
+}
+
+
+@pytest.mark.parametrize("rule_name", list(RULES))
+@pytest.mark.parametrize("layer", list(ONE_LAYER))
+def test_rule_matches_dense_two_stage_reference(layer, rule_name, inputs):
+    x, ew, ea = inputs
+    build, reference, names = ONE_LAYER[layer]
+    m = randomise(build().double()).eval()
+    kw = _kwargs(names, ew, ea)
+    rule = RULES[rule_name]()
+    out = m(x, EI, **kw).detach()
+    g = torch.Generator().manual_seed(7)
+    R = torch.rand(out.shape, generator=g, dtype=DT) + 0.1
+    ref = reference(m, x, R, rule, ew, ea)
+    close(ref.out, out)  # the reference computes what the layer computes
+    res = sparse_lrp.explain(m, x, EI, target=R, composite=rule, **kw)
+    close(res.node_feat, ref.x)
+    close(res.edge, ref.edge)
+    if ref.edge_attr is not None:
+        close(res.edge_attr, ref.edge_attr)
+    c = res.conservation
+    assert c["out"] == pytest.approx(float(torch.where(out == 0, 0.0, R).sum()), rel=1e-9)
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-8)
+
+
+def test_rule_reference_single_target_node(inputs):
+    """Relevance seeded on one node only stays in its computation subgraph."""
+    x, _, _ = inputs
+    m = randomise(gnn.GCNConv(F, C).double()).eval()
+    R = torch.zeros(N, C, dtype=DT)
+    R[7] = torch.tensor([0.5, 1.0, 0.2, 0.7], dtype=DT)
+    ref = ref_gcn(m, x, EI, R, ZPlus())
+    res = sparse_lrp.explain(m, x, EI, target=R, composite=ZPlus())
+    close(res.node_feat, ref.x)
+    close(res.edge, ref.edge)
+    # only node 7 and its in-neighbours (one hop) can carry relevance
+    sources = set(EI[0, EI[1] == 7].tolist()) | {7}
+    for v in range(N):
+        if v not in sources:
+            assert torch.all(res.node_feat[v] == 0)
+    assert torch.all(res.edge[EI[1] != 7] == 0)
+
+
+def test_chebconv_laplacian_is_signed():
+    """Guard: the Cheb reference really exercises negative edge weights."""
+    from gnn_reference import cheb_connections
+
+    _, _, w, _ = cheb_connections(EI, N)
+    assert (w < 0).any()
+    m = gnn.ChebConv(F, C, K=3).double()
+    ei_pyg, w_pyg = m.__norm__(EI, N, None, "sym", None, DT, None)
+    src, dst, w_ref, _ = cheb_connections(EI, N)
+    close(w_pyg, w_ref)
+    assert torch.equal(ei_pyg, torch.stack([src, dst]))
+
+
+def test_epsilon_stabiliser_keeps_float64_precision():
+    """Epsilon(0.1) on a float64 model: ``R_i = x_i w_i / (z + 0.1) * z`` to float64 accuracy."""
+    lin = nn.Linear(2, 1, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1.0]], dtype=DT))
+    x = torch.tensor([[1.0, -0.999]], dtype=DT)
+    z = x.sum()
+    res = sparse_lrp.explain(lin, x, composite=Epsilon(0.1))
+    torch.testing.assert_close(res.node_feat, x * z / (z + 0.1), rtol=1e-12, atol=0)
+
+
+def test_chebconv_multi_edge_copies_each_carry_their_own_relevance(inputs):
+    """Each copy of a multi-edge is its own connection of the Laplacian (as in GCN)."""
+    x, _, _ = inputs
+    m = randomise(gnn.ChebConv(F, C, K=2).double()).eval()
+    res = sparse_lrp.explain(m, x, EI, index=2, target=0, composite=Epsilon(0.0))
+    copies = ((EI[0] == 1) & (EI[1] == 2)).nonzero().view(-1)
+    assert copies.numel() == 3
+    assert res.edge[copies].abs().min() > 0
+    close(res.edge[copies], res.edge[copies[:1]].expand(3))
+
+
+def test_chebconv_input_self_loops_carry_no_relevance(inputs):
+    """ChebConv drops the input's self-loops; its diagonal is not the self-loop edge."""
+    x, _, _ = inputs
+    m = randomise(gnn.ChebConv(F, C, K=3).double()).eval()
+    R = torch.rand(N, C, dtype=DT) + 0.1
+    res = sparse_lrp.explain(m, x, EI, target=R, composite=Flat())
+    loop = EI[0] == EI[1]
+    assert torch.all(res.edge[loop] == 0)

@@ -1,0 +1,554 @@
+"""Explaining never changes the model, bad input gets clear errors, results stay finite,
+and custom layers plug in through ``register_handler``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_geometric.nn as gnn
+from gnn_reference import DT, grad_x_input, make_batch, make_graph, randomise
+from torch import nn
+
+import sparse_lrp
+from sparse_lrp import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
+from sparse_lrp.layers import _HANDLERS
+
+N, F, H, C = 14, 4, 6, 3
+EI = make_graph(N, extra=12, seed=6)
+
+
+def close(a, b, atol=1e-8, rtol=1e-7):
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+@pytest.fixture
+def x():
+    return torch.randn(N, F, generator=torch.Generator().manual_seed(5), dtype=DT)
+
+
+class Boom(nn.Module):
+    """Parameter-free module that raises when armed (an error midway through forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+
+    def forward(self, h):
+        if self.armed:
+            raise RuntimeError("boom inside forward")
+        return h
+
+
+class Net(nn.Module):
+    def __init__(self, dropout=0.5):
+        super().__init__()
+        self.conv1 = gnn.GCNConv(F, H)
+        self.drop = nn.Dropout(dropout)
+        self.boom = Boom()
+        self.block = nn.Sequential(nn.Linear(H, H), nn.ReLU(), nn.Dropout(dropout))
+        self.conv2 = gnn.SAGEConv(H, C)
+
+    def forward(self, x, edge_index):
+        h = self.drop(torch.relu(self.conv1(x, edge_index)))
+        h = self.block(self.boom(h))
+        return self.conv2(torch.nn.functional.dropout(h, 0.5, self.training), edge_index)
+
+
+def make_net():
+    return randomise(Net().double(), seed=2, scale=0.6)
+
+
+def snapshot(model):
+    """Everything about the model that explaining must leave as it was."""
+    return {
+        "params": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "hooks": {
+            k: (m._forward_hooks, dict(m._forward_hooks), m._forward_pre_hooks, dict(m._forward_pre_hooks))
+            for k, m in model.named_modules()
+        },
+        "grads": {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()},
+        "instance_forward": {k: m.__dict__.get("forward") for k, m in model.named_modules()},
+    }
+
+
+def assert_unchanged(model, before):
+    after = snapshot(model)
+    assert before["params"].keys() == after["params"].keys()
+    for k, v in before["params"].items():
+        assert torch.equal(v, after["params"][k]), k
+    assert after["requires_grad"] == before["requires_grad"]
+    assert after["training"] == before["training"]
+    for k, (d, items, pd, pitems) in before["hooks"].items():
+        d2, items2, pd2, pitems2 = after["hooks"][k]
+        assert d2 is d and pd2 is pd, f"hook dicts of {k!r} were replaced"
+        assert items2 == items and pitems2 == pitems, f"hooks of {k!r} changed"
+    for k, g in before["grads"].items():
+        g2 = after["grads"][k]
+        assert (g is None and g2 is None) or torch.equal(g, g2), f"gradient of {k} changed"
+    assert after["instance_forward"] == before["instance_forward"]
+    for name, m in model.named_modules():
+        if before["instance_forward"][name] is None:
+            assert "forward" not in m.__dict__, f"an instance attribute 'forward' remains on {name!r}"
+
+
+@pytest.fixture
+def hooked():
+    """A model in train mode with hooks, a frozen parameter and a module in eval mode."""
+    model = make_net()
+    model.train()
+    model.block.eval()  # individual flags must come back as they were
+    model.conv1.lin.weight.requires_grad_(False)
+    calls = {"fwd": 0, "pre": 0, "model": 0}
+
+    def fwd_hook(mod, inp, out):
+        calls["fwd"] += 1
+
+    def pre_hook(mod, inp):
+        calls["pre"] += 1
+
+    def model_hook(mod, inp, out):
+        calls["model"] += 1
+
+    model.conv1.register_forward_hook(fwd_hook)
+    model.conv2.register_forward_pre_hook(pre_hook)
+    model.register_forward_hook(model_hook)
+    return model, calls
+
+
+def _hooks_still_fire(model, calls, x):
+    before = dict(calls)
+    model(x, EI)
+    assert calls["fwd"] == before["fwd"] + 1
+    assert calls["pre"] == before["pre"] + 1
+    assert calls["model"] == before["model"] + 1
+
+
+@pytest.mark.parametrize("index", [3, [2, 5], None])
+def test_model_untouched_after_explaining(hooked, x, index):
+    model, calls = hooked
+    before = snapshot(model)
+    sparse_lrp.explain(model, x, EI, index=index, composite="gamma")
+    assert_unchanged(model, before)
+    _hooks_still_fire(model, calls, x)
+    assert model.training and not model.block.training and model.conv1.training
+
+
+def test_train_mode_model_is_explained_in_eval_mode(hooked, x):
+    model, _ = hooked
+    a = sparse_lrp.explain(model, x, EI, index=4)
+    b = sparse_lrp.explain(model, x, EI, index=4)
+    close(a.node_feat, b.node_feat, atol=0, rtol=0)
+    close(a.edge, b.edge, atol=0, rtol=0)
+    model.eval()
+    c = sparse_lrp.explain(model, x, EI, index=4)
+    close(a.node_feat, c.node_feat, atol=0, rtol=0)
+    y = model(x, EI).detach()
+    close(a.output, y[4].max().reshape(1))  # the eval-mode prediction is explained
+
+
+def test_instance_forward_is_restored(x):
+    model = make_net().eval()
+    original = model.conv2.forward
+
+    def custom_forward(*args, **kwargs):
+        return original(*args, **kwargs)
+
+    model.conv2.forward = custom_forward
+    sparse_lrp.explain(model, x, EI, index=1)
+    assert model.conv2.__dict__["forward"] is custom_forward
+    assert "forward" not in model.conv1.__dict__
+
+
+def _raise_out_of_range_target(model, x):
+    sparse_lrp.explain(model, x, EI, index=2, target=C + 5)
+
+
+def _raise_out_of_range_target_many(model, x):
+    sparse_lrp.explain(model, x, EI, index=[2, 3], target=C + 5)
+
+
+def _raise_inside_forward(model, x):
+    model.boom.armed = True
+    try:
+        sparse_lrp.explain(model, x, EI, index=2)
+    finally:
+        model.boom.armed = False
+
+
+@pytest.mark.parametrize(
+    "fail,exc,match",
+    [
+        (_raise_out_of_range_target, ValueError, "out of range"),
+        (_raise_out_of_range_target_many, ValueError, "out of range"),
+        (_raise_inside_forward, RuntimeError, "boom inside forward"),
+    ],
+)
+def test_model_untouched_when_an_error_is_raised_midway(hooked, x, fail, exc, match):
+    model, calls = hooked
+    before = snapshot(model)
+    with pytest.raises(exc, match=match):
+        fail(model, x)
+    assert_unchanged(model, before)
+    _hooks_still_fire(model, calls, x)
+    # and the model still explains fine afterwards
+    res = sparse_lrp.explain(model, x, EI, index=2)
+    assert torch.isfinite(res.node_feat).all()
+
+
+def test_parameter_gradients_are_not_accumulated(x):
+    model = make_net().eval()
+    sparse_lrp.explain(model, x, EI, index=2)
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------
+# Clear errors for bad input
+# --------------------------------------------------------------------------------------
+
+
+class WithConv1d(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.GCNConv(F, H)
+        self.block = nn.Sequential(nn.ReLU(), nn.Conv1d(1, 1, 3, padding=1))
+
+    def forward(self, x, edge_index):
+        h = self.conv(x, edge_index)
+        return self.block[1](self.block[0](h)[:, None, :])[:, 0, :]
+
+
+class WithLSTM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.GCNConv(F, H)
+        self.rnn = nn.LSTM(H, C)
+
+    def forward(self, x, edge_index):
+        return self.rnn(self.conv(x, edge_index))[0]
+
+
+def test_unsupported_layer_with_parameters_is_named(x):
+    with pytest.raises(TypeError, match=r"'block\.1'.*torch\.nn\.modules\.conv\.Conv1d"):
+        sparse_lrp.explain(WithConv1d().double(), x, EI, index=0)
+    with pytest.raises(TypeError, match=r"'rnn'.*LSTM.*register_handler"):
+        sparse_lrp.explain(WithLSTM().double(), x, EI, index=0)
+
+
+def test_unsupported_layer_leaves_model_untouched(x):
+    model = WithConv1d().double().train()
+    before = snapshot(model)
+    with pytest.raises(TypeError):
+        sparse_lrp.explain(model, x, EI, index=0)
+    assert_unchanged(model, before)
+
+
+def test_index_out_of_range(x):
+    model = make_net().eval()
+    with pytest.raises(ValueError, match="out of range"):
+        sparse_lrp.explain(model, x, EI, index=N)
+    with pytest.raises(ValueError, match="out of range"):
+        sparse_lrp.explain(model, x, EI, index=[0, N + 3])
+    with pytest.raises(ValueError, match="out of range"):
+        sparse_lrp.explain(model, x, EI, index=-N - 1)
+
+
+def test_negative_index_counts_from_the_end(x):
+    model = make_net().eval()
+    a = sparse_lrp.explain(model, x, EI, index=-1)
+    b = sparse_lrp.explain(model, x, EI, index=N - 1)
+    close(a.node_feat, b.node_feat)
+
+
+def test_bad_edge_index(x):
+    model = make_net().eval()
+    bad = EI.clone()
+    bad[1, 0] = N
+    with pytest.raises(ValueError, match=r"edge_index\[1\].*out of range"):
+        sparse_lrp.explain(model, x, bad, index=0)
+    bad = EI.clone()
+    bad[0, 3] = N + 2
+    with pytest.raises(ValueError, match=r"edge_index\[0\].*out of range"):
+        sparse_lrp.explain(model, x, bad, index=0)
+    bad = EI.clone()
+    bad[0, 0] = -1
+    with pytest.raises(ValueError, match="negative"):
+        sparse_lrp.explain(model, x, bad, index=0)
+    with pytest.raises(TypeError, match="dtype"):
+        sparse_lrp.explain(model, x, EI.to(DT), index=0)
+    with pytest.raises(ValueError, match=r"\[2, E\]"):
+        sparse_lrp.explain(model, x, EI[:, :, None], index=0)
+
+
+def test_non_finite_input(x):
+    model = make_net().eval()
+    bad = x.clone()
+    bad[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        sparse_lrp.explain(model, bad, EI, index=0)
+    bad[2, 1] = float("inf")
+    with pytest.raises(ValueError, match="Inf"):
+        sparse_lrp.explain(model, bad, EI, index=0)
+    ew = torch.ones(EI.shape[1], dtype=DT)
+    ew[0] = float("nan")
+    with pytest.raises(ValueError, match=r"edge_weight.*NaN"):
+        sparse_lrp.explain(gnn.GCNConv(F, C).double(), x, EI, index=0, edge_weight=ew)
+
+
+def test_missing_batch_for_several_graph_targets():
+    ei, batch = make_batch((5, 6), seed=1)
+    xg = torch.randn(batch.numel(), F, dtype=DT)
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = gnn.GCNConv(F, C)
+
+        def forward(self, x, edge_index, batch=None):
+            return gnn.global_add_pool(self.conv(x, edge_index), batch)
+
+    with pytest.raises(ValueError, match="batch"):
+        sparse_lrp.explain(Pooled().double(), xg, ei, index=[0, 1], task_level="graph")
+
+
+def test_dtype_mismatch_between_input_and_model_is_clear(x):
+    model = make_net().float().eval()
+    with pytest.raises((TypeError, ValueError), match=r"float64.*float32|float32.*float64"):
+        sparse_lrp.explain(model, x, EI, index=0)
+
+
+def test_other_bad_arguments(x):
+    model = make_net().eval()
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
+        sparse_lrp.explain(lambda x, ei: x, x, EI)
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
+        sparse_lrp.explain(model, x.numpy(), EI)
+    with pytest.raises(ValueError, match="unknown composite preset"):
+        sparse_lrp.explain(model, x, EI, index=0, composite="nope")
+    with pytest.raises(ValueError, match="task_level"):
+        sparse_lrp.explain(model, x, EI, index=0, task_level="edge")
+    with pytest.raises(TypeError, match="Pass"):
+        sparse_lrp.explain(model, x, EI, index=0, composite=sparse_lrp.Pass())
+    with pytest.raises(ValueError, match="target has"):
+        sparse_lrp.explain(model, x, EI, index=[0, 1, 2], target=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="target relevance must have"):
+        sparse_lrp.explain(model, x, EI, target=torch.rand(N, C + 1, dtype=DT))
+
+
+# --------------------------------------------------------------------------------------
+# Finite results on awkward but finite input
+# --------------------------------------------------------------------------------------
+
+RULES = [
+    "epsilon",
+    "zplus",
+    "gamma",
+    Epsilon(0.0),
+    ZPlus(),
+    AlphaBeta(2, 1),
+    Gamma(0.5),
+    WSquare(),
+    Flat(),
+    ZBox(-1.0, 1.0),
+]
+
+
+def _all_finite(res):
+    assert torch.isfinite(res.node_feat).all()
+    assert torch.isfinite(res.node).all()
+    assert res.edge is None or torch.isfinite(res.edge).all()
+    for rec in res.layers.values():
+        for v in rec.values():
+            assert torch.isfinite(v).all()
+    for k, v in res.conservation.items():
+        assert v == v and abs(v) != float("inf"), k
+
+
+@pytest.mark.parametrize("composite", RULES, ids=repr)
+def test_no_nan_for_zero_input(composite):
+    model = make_net().eval()
+    x0 = torch.zeros(N, F, dtype=DT)
+    res = sparse_lrp.explain(model, x0, EI, index=[0, N - 1], composite=composite)
+    _all_finite(res)
+    res = sparse_lrp.explain(model, x0, EI, composite=composite, target=1)
+    _all_finite(res)
+
+
+@pytest.mark.parametrize("composite", RULES, ids=repr)
+def test_no_nan_with_dead_relus_and_isolated_nodes(composite, x):
+    model = make_net().eval()
+    with torch.no_grad():  # every unit of conv1 dead: its ReLU outputs zeros
+        model.conv1.lin.weight.zero_()
+        model.conv1.bias.fill_(-1.0)
+    isolated = N - 1
+    assert not ((EI[0] == isolated) | (EI[1] == isolated)).any()
+    res = sparse_lrp.explain(model, x, EI, index=[isolated, 3], composite=composite)
+    _all_finite(res)
+    # nothing can reach the input through dead units
+    assert torch.all(res.node_feat == 0)
+
+
+@pytest.mark.parametrize("composite", RULES, ids=repr)
+def test_no_nan_on_isolated_nodes_and_zero_rows(composite, x):
+    model = make_net().eval()
+    xz = x.clone()
+    xz[[0, 3]] = 0
+    res = sparse_lrp.explain(model, xz, EI, index=[N - 1, 0, 3], composite=composite)
+    _all_finite(res)
+    c = res.conservation
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-9)
+
+
+class LinAPPNP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin, self.prop = nn.Linear(F, C, bias=False), gnn.APPNP(K=2, alpha=0.1)
+
+    def forward(self, x, edge_index):
+        return self.prop(self.lin(x), edge_index)
+
+
+EDGELESS = {
+    "gcn": lambda: gnn.GCNConv(F, C, bias=False),
+    "gat": lambda: gnn.GATConv(F, C, heads=2, bias=False),
+    "sage": lambda: gnn.SAGEConv(F, C, bias=False),
+    "graph": lambda: gnn.GraphConv(F, C, bias=False),
+    "gin": lambda: gnn.GINConv(nn.Linear(F, C, bias=False)),
+    "cheb": lambda: gnn.ChebConv(F, C, K=2, bias=False),
+    "sg": lambda: gnn.SGConv(F, C, K=2, bias=False),
+    "tag": lambda: gnn.TAGConv(F, C, K=2, bias=False),
+    "appnp": lambda: LinAPPNP(),
+}
+
+
+@pytest.mark.parametrize("layer", list(EDGELESS))
+def test_graph_without_edges(layer, x):
+    """A graph of isolated nodes only (``E = 0``) is a valid input."""
+    conv = EDGELESS[layer]().double().eval()
+    ei = torch.empty(2, 0, dtype=torch.long)
+    res = sparse_lrp.explain(conv, x, ei, index=2, target=1, composite=Epsilon(0.0))
+    (gx,) = grad_x_input(lambda x_: conv(x_, ei)[2, 1], x)
+    close(res.node_feat, gx)
+    assert res.edge.shape == (0,)
+    many = sparse_lrp.explain(conv, x, ei, index=[0, 1], composite="zplus")
+    _all_finite(many)
+    assert many.edge.shape == (2, 0)
+
+
+# --------------------------------------------------------------------------------------
+# Custom handlers
+# --------------------------------------------------------------------------------------
+
+
+class MyLinear(nn.Module):
+    """``x Wᵀ`` with a parameter the library does not know."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(o, i, dtype=DT) * 0.5)
+
+    def forward(self, x):
+        return x @ self.W.T
+
+
+class WithCustom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.GCNConv(F, H, bias=False)
+        self.mine = MyLinear(H, H)
+        self.conv2 = gnn.GraphConv(H, C, bias=False)
+
+    def forward(self, x, edge_index):
+        h = torch.relu(self.conv(x, edge_index))
+        h = torch.relu(self.mine(h))
+        return self.conv2(h, edge_index)
+
+
+@pytest.fixture
+def clean_handlers():
+    """Registrations made by a test must not leak into other tests."""
+    saved = dict(_HANDLERS)
+    yield
+    _HANDLERS.clear()
+    _HANDLERS.update(saved)
+
+
+def my_linear_handler(call, x):
+    return call.linear(x, call.module.W)
+
+
+def test_custom_handler_lrp0_is_gradient_times_input(clean_handlers, x):
+    model = WithCustom().double().eval()
+    with pytest.raises(TypeError, match="MyLinear"):
+        sparse_lrp.explain(model, x, EI, index=3)
+    sparse_lrp.register_handler(MyLinear, my_linear_handler)
+    res = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=Epsilon(0.0))
+    (gx,) = grad_x_input(lambda x_: model(x_, EI)[3, 1], x)
+    close(res.node_feat, gx)
+    close(res.node_feat.sum(), model(x, EI)[3, 1].detach())
+    assert "mine" in res.layers and res.layers["mine"]["node"].shape == (N,)
+
+
+def test_custom_handler_subclass_and_replacement(clean_handlers, x):
+    class MyLinear2(MyLinear):
+        pass
+
+    model = WithCustom().double().eval()
+    model.mine = MyLinear2(H, H).double()
+    sparse_lrp.register_handler(MyLinear, my_linear_handler)  # found through the MRO
+    base = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=Epsilon(0.0))
+    (gx,) = grad_x_input(lambda x_: model(x_, EI)[3, 1], x)
+    close(base.node_feat, gx)
+
+    calls = []
+
+    def counting(call, x):
+        calls.append(call.name)
+        return call.linear(x, call.module.W)
+
+    sparse_lrp.register_handler(MyLinear2, counting)  # the more specific type wins
+    again = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=Epsilon(0.0))
+    assert calls == ["mine"]
+    close(again.node_feat, base.node_feat)
+
+
+def test_custom_handler_with_children(clean_handlers, x):
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(H, H, bias=False)
+            self.scale = nn.Parameter(torch.tensor(2.0, dtype=DT))
+
+        def forward(self, h):
+            return self.inner(h) * self.scale
+
+    def wrapper_handler(call, h):
+        return call.module.inner(h) * call.module.scale.detach()
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = gnn.GCNConv(F, H, bias=False)
+            self.wrap = Wrapper()
+            self.out = nn.Linear(H, C, bias=False)
+
+        def forward(self, x, edge_index):
+            return self.out(torch.relu(self.wrap(torch.relu(self.conv(x, edge_index)))))
+
+    model = M().double().eval()
+    sparse_lrp.register_handler(Wrapper, wrapper_handler, children=("inner",))
+    res = sparse_lrp.explain(model, x, EI, index=5, target=0, composite=Epsilon(0.0))
+    (gx,) = grad_x_input(lambda x_: model(x_, EI)[5, 0], x)
+    close(res.node_feat, gx)
+    assert "wrap.inner" in res.layers
+
+
+def test_register_handler_rejects_non_modules():
+    with pytest.raises(TypeError, match=r"nn\.Module subclass"):
+        sparse_lrp.register_handler(int, my_linear_handler)
+
+
+def test_handlers_are_clean_between_tests():
+    assert MyLinear not in _HANDLERS

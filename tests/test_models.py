@@ -1,0 +1,475 @@
+"""Whole models: conservation, LRP-0 == gradient × input, batched targets, target handling.
+
+Models are PyG's (GCN, GIN, GraphSAGE, GAT, MLP, JK variants, batch norm) and small
+hand-written ones (GINE with edge features, residual, graph-level pooling), in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_geometric.nn as gnn
+from gnn_reference import DT, grad_x_input, make_batch, make_graph, randomise, zero_biases
+from torch import nn
+from torch_geometric.nn.models import GAT, GCN, GIN, MLP, GraphSAGE
+
+import sparse_lrp
+from sparse_lrp import Epsilon
+
+N, F, H, C, D = 20, 5, 8, 3, 3
+EI = make_graph(N, extra=24, seed=2)
+E = EI.shape[1]
+LRP0 = Epsilon(0.0)
+
+
+def close(a, b, atol=1e-8, rtol=1e-7):
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
+@pytest.fixture
+def data():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(N, F, generator=g, dtype=DT)
+    ea = torch.randn(E, D, generator=g, dtype=DT)
+    return x, ea
+
+
+# --------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------
+
+
+class GINEModel(nn.Module):
+    def __init__(self, bias=True):
+        super().__init__()
+        self.conv1 = gnn.GINEConv(
+            nn.Sequential(nn.Linear(F, H, bias=bias), nn.ReLU(), nn.Linear(H, H, bias=bias)), edge_dim=D
+        )
+        self.conv2 = gnn.GINEConv(nn.Linear(H, C, bias=bias), edge_dim=D, train_eps=True)
+
+    def forward(self, x, edge_index, edge_attr):
+        h = torch.relu(self.conv1(x, edge_index, edge_attr))
+        return self.conv2(h, edge_index, edge_attr)
+
+
+class Residual(nn.Module):
+    """``h = h + conv(h)`` twice, between a Linear stem and a Linear head."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.stem = nn.Linear(F, H, bias=bias)
+        self.conv1 = gnn.GCNConv(H, H, bias=bias)
+        self.conv2 = gnn.GraphConv(H, H, bias=bias)
+        self.head = nn.Linear(H, C, bias=bias)
+
+    def forward(self, x, edge_index):
+        h = torch.relu(self.stem(x))
+        h = h + torch.relu(self.conv1(h, edge_index))
+        h = h + self.conv2(h, edge_index)
+        return self.head(torch.relu(h))
+
+
+class APPNPModel(nn.Module):
+    def __init__(self, bias=True):
+        super().__init__()
+        self.lin1, self.lin2 = nn.Linear(F, H, bias=bias), nn.Linear(H, C, bias=bias)
+        self.prop = gnn.APPNP(K=3, alpha=0.2)
+
+    def forward(self, x, edge_index):
+        return self.prop(self.lin2(torch.relu(self.lin1(x))), edge_index)
+
+
+class Pooled(nn.Module):
+    """Graph-level: two convs, a global pooling, a Linear head."""
+
+    def __init__(self, pool, bias=True, out=C):
+        super().__init__()
+        self.conv1 = gnn.GCNConv(F, H, bias=bias)
+        self.conv2 = gnn.GINConv(nn.Linear(H, H, bias=bias))
+        self.pool = pool
+        self.head = nn.Linear(H, out, bias=bias)
+
+    def forward(self, x, edge_index, batch=None):
+        h = torch.relu(self.conv1(x, edge_index))
+        h = torch.relu(self.conv2(h, edge_index))
+        return self.head(self.pool(h, batch))
+
+
+def _bn_stats(model, seed=5):
+    """Non-trivial running statistics for every batch norm (eval mode uses them)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g, dtype=DT) * 0.3)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g, dtype=DT) + 0.5)
+    return model
+
+
+def _bn_bias_free(model):
+    """Batch norm with zero running mean and zero shift: a pure per-channel scale."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.zero_()
+    return model
+
+
+# name -> builder(bias) ; kwargs names ; node-level
+NODE_MODELS = {
+    "gcn": lambda bias: GCN(F, H, 2, C, bias=bias),
+    "gin": lambda bias: GIN(F, H, 2, C) if bias else zero_biases(GIN(F, H, 2, C)),
+    "sage": lambda bias: GraphSAGE(F, H, 2, C, bias=bias),
+    "gat": lambda bias: GAT(F, H, 2, C, heads=2, bias=bias),
+    "gine": lambda bias: GINEModel(bias) if bias else zero_biases(GINEModel(bias)),
+    "residual": lambda bias: Residual(bias),
+    "jk_cat": lambda bias: (
+        GCN(F, H, 3, C, jk="cat", bias=bias) if bias else zero_biases(GCN(F, H, 3, C, jk="cat", bias=False))
+    ),
+    "jk_max": lambda bias: (
+        GCN(F, H, 3, C, jk="max", bias=bias) if bias else zero_biases(GCN(F, H, 3, C, jk="max", bias=False))
+    ),
+    "batch_norm": lambda bias: (
+        _bn_stats(GraphSAGE(F, H, 3, C, norm="batch_norm", bias=bias))
+        if bias
+        else _bn_bias_free(zero_biases(_bn_stats(GraphSAGE(F, H, 3, C, norm="batch_norm", bias=False))))
+    ),
+    "appnp": lambda bias: APPNPModel(bias),
+}
+# models whose LRP-0 is plain gradient × input (no attention)
+GRAD_MODELS = ["gcn", "gin", "sage", "gine", "residual", "jk_cat", "jk_max", "batch_norm", "appnp"]
+POOLS = {"add": gnn.global_add_pool, "mean": gnn.global_mean_pool, "max": gnn.global_max_pool}
+
+
+def _build(name, bias):
+    model = NODE_MODELS[name](bias).double()
+    if bias:
+        randomise(model, seed=4, scale=0.5)
+        _bn_stats(model)
+    return model.eval()
+
+
+def _kw(name, ea):
+    return {"edge_attr": ea} if name == "gine" else {}
+
+
+def _assert_bias_free(model):
+    for pname, p in model.named_parameters():
+        if pname.split(".")[-1] == "bias":
+            assert not bool(p.any()), pname
+
+
+# --------------------------------------------------------------------------------------
+# Conservation
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index", [4, None])
+@pytest.mark.parametrize("name", list(NODE_MODELS))
+def test_conservation_bias_free_lrp0(name, index, data):
+    x, ea = data
+    model = _build(name, bias=False)
+    _assert_bias_free(model)
+    kw = _kw(name, ea)
+    y = model(x, EI, **kw).detach()
+    res = sparse_lrp.explain(model, x, EI, index=index, target=1, composite=LRP0, **kw)
+    logit = y[:, 1].sum() if index is None else y[index, 1]
+    c = res.conservation
+    close(res.output.sum(), logit)
+    assert c["out"] == pytest.approx(float(logit), rel=1e-9, abs=1e-12)
+    assert c["in"] == pytest.approx(c["out"], rel=1e-7, abs=1e-9)
+    assert abs(c["absorbed"]) < 1e-9 and abs(c["lost"]) < 1e-9
+    total_in = res.node_feat.sum() + (res.edge_attr.sum() if res.edge_attr is not None else 0)
+    close(total_in, logit)
+    close(res.node, res.node_feat.sum(1))
+
+
+@pytest.mark.parametrize("composite", [Epsilon(0.05), "zplus", "gamma"])
+@pytest.mark.parametrize("name", list(NODE_MODELS))
+def test_conservation_with_biases(name, composite, data):
+    x, ea = data
+    model = _build(name, bias=True)
+    kw = _kw(name, ea)
+    y = model(x, EI, **kw).detach()
+    res = sparse_lrp.explain(model, x, EI, index=6, composite=composite, **kw)
+    c = res.conservation
+    cls = int(y[6].argmax())
+    assert int(res.target) == cls
+    close(res.output, y[6, cls].reshape(1))
+    assert c["out"] == pytest.approx(float(y[6, cls]), rel=1e-9)
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-9)
+    total_in = float(res.node_feat.sum()) + (float(res.edge_attr.sum()) if res.edge_attr is not None else 0.0)
+    assert c["in"] == pytest.approx(total_in, rel=1e-9, abs=1e-12)
+    assert torch.isfinite(res.node_feat).all() and torch.isfinite(res.edge).all()
+
+
+def test_biases_really_absorb(data):
+    """Guard for the conservation test: the biased models do absorb relevance."""
+    x, _ = data
+    res = sparse_lrp.explain(_build("gcn", bias=True), x, EI, index=6, composite=LRP0)
+    assert abs(res.conservation["absorbed"]) > 1e-3
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_pyg_mlp_without_graph(bias):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(7, F, generator=g, dtype=DT)
+    model = MLP([F, H, H, C], norm="batch_norm", bias=bias, dropout=0.3).double()
+    _bn_stats(model)
+    if bias:
+        randomise(model, seed=9, scale=0.5)
+    else:
+        _bn_bias_free(model)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.bias.data.zero_()
+    model.eval()
+    y = model(x).detach()
+    res = sparse_lrp.explain(model, x, index=2, target=0, composite=LRP0)
+    c = res.conservation
+    assert c["out"] == pytest.approx(float(y[2, 0]), rel=1e-9)
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-9)
+    assert res.edge is None
+    if not bias:
+        (gx,) = grad_x_input(lambda x_: model(x_)[2, 0], x)
+        close(res.node_feat, gx)
+        close(res.node_feat.sum(), y[2, 0])
+
+
+# --------------------------------------------------------------------------------------
+# LRP-0 == gradient × input on whole bias-free models
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index,target", [(4, 0), (N - 2, 2), (None, 1)])
+@pytest.mark.parametrize("name", GRAD_MODELS)
+def test_lrp0_is_gradient_times_input(name, index, target, data):
+    x, ea = data
+    model = _build(name, bias=False)
+    kw = _kw(name, ea)
+
+    def logit(x_, *rest):
+        out = model(x_, EI, **({"edge_attr": rest[0]} if rest else {}))
+        return out[:, target].sum() if index is None else out[index, target]
+
+    res = sparse_lrp.explain(model, x, EI, index=index, target=target, composite=LRP0, **kw)
+    if kw:
+        gx, gea = grad_x_input(logit, x, ea)
+        close(res.edge_attr, gea)
+    else:
+        (gx,) = grad_x_input(logit, x)
+    close(res.node_feat, gx)
+
+
+@pytest.fixture
+def graph_batch():
+    ei, batch = make_batch((6, 7, 5, 8), seed=3)
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(batch.numel(), F, generator=g, dtype=DT)
+    return x, ei, batch
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_graph_level_lrp0_is_gradient_times_input_and_conserves(pool, graph_batch):
+    x, ei, batch = graph_batch
+    model = Pooled(POOLS[pool], bias=False).double().eval()
+    y = model(x, ei, batch).detach()
+    for g in range(4):
+        res = sparse_lrp.explain(model, x, ei, index=g, target=1, composite=LRP0, batch=batch)
+        (gx,) = grad_x_input(lambda x_, g=g: model(x_, ei, batch)[g, 1], x)
+        close(res.node_feat, gx)
+        close(res.node_feat.sum(), y[g, 1])
+        assert res.conservation["in"] == pytest.approx(float(y[g, 1]), rel=1e-7, abs=1e-9)
+        assert torch.all(res.node_feat[batch != g] == 0)  # other graphs get nothing
+        assert torch.all(res.edge[batch[ei[1]] != g] == 0)
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_graph_level_with_biases_conserves(pool, graph_batch):
+    x, ei, batch = graph_batch
+    model = randomise(Pooled(POOLS[pool]).double(), seed=2, scale=0.5).eval()
+    res = sparse_lrp.explain(model, x, ei, index=2, composite="gamma", batch=batch)
+    c = res.conservation
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-9)
+
+
+def test_graph_level_all_graphs_without_index(graph_batch):
+    """Explaining a graph model without ``index`` explains all its graphs jointly."""
+    x, ei, batch = graph_batch
+    model = Pooled(gnn.global_add_pool, bias=False).double().eval()
+    y = model(x, ei, batch).detach()
+    res = sparse_lrp.explain(model, x, ei, target=0, composite=LRP0, batch=batch)
+    (gx,) = grad_x_input(lambda x_: model(x_, ei, batch)[:, 0].sum(), x)
+    close(res.node_feat, gx)
+    close(res.output.sum(), y[:, 0].sum())
+
+
+def test_graph_level_task_level_graph_all_graphs(graph_batch):
+    x, ei, batch = graph_batch
+    model = Pooled(gnn.global_mean_pool, bias=False).double().eval()
+    y = model(x, ei, batch).detach()
+    res = sparse_lrp.explain(model, x, ei, target=0, composite=LRP0, task_level="graph", batch=batch)
+    (gx,) = grad_x_input(lambda x_: model(x_, ei, batch)[:, 0].sum(), x)
+    close(res.node_feat, gx)
+    close(res.output.sum(), y[:, 0].sum())
+
+
+# --------------------------------------------------------------------------------------
+# Batched per-target results == single-target calls
+# --------------------------------------------------------------------------------------
+
+BATCH_MODELS = ["gcn", "gat", "gin", "sage", "gine", "appnp", "jk_cat"]
+INDICES = [3, 7, 11, N - 1]
+
+
+def _assert_same(batched, t, single, E_=E):
+    close(batched.node_feat[t], single.node_feat)
+    close(batched.node[t], single.node)
+    close(batched.edge[t], single.edge)
+    close(batched.output[t], single.output.reshape(()))
+    if single.target is not None:
+        assert int(batched.target[t]) == int(single.target.reshape(()))
+    if single.edge_attr is not None:
+        close(batched.edge_attr[t], single.edge_attr)
+    for layer, rec in single.layers.items():
+        for key in ("edge", "node"):
+            if key in rec:
+                close(batched.layers[layer][key][t], rec[key])
+
+
+@pytest.mark.parametrize("composite", ["zplus", "gamma"])
+@pytest.mark.parametrize("name", BATCH_MODELS)
+def test_batched_targets_equal_single_calls(name, composite, data):
+    x, ea = data
+    model = _build(name, bias=True)
+    kw = _kw(name, ea)
+    many = sparse_lrp.explain(model, x, EI, index=INDICES, composite=composite, **kw)
+    T = len(INDICES)
+    assert many.node_feat.shape == (T, N, F)
+    assert many.node.shape == (T, N) and many.edge.shape == (T, E) and many.output.shape == (T,)
+    if name == "gine":
+        assert many.edge_attr.shape == (T, E, D)
+    assert torch.equal(many.index, torch.tensor(INDICES))
+    for t, i in enumerate(INDICES):
+        one = sparse_lrp.explain(model, x, EI, index=i, composite=composite, **kw)
+        _assert_same(many, t, one)
+
+
+def test_batched_targets_with_given_classes(data):
+    x, _ = data
+    model = _build("gcn", bias=True)
+    classes = [0, 2, 1, 2]
+    many = sparse_lrp.explain(model, x, EI, index=INDICES, target=torch.tensor(classes), composite="zplus")
+    assert many.target.tolist() == classes
+    for t, (i, k) in enumerate(zip(INDICES, classes)):
+        one = sparse_lrp.explain(model, x, EI, index=i, target=k, composite="zplus")
+        _assert_same(many, t, one)
+
+
+def test_batched_tensor_index_and_duplicates(data):
+    x, _ = data
+    model = _build("sage", bias=True)
+    idx = torch.tensor([5, 5, 0])
+    many = sparse_lrp.explain(model, x, EI, index=idx)
+    for t, i in enumerate(idx.tolist()):
+        _assert_same(many, t, sparse_lrp.explain(model, x, EI, index=i))
+
+
+@pytest.mark.parametrize("pool", list(POOLS))
+def test_batched_graph_targets_equal_single_calls(pool, graph_batch):
+    x, ei, batch = graph_batch
+    model = randomise(Pooled(POOLS[pool]).double(), seed=6, scale=0.5).eval()
+    many = sparse_lrp.explain(model, x, ei, index=[0, 2], composite="zplus", batch=batch)
+    assert many.node_feat.shape == (2, x.shape[0], F)
+    for t, g in enumerate([0, 2]):
+        one = sparse_lrp.explain(model, x, ei, index=g, composite="zplus", batch=batch)
+        _assert_same(many, t, one, ei.shape[1])
+        # and the same as explaining that graph on its own
+        nodes = (batch == g).nonzero().view(-1)
+        keep = batch[ei[0]] == g
+        sub_ei = ei[:, keep] - nodes[0]
+        alone = sparse_lrp.explain(
+            model, x[nodes], sub_ei, index=0, composite="zplus", batch=torch.zeros(nodes.numel(), dtype=torch.long)
+        )
+        close(many.node_feat[t][nodes], alone.node_feat)
+        close(many.edge[t][keep], alone.edge)
+        close(many.output[t], alone.output.reshape(()))
+
+
+# --------------------------------------------------------------------------------------
+# Targets
+# --------------------------------------------------------------------------------------
+
+
+def test_default_target_is_predicted_class(data):
+    x, _ = data
+    model = _build("gcn", bias=True)
+    y = model(x, EI).detach()
+    for i in (0, 9, N - 1):
+        res = sparse_lrp.explain(model, x, EI, index=i)
+        assert int(res.target) == int(y[i].argmax())
+        close(res.output, y[i].max().reshape(1))
+        given = sparse_lrp.explain(model, x, EI, index=i, target=int(y[i].argmax()))
+        close(res.node_feat, given.node_feat)
+
+
+def test_given_class_is_explained(data):
+    x, _ = data
+    model = _build("gcn", bias=False)
+    y = model(x, EI).detach()
+    for k in range(C):
+        res = sparse_lrp.explain(model, x, EI, index=5, target=k, composite=LRP0)
+        assert int(res.target) == k
+        close(res.output, y[5, k].reshape(1))
+        close(res.node_feat.sum(), y[5, k])
+
+
+def test_float_relevance_target(data):
+    """LRP-0 is linear in the seed ``R / y``: a float target mixes the class explanations."""
+    x, _ = data
+    model = _build("sage", bias=False)
+    y = model(x, EI).detach()
+    R = torch.zeros(N, C, dtype=DT)
+    R[8] = torch.tensor([0.3, -1.2, 2.0], dtype=DT)
+    R[2, 1] = 0.7
+    res = sparse_lrp.explain(model, x, EI, target=R, composite=LRP0)
+    expect = torch.zeros(N, F, dtype=DT)
+    for i, k in [(8, 0), (8, 1), (8, 2), (2, 1)]:
+        one = sparse_lrp.explain(model, x, EI, index=i, target=k, composite=LRP0)
+        expect += R[i, k] / y[i, k] * one.node_feat
+    close(res.node_feat, expect)
+    close(res.node_feat.sum(), R.sum())
+    assert res.target is None
+    # a float relevance for one explained row only
+    one_row = sparse_lrp.explain(model, x, EI, index=8, target=R[8:9], composite=LRP0)
+    full_row = torch.zeros(N, C, dtype=DT)
+    full_row[8] = R[8]
+    close(one_row.node_feat, sparse_lrp.explain(model, x, EI, target=full_row, composite=LRP0).node_feat)
+    close(one_row.output.sum(), R[8].sum())
+
+
+def test_regression_model_with_one_output(data):
+    x, _ = data
+    model = GCN(F, H, 2, 1, bias=False).double().eval()
+    y = model(x, EI).detach()
+    res = sparse_lrp.explain(model, x, EI, index=3, composite=LRP0)
+    close(res.output, y[3])
+    close(res.node_feat.sum(), y[3, 0])
+    (gx,) = grad_x_input(lambda x_: model(x_, EI)[3, 0], x)
+    close(res.node_feat, gx)
+    # a float relevance target on a regression output
+    R = torch.zeros(N, 1, dtype=DT)
+    R[3] = 2.5
+    res2 = sparse_lrp.explain(model, x, EI, target=R, composite=LRP0)
+    close(res2.node_feat, gx * 2.5 / y[3, 0])
+
+
+def test_binary_one_logit_classes(data):
+    x, _ = data
+    model = GCN(F, H, 2, 1, bias=False).double().eval()
+    y = model(x, EI).detach()
+    pos = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=LRP0)
+    neg = sparse_lrp.explain(model, x, EI, index=3, target=0, composite=LRP0)
+    close(pos.output, y[3])
+    close(neg.output, -y[3])
+    close(neg.node_feat, -pos.node_feat)
+    with pytest.raises(ValueError, match="classes 0 or 1"):
+        sparse_lrp.explain(model, x, EI, index=3, target=2)

@@ -1,0 +1,461 @@
+"""Input validation: every misuse raises a ValueError/TypeError whose message names the
+problem; degenerate-but-valid inputs (zero denominators) never produce NaN."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from sparse_lrp import (
+    AlphaBeta,
+    Epsilon,
+    Flat,
+    Gamma,
+    Pass,
+    WSquare,
+    Z,
+    ZBox,
+    ZPlus,
+    edge_lrp,
+    linear_lrp,
+    prepare,
+)
+
+ALL_RULES = [
+    Epsilon(0.0),
+    Epsilon(1e-6),
+    ZPlus(),
+    ZPlus(stabilizer=0.0),
+    AlphaBeta(2, 1),
+    AlphaBeta(1, 0, stabilizer=0.0),
+    Gamma(0.25),
+    Gamma(0.25, stabilizer=0.0),
+    WSquare(),
+    WSquare(stabilizer=0.0),
+    Flat(),
+    Flat(stabilizer=0.0),
+    ZBox(-1.0, 1.0),
+    ZBox(-1.0, 1.0, stabilizer=0.0),
+]
+
+
+def linear_inputs(dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, generator=g, dtype=dtype)
+    W = torch.randn(4, 3, generator=g, dtype=dtype)
+    R = torch.randn(2, 4, generator=g, dtype=dtype)
+    b = torch.randn(4, generator=g, dtype=dtype)
+    return x, W, R, b
+
+
+def graph_inputs(dtype=torch.float64):
+    g = torch.Generator().manual_seed(1)
+    ei = torch.tensor([[0, 1, 2, 3], [1, 2, 0, 0]])
+    x = torch.randn(4, 2, generator=g, dtype=dtype)
+    w = torch.randn(4, generator=g, dtype=dtype)
+    R = torch.randn(3, 2, generator=g, dtype=dtype)
+    return ei, x, w, R
+
+
+# --------------------------------------------------------------------------------------
+# Shapes and types: linear_lrp
+# --------------------------------------------------------------------------------------
+
+
+def test_linear_x_weight_feature_mismatch():
+    x, W, R, _ = linear_inputs()
+    with pytest.raises(ValueError, match=r"x has 2 features but weight \[out, in\] = \(4, 3\) expects 3"):
+        linear_lrp(x[:, :2], W, R, Epsilon())
+    with pytest.raises(ValueError, match="x has 2 features"):
+        linear_lrp(x[:, :2], W.to_sparse_csr(), R, Epsilon())
+
+
+def test_linear_relevance_shape_mismatch():
+    x, W, R, _ = linear_inputs()
+    with pytest.raises(ValueError, match=r"relevance must have shape \[B, out\] = \(2, 4\), got \(2, 3\)"):
+        linear_lrp(x, W, R[:, :3], Epsilon())
+    with pytest.raises(ValueError, match=r"relevance must have shape \[B, out\] = \(2, 4\), got \(1, 4\)"):
+        linear_lrp(x, W.to_sparse_coo(), R[:1], Epsilon())
+
+
+def test_linear_bias_shape_mismatch():
+    x, W, R, b = linear_inputs()
+    with pytest.raises(ValueError, match="bias has 3 entries but weight has 4 outputs"):
+        linear_lrp(x, W, R, Epsilon(), b[:3])
+    with pytest.raises(ValueError, match="bias must be 1-dimensional"):
+        linear_lrp(x, W, R, Epsilon(), b[None])
+
+
+@pytest.mark.parametrize(
+    "which,pattern",
+    [("x", "x must be 2-dimensional"), ("weight", "weight must be 2-dimensional"), ("R", "relevance must be 2-dim")],
+)
+def test_linear_wrong_ndim(which, pattern):
+    x, W, R, _ = linear_inputs()
+    args = {"x": x, "weight": W, "R": R}
+    args[which] = args[which][None]
+    with pytest.raises(ValueError, match=pattern):
+        linear_lrp(args["x"], args["weight"], args["R"], Epsilon())
+
+
+def test_linear_non_float_and_non_tensor_inputs():
+    x, W, R, _ = linear_inputs()
+    with pytest.raises(TypeError, match=r"x must have a floating dtype, got torch\.int64"):
+        linear_lrp(x.long(), W, R, Epsilon())
+    with pytest.raises(TypeError, match=r"weight must have a floating dtype"):
+        linear_lrp(x, W.long(), R, Epsilon())
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor, got list"):
+        linear_lrp(x.tolist(), W, R, Epsilon())
+
+
+def test_linear_unsupported_weight_layout():
+    """A CSC weight is neither dense, COO nor CSR: the error must say so."""
+    x, W, R, _ = linear_inputs()
+    with pytest.raises(TypeError, match="layout"):
+        linear_lrp(x, W.to_sparse_csc(), R, Epsilon())
+
+
+@pytest.mark.parametrize("other", ["weight", "relevance", "bias"])
+def test_linear_dtype_mismatch(other):
+    x, W, R, b = linear_inputs(torch.float32)
+    args = {"weight": W, "relevance": R, "bias": b}
+    args[other] = args[other].double()
+    with pytest.raises(TypeError, match=f"{other} has dtype torch.float64 but x has dtype torch.float32"):
+        linear_lrp(x, args["weight"], args["relevance"], Epsilon(), args["bias"])
+    if other == "weight":
+        with pytest.raises(TypeError, match=r"weight has dtype torch\.float64"):
+            linear_lrp(x, W.double().to_sparse_csr(), R, Epsilon())
+
+
+def test_linear_device_mismatch_meta():
+    x, W, R, _ = linear_inputs()
+    with pytest.raises(ValueError, match="weight is on cpu but x is on meta"):
+        linear_lrp(x.to("meta"), W, R.to("meta"), Epsilon())
+    with pytest.raises(ValueError, match="relevance is on meta but x is on cpu"):
+        linear_lrp(x, W, R.to("meta"), Epsilon())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_linear_device_mismatch_cuda():
+    x, W, R, _ = linear_inputs()
+    with pytest.raises(ValueError, match="weight is on cpu but x is on cuda"):
+        linear_lrp(x.cuda(), W, R.cuda(), Epsilon())
+    with pytest.raises(ValueError, match="on cuda"):
+        linear_lrp(x, W.cuda().to_sparse_csr(), R, Epsilon())
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["x", "weight", "weight_coo", "weight_csr", "relevance", "bias"])
+def test_linear_non_finite_inputs(where, bad):
+    x, W, R, b = linear_inputs()
+    name = where.split("_")[0]
+    t = {"x": x, "weight": W, "weight_coo": W, "weight_csr": W, "relevance": R, "bias": b}[where].clone()
+    t.view(-1)[1] = bad
+    args = {"x": x, "weight": W, "relevance": R, "bias": b}
+    args[name] = t
+    if where == "weight_coo":
+        args[name] = t.to_sparse_coo()
+    elif where == "weight_csr":
+        args[name] = t.to_sparse_csr()
+    kind = "NaN" if math.isnan(bad) else "Inf"
+    with pytest.raises(ValueError, match=f"{name} contains {kind} values"):
+        linear_lrp(args["x"], args["weight"], args["relevance"], Epsilon(), args["bias"])
+
+
+# --------------------------------------------------------------------------------------
+# Shapes and types: edge_lrp
+# --------------------------------------------------------------------------------------
+
+
+def test_edge_channel_mismatch():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(ValueError, match="relevance has 1 channels but x has 2"):
+        edge_lrp(x, ei, w, R[:, :1], Epsilon())
+
+
+def test_edge_weight_length_and_shape():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(ValueError, match="edge_weight has 3 entries but edge_index has 4 edges"):
+        edge_lrp(x, ei, w[:3], R, Epsilon())
+    with pytest.raises(ValueError, match="edge_weight must be 1-dimensional"):
+        edge_lrp(x, ei, w[:, None], R, Epsilon())
+    with pytest.raises(TypeError, match="edge_weight must have a floating dtype"):
+        edge_lrp(x, ei, torch.ones(4, dtype=torch.long), R, Epsilon())
+
+
+def test_edge_weight_not_a_tensor():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(TypeError, match=r"edge_weight must be a torch\.Tensor"):
+        edge_lrp(x, ei, w.tolist(), R, Epsilon())
+
+
+def test_edge_index_out_of_range():
+    ei, x, w, R = graph_inputs()
+    bad = ei.clone()
+    bad[0, 2] = 4  # 4 inputs: 0..3
+    with pytest.raises(ValueError, match=r"edge_index\[0\] \(inputs\) has index 4, out of range for 4 inputs"):
+        edge_lrp(x, bad, w, R, Epsilon())
+    bad = ei.clone()
+    bad[1, 0] = 3  # 3 outputs: 0..2
+    with pytest.raises(ValueError, match=r"edge_index\[1\] \(outputs\) has index 3, out of range for 3 outputs"):
+        edge_lrp(x, bad, w, R, Epsilon())
+    with pytest.raises(ValueError, match="out of range"):
+        prepare(bad, 4, 3)
+
+
+def test_edge_index_negative():
+    ei, x, w, R = graph_inputs()
+    bad = ei.clone()
+    bad[1, 3] = -1
+    with pytest.raises(ValueError, match="edge_index contains negative indices"):
+        edge_lrp(x, bad, w, R, Epsilon())
+    with pytest.raises(ValueError, match="negative"):
+        prepare(bad, 4, 3)
+
+
+def test_edge_index_float_dtype():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(TypeError, match=r"edge_index must have dtype torch\.int64 or torch\.int32, got torch\.float32"):
+        edge_lrp(x, ei.float(), w, R, Epsilon())
+    with pytest.raises(TypeError, match="edge_index must have dtype"):
+        prepare(ei.float(), 4, 3)
+
+
+@pytest.mark.parametrize("shape_fn", [lambda e: e[0], lambda e: torch.cat([e, e[:1]]), lambda e: e.T], ids=str)
+def test_edge_index_wrong_shape(shape_fn):
+    ei, x, _, R = graph_inputs()
+    with pytest.raises(ValueError, match=r"edge_index must have shape \[2, E\]"):
+        edge_lrp(x, shape_fn(ei), None, R, Epsilon())
+
+
+def test_edge_index_not_a_tensor():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(TypeError, match=r"edge_index must be a torch\.Tensor, got list"):
+        edge_lrp(x, ei.tolist(), w, R, Epsilon())
+
+
+def test_edge_num_out_bias_and_z_shapes():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(ValueError, match="num_out=5 but relevance has 3 rows"):
+        edge_lrp(x, ei, w, R, Epsilon(), num_out=5)
+    with pytest.raises(ValueError, match=r"bias of shape \(2, 2\) does not broadcast against relevance \(3, 2\)"):
+        edge_lrp(x, ei, w, R, Epsilon(), bias=torch.zeros(2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"z has shape \(2, 2\) but relevance has \(3, 2\)"):
+        edge_lrp(x, ei, w, R, Epsilon(), z=torch.zeros(2, 2, dtype=torch.float64))
+    # num_out equal to the relevance rows is fine
+    assert edge_lrp(x, ei, w, R, Epsilon(), num_out=3).shape == x.shape
+
+
+def test_edge_x_and_relevance_ndim():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(ValueError, match="x must be 2-dimensional"):
+        edge_lrp(x[:, 0], ei, w, R, Epsilon())
+    with pytest.raises(ValueError, match="relevance must be 2-dimensional"):
+        edge_lrp(x, ei, w, R[:, 0], Epsilon())
+
+
+@pytest.mark.parametrize("other", ["relevance", "edge_weight", "bias", "z"])
+def test_edge_dtype_mismatch(other):
+    ei, x, w, R = graph_inputs(torch.float32)
+    args = {"relevance": R, "edge_weight": w, "bias": None, "z": None}
+    args[other] = {"relevance": R, "edge_weight": w, "bias": torch.zeros(3, 2), "z": torch.zeros(3, 2)}[other].double()
+    with pytest.raises(TypeError, match=f"{other} has dtype torch.float64 but x has dtype torch.float32"):
+        edge_lrp(x, ei, args["edge_weight"], args["relevance"], Epsilon(), bias=args["bias"], z=args["z"])
+
+
+def test_edge_device_mismatch_meta():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(ValueError, match="relevance is on meta but x is on cpu"):
+        edge_lrp(x, ei, w, R.to("meta"), Epsilon())
+    with pytest.raises(ValueError, match="edge_weight is on meta but x is on cpu"):
+        edge_lrp(x, ei, w.to("meta"), R, Epsilon())
+    with pytest.raises(ValueError, match="edge_index is on cpu but x is on meta"):
+        edge_lrp(x.to("meta"), ei, w.to("meta"), R.to("meta"), Epsilon())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_edge_device_mismatch_cuda():
+    ei, x, w, R = graph_inputs()
+    with pytest.raises(ValueError, match="edge_index is on cpu but x is on cuda"):
+        edge_lrp(x.cuda(), ei, w.cuda(), R.cuda(), Epsilon())
+    with pytest.raises(ValueError, match="edge_weight is on cuda"):
+        edge_lrp(x, ei, w.cuda(), R, Epsilon())
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("where", ["x", "relevance", "edge_weight", "bias"])
+def test_edge_non_finite_inputs(where, bad):
+    ei, x, w, R = graph_inputs()
+    args = {"x": x.clone(), "relevance": R.clone(), "edge_weight": w.clone(), "bias": torch.zeros(3, 2).double()}
+    args[where].view(-1)[0] = bad
+    kind = "NaN" if math.isnan(bad) else "Inf"
+    with pytest.raises(ValueError, match=f"{where} contains {kind} values"):
+        edge_lrp(args["x"], ei, args["edge_weight"], args["relevance"], Epsilon(), bias=args["bias"])
+
+
+# --------------------------------------------------------------------------------------
+# Rules and options
+# --------------------------------------------------------------------------------------
+
+
+def test_alphabeta_parameter_checks():
+    with pytest.raises(ValueError, match="alpha - beta = 1"):
+        AlphaBeta(alpha=1, beta=1)
+    with pytest.raises(ValueError, match="alpha - beta = 1"):
+        AlphaBeta(alpha=3, beta=1)
+    with pytest.raises(ValueError, match="alpha, beta >= 0"):
+        AlphaBeta(alpha=0.5, beta=-0.5)
+    assert AlphaBeta(1, 0).alpha == 1.0 and AlphaBeta(2, 1).beta == 1.0
+
+
+@pytest.mark.parametrize("alpha,beta", [(math.nan, math.nan), (math.inf, math.inf)])
+def test_alphabeta_rejects_non_finite_parameters(alpha, beta):
+    """NaN/Inf are not ``>= 0`` numbers with ``alpha - beta = 1``."""
+    with pytest.raises(ValueError, match="AlphaBeta"):
+        AlphaBeta(alpha=alpha, beta=beta)
+
+
+def test_other_rule_parameter_checks():
+    with pytest.raises(ValueError, match="stabilizer must be a finite number >= 0"):
+        Epsilon(-1e-3)
+    with pytest.raises(ValueError, match="stabilizer must be a finite number >= 0"):
+        ZPlus(stabilizer=math.inf)
+    with pytest.raises(ValueError, match="stabilizer must be a finite number >= 0"):
+        WSquare(stabilizer=math.nan)
+    with pytest.raises(ValueError, match="Gamma needs gamma >= 0"):
+        Gamma(-0.1)
+    assert Z().epsilon == 0.0 and Z(zero_bias=True).zero_bias
+
+
+def test_zbox_bounds_that_do_not_broadcast():
+    x, W, R, _ = linear_inputs()
+    with pytest.raises(ValueError, match="ZBox low of shape"):
+        linear_lrp(x, W, R, ZBox(torch.zeros(5), 1.0))
+    ei, xg, w, Rg = graph_inputs()
+    with pytest.raises(ValueError, match="ZBox high of shape"):
+        edge_lrp(xg, ei, w, Rg, ZBox(0.0, torch.ones(7)))
+
+
+@pytest.mark.parametrize("rule", [Pass(), "epsilon", Epsilon, None], ids=["Pass()", "str", "class", "None"])
+def test_non_linear_map_rules_raise_type_error(rule):
+    x, W, R, _ = linear_inputs()
+    with pytest.raises(TypeError, match="linear_lrp needs a linear-map rule"):
+        linear_lrp(x, W, R, rule)
+    ei, xg, w, Rg = graph_inputs()
+    with pytest.raises(TypeError, match="edge_lrp needs a linear-map rule"):
+        edge_lrp(xg, ei, w, Rg, rule)
+
+
+@pytest.mark.parametrize("strategy", ["fast", "SPMM", "", "dense"])
+def test_unknown_strategy(strategy):
+    x, W, R, _ = linear_inputs()
+    for Ws in (W, W.to_sparse_coo(), W.to_sparse_csr()):
+        with pytest.raises(ValueError, match=f"unknown strategy {strategy!r}"):
+            linear_lrp(x, Ws, R, Epsilon(), strategy=strategy)
+    ei, xg, w, Rg = graph_inputs()
+    with pytest.raises(ValueError, match="unknown strategy"):
+        edge_lrp(xg, ei, w, Rg, Epsilon(), strategy=strategy)
+
+
+# --------------------------------------------------------------------------------------
+# Zero denominators: no NaN, and the relevance of such outputs is DROPPED
+# (it flows to no input and shows up entirely in ``absorbed``).
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["spmm", "scatter"])
+@pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
+def test_dead_unit_relevance_is_dropped(layout, strategy, backend):
+    """z_0 = 1 - 1 = 0 exactly under Epsilon(0): output 0's relevance is dropped
+    (absorbed), output 1 (z = 2) is conserved."""
+    x = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    W = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=torch.float64)
+    Ws = {"dense": W, "coo": W.to_sparse_coo(), "csr": W.to_sparse_csr()}[layout]
+    R = torch.tensor([[5.0, 4.0]], dtype=torch.float64)
+    r, absorbed = linear_lrp(x, Ws, R, Epsilon(0.0), strategy=strategy, return_absorbed=True)
+    # only output 1 flows: R_i = x_i * 1 / 2 * 4 = [2, 2]
+    torch.testing.assert_close(r, torch.tensor([[2.0, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(absorbed, torch.tensor([[5.0, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("strategy", ["spmm", "scatter"])
+@pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
+def test_empty_weight_row_is_dropped(rule, strategy, backend):
+    """Output 1 has no stored connections: its relevance reaches no input."""
+    x = torch.tensor([[1.0, 2.0, -1.0], [0.5, -1.0, 3.0]], dtype=torch.float64)
+    W = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.0, -1.0, 1.0]], dtype=torch.float64)
+    R = torch.tensor([[1.0, 7.0, 2.0], [3.0, -7.0, 1.0]], dtype=torch.float64)
+    R_zero = R.clone()
+    R_zero[:, 1] = 0.0
+    for Ws in (W.to_sparse_coo(), W.to_sparse_csr()):
+        r, absorbed = linear_lrp(x, Ws, R, rule, strategy=strategy, return_absorbed=True)
+        assert torch.isfinite(r).all() and torch.isfinite(absorbed).all()
+        torch.testing.assert_close(absorbed[:, 1], R[:, 1])  # all of it
+        # identical to giving output 1 no relevance at all
+        torch.testing.assert_close(r, linear_lrp(x, Ws, R_zero, rule, strategy=strategy))
+
+
+@pytest.mark.parametrize("strategy", ["spmm", "scatter"])
+@pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
+def test_all_zero_input_gives_no_nan(rule, strategy, backend):
+    x = torch.zeros(2, 3, dtype=torch.float64)
+    W = torch.tensor([[1.0, -2.0, 0.0], [0.5, 1.0, 3.0]], dtype=torch.float64)
+    R = torch.tensor([[1.0, 2.0], [-1.0, 4.0]], dtype=torch.float64)
+    for Ws in (W, W.to_sparse_coo(), W.to_sparse_csr()):
+        for b in (None, torch.zeros(2, dtype=torch.float64), torch.tensor([1.0, -1.0], dtype=torch.float64)):
+            r, absorbed = linear_lrp(x, Ws, R, rule, b, strategy=strategy, return_absorbed=True)
+            assert torch.isfinite(r).all() and torch.isfinite(absorbed).all()
+            torch.testing.assert_close(r.sum() + absorbed.sum(), R.sum())
+            if rule.proportional:  # R_i = x_i * (...) = 0: everything is dropped/absorbed
+                assert torch.all(r == 0)
+                torch.testing.assert_close(absorbed, R)
+
+
+@pytest.mark.parametrize("strategy", ["spmm", "scatter"])
+@pytest.mark.parametrize("rule", ALL_RULES, ids=repr)
+def test_all_zero_weight_gives_no_nan(rule, strategy, backend):
+    x = torch.tensor([[1.0, -2.0, 0.5]], dtype=torch.float64)
+    R = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    W = torch.zeros(2, 3, dtype=torch.float64)
+    # sparse: no stored connections -> every output is dropped
+    for Ws in (W.to_sparse_coo(), W.to_sparse_csr()):
+        assert Ws.values().numel() == 0
+        r, absorbed = linear_lrp(x, Ws, R, rule, strategy=strategy, return_absorbed=True)
+        assert torch.all(r == 0)
+        torch.testing.assert_close(absorbed, R)
+    # dense: finite; Flat still sees every entry as a connection and spreads R evenly
+    r, absorbed = linear_lrp(x, W, R, rule, strategy=strategy, return_absorbed=True)
+    assert torch.isfinite(r).all() and torch.isfinite(absorbed).all()
+    torch.testing.assert_close(r.sum() + absorbed.sum(), R.sum())
+    if isinstance(rule, Flat):
+        n = 3 + rule.stabilizer
+        torch.testing.assert_close(r, torch.full((1, 3), 3.0 / n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("strategy", ["spmm", "scatter"])
+def test_alphabeta_without_negative_part_drops_only_beta_term(strategy, backend):
+    """N_j = 0 (no negative contributions) with no stabiliser: the beta term is dropped,
+    not NaN; the alpha term alone redistributes alpha * R_j."""
+    x = torch.tensor([[1.0, 3.0]], dtype=torch.float64)
+    W = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
+    R = torch.tensor([[4.0]], dtype=torch.float64)
+    r, absorbed = linear_lrp(
+        x, W.to_sparse_csr(), R, AlphaBeta(2, 1, stabilizer=0.0), strategy=strategy, return_absorbed=True
+    )
+    # P = 4 -> 2 * [1, 3] / 4 * 4 = [2, 6]; N = 0 -> dropped
+    torch.testing.assert_close(r, torch.tensor([[2.0, 6.0]], dtype=torch.float64))
+    torch.testing.assert_close(absorbed, torch.tensor([[-4.0]], dtype=torch.float64))
+
+
+def test_edge_lrp_isolated_output_is_dropped(backend):
+    """Output 2 receives no edge: its relevance is dropped, no NaN."""
+    ei = torch.tensor([[0, 1], [0, 1]])
+    x = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    R = torch.tensor([[1.0], [1.0], [9.0]], dtype=torch.float64)
+    for rule in ALL_RULES:
+        r, absorbed = edge_lrp(x, ei, None, R, rule, return_absorbed=True)
+        assert torch.isfinite(r).all()
+        assert r[2, 0] == 0
+        torch.testing.assert_close(absorbed[2], R[2])
