@@ -168,9 +168,12 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
     y2 = y.reshape(y.shape[0], -1)
     sel = torch.arange(y2.shape[0], device=y.device) if rows is None else rows.to(y.device)
     if isinstance(target, Tensor) and target.is_floating_point():
-        rel = (
-            target.to(y2).reshape(-1, y2.shape[1]) if target.numel() != y2.numel() else target.to(y2).reshape(y2.shape)
-        )
+        if target.numel() % y2.shape[1]:
+            raise ValueError(
+                f"target relevance must have the output's shape {tuple(y.shape)} (or one row per index), "
+                f"got {tuple(target.shape)}"
+            )
+        rel = target.to(y2).reshape(-1, y2.shape[1])
         if rel.shape[0] == sel.numel() and rel.shape[0] != y2.shape[0]:
             full = torch.zeros_like(y2)
             full[sel] = rel
@@ -271,12 +274,15 @@ def _validate(model, x, edge_index, kwargs) -> None:
                 raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
             if value.is_floating_point():
                 check_finite(name, value)
-    params = [p for p in model.parameters()]
-    if params and params[0].device != x.device:
-        raise ValueError(f"model parameters are on {params[0].device} but x is on {x.device}")
+    for p in model.parameters():
+        if p.device != x.device:
+            raise ValueError(f"model parameters are on {p.device} but x is on {x.device}")
+        if p.is_floating_point() and p.dtype != x.dtype:
+            raise TypeError(f"model parameters have dtype {p.dtype} but x has dtype {x.dtype}; convert one of them")
+        break
 
 
-def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_graph: bool):
+def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_level: str | None):
     x_in = x.detach().requires_grad_(True)
     ctx.inputs = {"x": x_in}
     ea = kwargs.get("edge_attr")
@@ -298,7 +304,7 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         if top is None:
             top, y = next(((i, out) for i, out in reversed(ctx.outputs) if out.shape == y.shape), (None, y))
         ctx.top_call = top
-        if not task_graph and y.shape[0] != x.shape[0]:
+        if task_level == "node" and y.shape[0] != x.shape[0]:
             raise ValueError(f"node-level task but the model returned {y.shape[0]} rows for {x.shape[0]} nodes")
         seed, value, cls = _seed(y, rows, target)
         grads = torch.autograd.grad(y, [x_in] + ([ea] if ea is not None else []), seed, allow_unused=True)
@@ -374,7 +380,8 @@ def explain(
     try:
         if many and not is_graph and edge_index is not None:
             return _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, forward_kwargs)
-        node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, is_graph)
+        level = "graph" if is_graph else task_level
+        node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
     finally:
         for p, flag in was_grad.items():
             p.requires_grad_(flag)
@@ -416,16 +423,27 @@ def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: T
     rows = rows.to(batch.device)
     node_mask = batch[None, :] == rows[:, None]  # [T, N]
 
-    def by_node(t: Tensor) -> Tensor:
-        return t[None] * node_mask.view(*node_mask.shape, *([1] * (t.dim() - 1)))
-
     edge_mask = node_mask[:, edge_index[1]] if edge_index is not None else None
+    graph_mask = torch.arange(int(batch.max()) + 1, device=batch.device)[None, :] == rows[:, None]  # [T, G]
+
+    def split(t: Tensor, mask: Tensor) -> Tensor:
+        return t[None] * mask.view(*mask.shape, *([1] * (t.dim() - 1)))
+
+    def by_rows(t: Tensor) -> Tensor:
+        # Layer records have one row per node, per edge or (after pooling) per graph.
+        for mask in (node_mask, edge_mask, graph_mask):
+            if mask is not None and t.shape[0] == mask.shape[1]:
+                return split(t, mask)
+        return t
+
+    def by_node(t: Tensor) -> Tensor:
+        return split(t, node_mask)
 
     def by_edge(t: Tensor) -> Tensor:
-        return t[None] * edge_mask.view(*edge_mask.shape, *([1] * (t.dim() - 1)))
+        return split(t, edge_mask)
 
     layers = {
-        name: {k: (by_edge(v) if k == "edge" else by_node(v) if k == "node" else v) for k, v in rec.items()}
+        name: {k: (by_edge(v) if k == "edge" else by_rows(v)) for k, v in rec.items()}
         for name, rec in res.layers.items()
     }
     return ExplainResult(
@@ -460,7 +478,7 @@ def _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, kwargs) -
             sub_kwargs[name] = value
     if isinstance(target, Tensor) and not target.is_floating_point() and target.numel() == n:
         target = target.to(x.device)[rows.to(x.device)]
-    node_feat_u, ea_u, value, cls, _, _ = _run(model, ctx, x[node_v], union_ei, sub_kwargs, centers, target, False)
+    node_feat_u, ea_u, value, cls, _, _ = _run(model, ctx, x[node_v], union_ei, sub_kwargs, centers, target, "node")
 
     node_feat = x.new_zeros((t_count, *x.shape))
     node_feat[node_t, node_v] = node_feat_u.detach()
@@ -473,10 +491,16 @@ def _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, kwargs) -
             e[edge_t, edge_e] = rec["edge"]
             out["edge"] = e
             edge = edge + e
-        if "node" in rec:
-            v = x.new_zeros(t_count, n)
-            v[node_t, node_v] = rec["node"]
-            out["node"] = v
+        if "node" in rec:  # relevance reaching the layer's input: rows are nodes or edges
+            rows_in = rec["node"]
+            if rows_in.shape[0] == node_v.numel():
+                v = x.new_zeros(t_count, n)
+                v[node_t, node_v] = rows_in
+                out["node"] = v
+            elif rows_in.shape[0] == edge_e.numel():
+                v = x.new_zeros(t_count, num_edges)
+                v[edge_t, edge_e] = rows_in
+                out["node"] = v
         layers[name] = out
     ea_rel = None
     if ea_u is not None:

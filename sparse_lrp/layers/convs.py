@@ -26,27 +26,6 @@ def _check_plain(call: LayerCall, x, edge_index) -> None:
         raise ValueError(f"{call.name}: only flow='source_to_target' is supported")
 
 
-def match_edges(new: Tensor, ref: Tensor | None, num_nodes: int) -> Tensor | None:
-    """For each edge of ``new``, the position of an equal edge in ``ref`` (``-1`` if none).
-
-    Layers that rebuild their edge list (adding self-loops, reordering) report relevance
-    on the model's edges through this map. Multi-edges map to one of their copies.
-    """
-    if ref is None:
-        return None
-    if new.data_ptr() == ref.data_ptr() and new.shape == ref.shape:
-        return torch.arange(ref.shape[1], device=ref.device)
-    key_ref = ref[0].to(torch.int64) * num_nodes + ref[1]
-    key_new = new[0].to(torch.int64) * num_nodes + new[1]
-    order = torch.argsort(key_ref)
-    sorted_ref = key_ref[order]
-    pos = torch.searchsorted(sorted_ref, key_new).clamp(max=max(sorted_ref.numel() - 1, 0))
-    if sorted_ref.numel() == 0:
-        return torch.full_like(key_new, -1)
-    found = sorted_ref[pos] == key_new
-    return torch.where(found, order[pos], -1)
-
-
 def _model_ids(call: LayerCall, edge_index: Tensor) -> Tensor | None:
     """Positions of the layer's input edges in the model's edge_index."""
     return call.ctx.edge_ids(edge_index)
@@ -56,7 +35,22 @@ def _follow(ids: Tensor | None, positions: Tensor) -> Tensor | None:
     """Compose a layer's edge re-ordering ``positions`` (``-1`` = added) with ``ids``."""
     if ids is None:
         return None
+    if ids.numel() == 0:  # a graph without edges: every layer edge is an added loop
+        return torch.full_like(positions, -1)
     return torch.where(positions >= 0, ids[positions.clamp(min=0)], -1)
+
+
+def _replaced_loops(edge_index: Tensor, n: int) -> Tensor:
+    """Edge positions after ``remove_self_loops`` + ``add_self_loops`` (GAT, ChebConv).
+
+    Such layers drop input self-loops, so those carry no relevance.
+    """
+    from torch_geometric.utils import add_self_loops, remove_self_loops
+
+    positions = torch.arange(edge_index.shape[1], device=edge_index.device)
+    ei0, pos = remove_self_loops(edge_index, positions.to(torch.float64))
+    _, pos = add_self_loops(ei0, pos, fill_value=-1.0, num_nodes=n)
+    return pos.long()
 
 
 def _gcn_norm(call: LayerCall, edge_index, edge_weight, n, improved, add_self_loops, dtype):
@@ -159,15 +153,11 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
 
 def _attention(call: LayerCall, x, edge_index, edge_attr):
     """Run the layer once for its attention coefficients ``α [E', H]`` (kept fixed)."""
-    from torch_geometric.utils import add_self_loops, remove_self_loops
-
     _, (ei, alpha) = call.original(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
-    # Replay the layer's self-loop handling on edge positions to map α onto model edges.
-    positions = torch.arange(edge_index.shape[1], device=edge_index.device)
     if call.module.add_self_loops:
-        ei0, pos = remove_self_loops(edge_index, positions.to(torch.float64))
-        _, pos = add_self_loops(ei0, pos, fill_value=-1.0, num_nodes=x.shape[0])
-        positions = pos.long()
+        positions = _replaced_loops(edge_index, x.shape[0])
+    else:
+        positions = torch.arange(edge_index.shape[1], device=edge_index.device)
     ids = _follow(_model_ids(call, edge_index), positions) if positions.numel() == ei.shape[1] else None
     return ei, alpha.detach(), ids
 
@@ -265,7 +255,8 @@ def cheb_conv(call: LayerCall, x, edge_index, edge_weight=None, batch=None, lamb
     _check_plain(call, x, edge_index)
     m = call.module
     ei, norm = m.__norm__(edge_index, x.shape[0], edge_weight, m.normalization, lambda_max, x.dtype, batch)
-    ids = match_edges(ei, call.ctx.edge_index, x.shape[0])
+    positions = _replaced_loops(edge_index, x.shape[0])
+    ids = _follow(_model_ids(call, edge_index), positions) if positions.numel() == ei.shape[1] else None
     t = [x]
     if len(m.lins) > 1:
         t.append(call.edges(x, ei, norm, edge_ids=ids))
