@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
+from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, EdgeValues
 from .rules import Pass, Rule
 from .validation import check_edge_index, check_finite, check_same, check_tensor
 
@@ -113,7 +113,7 @@ def propagate_branches(
             skip.add("pos")
         prepared.append((b, skip, {}))
 
-    results: list[list] = [[torch.zeros_like(b.x), None] for b in branches]
+    results: list[list] = [[None, None] for _ in branches]
     flowed = torch.zeros_like(relevance) if want_absorbed else None
     for group in rule.groups:
         terms = []  # (branch position, f, g(w))
@@ -122,7 +122,7 @@ def propagate_branches(
                 if term.inp in skip:
                     continue
                 gw = b.op.transform(b.weight, term.weight)
-                if not bool(gw.any()):  # w⁻ of a positive adjacency, and the like
+                if not (gw.any() if isinstance(gw, EdgeValues) else bool(gw.any())):  # w⁻ of a positive adjacency
                     continue
                 if term.inp not in inputs:
                     inputs[term.inp] = rule.input(term.inp, b.x)
@@ -138,7 +138,8 @@ def propagate_branches(
             d_nobias = d
             if use_bias:
                 d = d + group.bias(bias)
-        s = _safe_divide(relevance, stabilize(d, rule.stabilizer))
+        # With eps > 0 the stabilised denominator is never zero: skip the zero test.
+        s = relevance / stabilize(d, rule.stabilizer) if rule.stabilizer > 0 else _safe_divide(relevance, d)
         if group.where is not None:
             s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
         if group.coef != 1.0:
@@ -148,9 +149,12 @@ def propagate_branches(
         for pos, f, gw in terms:
             part, part_edge = prepared[pos][0].op.backward(gw, f, s, strategy, want_edge, max_memory)
             slot = results[pos]
-            slot[0] = slot[0] + part
+            slot[0] = part if slot[0] is None else slot[0] + part
             if part_edge is not None:
                 slot[1] = part_edge if slot[1] is None else slot[1] + part_edge
+    for b, slot in zip(branches, results):
+        if slot[0] is None:  # every term of this branch vanished
+            slot[0] = torch.zeros_like(b.x)
     if want_edge:
         for b, slot in zip(branches, results):
             if slot[1] is None:

@@ -57,6 +57,8 @@ class EdgeOperator:
         self.num_edges = int(edge_index.shape[1])
         self._by_dst: tuple[Tensor, Tensor, Tensor] | None = None
         self._by_src: tuple[Tensor, Tensor, Tensor] | None = None
+        self._perm_key: tuple | None = None
+        self._perm: tuple[Tensor, Tensor] = ()
 
     @property
     def device(self) -> torch.device:
@@ -74,6 +76,14 @@ class EdgeOperator:
         torch.cumsum(counts, 0, out=crow[1:])
         return crow, cols[perm].to(torch.int64), perm
 
+    def permuted(self, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """``weight`` in CSR order of ``W`` and of ``Wᵀ``; cached for the last weight seen."""
+        key = (weight.data_ptr(), weight.shape, weight._version, weight.dtype)
+        if self._perm_key != key:
+            self._perm = (weight[self._csr_by_dst()[2]], weight[self._csr_by_src()[2]])
+            self._perm_key = key
+        return self._perm
+
     def build(self) -> EdgeOperator:
         """Build both CSR index structures now (otherwise built on first use)."""
         self._csr_by_dst()
@@ -90,47 +100,56 @@ class EdgeOperator:
             self._by_src = self._csr_index(self.src, self.dst, self.num_in, self.num_out)
         return self._by_src
 
-    def csr(self, values: Tensor) -> Tensor:
+    def csr(self, values: Tensor | EdgeValues) -> Tensor:
         """``W`` as a ``[N_out, N_in]`` CSR tensor with per-edge ``values [E]``."""
         crow, col, perm = self._csr_by_dst()
-        return torch.sparse_csr_tensor(crow, col, values[perm], (self.num_out, self.num_in), check_invariants=False)
+        vals = values.by_dst if isinstance(values, EdgeValues) else values[perm]
+        return torch.sparse_csr_tensor(crow, col, vals, (self.num_out, self.num_in), check_invariants=False)
 
-    def csr_t(self, values: Tensor) -> Tensor:
+    def csr_t(self, values: Tensor | EdgeValues) -> Tensor:
         """``Wᵀ`` as a ``[N_in, N_out]`` CSR tensor with per-edge ``values [E]``."""
         crow, col, perm = self._csr_by_src()
-        return torch.sparse_csr_tensor(crow, col, values[perm], (self.num_in, self.num_out), check_invariants=False)
+        vals = values.by_src if isinstance(values, EdgeValues) else values[perm]
+        return torch.sparse_csr_tensor(crow, col, vals, (self.num_in, self.num_out), check_invariants=False)
 
     # -- primitives -----------------------------------------------------------------
-    def transform(self, weight: Tensor, fn) -> Tensor:
-        return fn(weight)
+    def transform(self, weight: Tensor, fn) -> EdgeValues:
+        return EdgeValues(self, weight, fn)
 
-    def forward(self, gw: Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
+    def forward(self, gw: EdgeValues | Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
         if strategy == "spmm":
             return self.csr(gw) @ f
         out = f.new_zeros(self.num_out, f.shape[1])
+        w = gw.edge if isinstance(gw, EdgeValues) else gw
         step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 2)
         for a in range(0, self.num_edges, step):
-            src, dst = self.src[a : a + step], self.dst[a : a + step]
-            scatter_add(f[src] * gw[a : a + step, None], dst, self.num_out, out=out)
+            msg = f[self.src[a : a + step]]
+            msg *= w[a : a + step, None]
+            scatter_add(msg, self.dst[a : a + step], self.num_out, out=out)
+            del msg  # free before the next chunk allocates: at most 2 chunk tensors live
         return out
 
     def backward(
-        self, gw: Tensor, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
+        self, gw: EdgeValues, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
     ) -> tuple[Tensor, Tensor | None]:
         if strategy == "spmm":
-            r_in = f * (self.csr_t(gw) @ s)
-            return r_in, (gw * self.sampled_dot(f, s, max_memory) if want_edge else None)
+            r_in = self.csr_t(gw) @ s
+            r_in *= f
+            return r_in, (gw.edge * self.sampled_dot(f, s, max_memory) if want_edge else None)
         # The literal message-passing view: message_e = f(x_i) g(w_e) s_j on every edge.
+        w = gw.edge
         r_in = f.new_zeros(self.num_in, f.shape[1])
-        edge = gw.new_zeros(self.num_edges) if want_edge else None
+        edge = w.new_zeros(self.num_edges) if want_edge else None
         step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 3)
         for a in range(0, self.num_edges, step):
-            src, dst = self.src[a : a + step], self.dst[a : a + step]
-            msg = f[src] * s[dst]
-            msg *= gw[a : a + step, None]
+            src = self.src[a : a + step]
+            msg = f[src]
+            msg *= s[self.dst[a : a + step]]
+            msg *= w[a : a + step, None]
             scatter_add(msg, src, self.num_in, out=r_in)
             if edge is not None:
-                edge[a : a + step] = msg.sum(1)
+                torch.sum(msg, 1, out=edge[a : a + step])
+            del msg  # free before the next chunk allocates: at most 3 chunk tensors live
         return r_in, edge
 
     def sampled_dot(self, f: Tensor, s: Tensor, max_memory: int = DEFAULT_MAX_MEMORY) -> Tensor:
@@ -152,9 +171,40 @@ class EdgeOperator:
         out = f.new_empty(self.num_edges)
         step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 2)
         for a in range(0, self.num_edges, step):
-            prod = f[self.src[a : a + step]] * s[self.dst[a : a + step]]
+            prod = f[self.src[a : a + step]]
+            prod *= s[self.dst[a : a + step]]
             torch.sum(prod, 1, out=out[a : a + step])
+            del prod
         return out
+
+
+class EdgeValues:
+    """A rule's transform ``g(w)`` of an operator's edge weights, in the orders it is used.
+
+    Element-wise transforms commute with permutations, so the weights are put in CSR
+    order once per operator and weight tensor, and each term transforms those directly.
+    """
+
+    def __init__(self, op: EdgeOperator, weight: Tensor, fn) -> None:
+        self.op, self.weight, self.fn = op, weight, fn
+        self._edge: Tensor | None = None
+
+    @property
+    def edge(self) -> Tensor:
+        if self._edge is None:
+            self._edge = self.fn(self.weight)
+        return self._edge
+
+    @property
+    def by_dst(self) -> Tensor:
+        return self.fn(self.op.permuted(self.weight)[0])
+
+    @property
+    def by_src(self) -> Tensor:
+        return self.fn(self.op.permuted(self.weight)[1])
+
+    def any(self) -> bool:
+        return bool(self.edge.any())
 
 
 class DenseOperator:

@@ -60,6 +60,7 @@ class Context:
     lost: float = 0.0
     outputs: list[tuple[int, Tensor]] = field(default_factory=list)
     _operators: dict[tuple, EdgeOperator] = field(default_factory=dict)
+    _memo: dict[tuple, Any] = field(default_factory=dict)
     _calls: int = 0
 
     def operator(self, edge_index: Tensor, num_in: int, num_out: int) -> EdgeOperator:
@@ -69,6 +70,16 @@ class Context:
         if op is None or (op.edge_index is not edge_index and not torch.equal(op.edge_index, edge_index)):
             op = self._operators[key] = EdgeOperator(edge_index, num_in, num_out)
         return op
+
+    def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """Compute once per explanation: graph normalisations shared by all layers.
+
+        Tensors in ``key`` are identified by storage, shape and strides.
+        """
+        norm = tuple((k.data_ptr(), tuple(k.shape), k.stride()) if isinstance(k, Tensor) else k for k in key)
+        if norm not in self._memo:
+            self._memo[norm] = (key, compute())  # keep the keyed tensors alive with the value
+        return self._memo[norm][1]
 
     def input_key(self, t: Tensor) -> str | None:
         """Which model input ``t`` is (same storage, shape and strides), if any."""

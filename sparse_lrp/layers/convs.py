@@ -54,6 +54,12 @@ def _replaced_loops(edge_index: Tensor, n: int) -> Tensor:
 
 
 def _gcn_norm(call: LayerCall, edge_index, edge_weight, n, improved, add_self_loops, dtype):
+    """``gcn_norm`` once per graph and explanation: every layer shares the result and its operator."""
+    key = ("gcn_norm", edge_index, edge_weight, n, improved, add_self_loops, dtype)
+    return call.ctx.memo(key, lambda: _gcn_norm_now(call, edge_index, edge_weight, n, improved, add_self_loops, dtype))
+
+
+def _gcn_norm_now(call: LayerCall, edge_index, edge_weight, n, improved, add_self_loops, dtype):
     from torch_geometric.nn.conv.gcn_conv import gcn_norm
     from torch_geometric.utils import add_remaining_self_loops
 
@@ -155,7 +161,7 @@ def _attention(call: LayerCall, x, edge_index, edge_attr):
     """Run the layer once for its attention coefficients ``α [E', H]`` (kept fixed)."""
     _, (ei, alpha) = call.original(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
     if call.module.add_self_loops:
-        positions = _replaced_loops(edge_index, x.shape[0])
+        positions = call.ctx.memo(("loops", edge_index, x.shape[0]), lambda: _replaced_loops(edge_index, x.shape[0]))
     else:
         positions = torch.arange(edge_index.shape[1], device=edge_index.device)
     ids = _follow(_model_ids(call, edge_index), positions) if positions.numel() == ei.shape[1] else None
@@ -254,8 +260,12 @@ def cheb_conv(call: LayerCall, x, edge_index, edge_weight=None, batch=None, lamb
     """
     _check_plain(call, x, edge_index)
     m = call.module
-    ei, norm = m.__norm__(edge_index, x.shape[0], edge_weight, m.normalization, lambda_max, x.dtype, batch)
-    positions = _replaced_loops(edge_index, x.shape[0])
+    n = x.shape[0]
+    key = ("cheb", edge_index, edge_weight, n, m.normalization, lambda_max, x.dtype, batch)
+    ei, norm = call.ctx.memo(
+        key, lambda: m.__norm__(edge_index, n, edge_weight, m.normalization, lambda_max, x.dtype, batch)
+    )
+    positions = call.ctx.memo(("loops", edge_index, n), lambda: _replaced_loops(edge_index, n))
     ids = _follow(_model_ids(call, edge_index), positions) if positions.numel() == ei.shape[1] else None
     t = [x]
     if len(m.lins) > 1:
