@@ -16,12 +16,14 @@ chunks.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, EdgeValues
+from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, EdgeValues, FusedTerms
 from .rules import Pass, Rule
 from .validation import check_edge_index, check_finite, check_same, check_tensor
 
@@ -73,6 +75,39 @@ class Branch(NamedTuple):
     op: EdgeOperator | DenseOperator
     x: Tensor
     weight: Tensor
+
+
+def _products(prepared, terms, strategy: str, max_memory: int) -> list[tuple[int, Callable, Callable]]:
+    """The sparse products a group needs: ``(branch, forward(), backward(s, want_edge))``.
+
+    Terms of one branch whose weights split the edges between them (w⁺ / w⁻) become one
+    fused product over stacked inputs (:class:`FusedTerms`); the rest run one by one.
+    """
+    by_branch: dict[int, list] = {}
+    for pos, f, gw in terms:
+        by_branch.setdefault(pos, []).append((f, gw))
+    out = []
+    for pos, items in by_branch.items():
+        op = prepared[pos][0].op
+        if strategy == "spmm" and isinstance(op, EdgeOperator) and len(items) > 1:
+            values = [gw for _, gw in items]
+            if FusedTerms.applies(op, values):
+                fused = FusedTerms(op, [f for f, _ in items], values)
+                out.append((pos, fused.forward, fused.backward))
+                continue
+        for f, gw in items:
+            out.append(
+                (
+                    pos,
+                    functools.partial(op.forward, gw, f, strategy, max_memory),
+                    functools.partial(_backward, op, gw, f, strategy=strategy, max_memory=max_memory),
+                )
+            )
+    return out
+
+
+def _backward(op, gw, f, s, want_edge, *, strategy, max_memory):
+    return op.backward(gw, f, s, strategy, want_edge, max_memory)
 
 
 def propagate_branches(
@@ -127,14 +162,16 @@ def propagate_branches(
                 if term.inp not in inputs:
                     inputs[term.inp] = rule.input(term.inp, b.x)
                 terms.append((pos, inputs[term.inp], gw))
+        products = _products(prepared, terms, strategy, max_memory)
 
         if group.plain and z is not None:
             d_nobias = z - bias if bias is not None else z
             d = z if use_bias else d_nobias
         else:
-            d = relevance.new_zeros(relevance.shape)
-            for pos, f, gw in terms:
-                d = d + prepared[pos][0].op.forward(gw, f, strategy, max_memory)
+            d = None
+            for _, forward, _ in products:
+                d = forward() if d is None else d + forward()
+            d = relevance.new_zeros(relevance.shape) if d is None else d
             d_nobias = d
             if use_bias:
                 d = d + group.bias(bias)
@@ -146,8 +183,8 @@ def propagate_branches(
             s = s * group.coef
         if flowed is not None:
             flowed = flowed + s * d_nobias
-        for pos, f, gw in terms:
-            part, part_edge = prepared[pos][0].op.backward(gw, f, s, strategy, want_edge, max_memory)
+        for pos, _, backward in products:
+            part, part_edge = backward(s, want_edge)
             slot = results[pos]
             slot[0] = part if slot[0] is None else slot[0] + part
             if part_edge is not None:

@@ -58,6 +58,7 @@ class EdgeOperator:
         self._by_dst: tuple[Tensor, Tensor, Tensor] | None = None
         self._by_src: tuple[Tensor, Tensor, Tensor] | None = None
         self._perm_key: tuple | None = None
+        self._fused: dict[tuple, tuple] = {}
         self._perm: tuple[Tensor, Tensor] = ()
 
     @property
@@ -176,6 +177,106 @@ class EdgeOperator:
             torch.sum(prod, 1, out=out[a : a + step])
             del prod
         return out
+
+
+class FusedTerms:
+    """Several terms ``f_k(x) g_k(w)`` whose weights never share an edge, as ONE product.
+
+    ``w⁺`` and ``w⁻`` (ZPlus, AlphaBeta) split the edges between them, so
+    ``sum_k g_k(W) f_k = [g_1(W) | g_2(W)] [f_1; f_2]``: one sparse matrix with E stored
+    entries over the stacked inputs, instead of K products over E entries each. Edge
+    ``e`` of term ``t_e`` becomes column ``src + t_e N_in``. The structures are derived
+    from the operator's CSR without sorting and cached per operator, weight and terms.
+    """
+
+    def __init__(self, op: EdgeOperator, fs: list[Tensor], values: list[EdgeValues]) -> None:
+        self.op, self.fs, self.k = op, fs, len(fs)
+        w = values[0].weight
+        key = (w.data_ptr(), w.shape, w._version, w.dtype, tuple(v.fn for v in values))
+        cached = op._fused.get(key)
+        if cached is None:
+            if len(op._fused) >= 4:  # bounded: weights change per layer (attention) or call
+                op._fused.pop(next(iter(op._fused)))
+            cached = op._fused[key] = self._structure(op, [v.edge for v in values])
+        self.fwd, self.bwd, self.values, self.term = cached
+        self.stacked = torch.cat(fs)
+
+    @staticmethod
+    def applies(op: EdgeOperator, values: list[EdgeValues]) -> bool:
+        """Whether the terms' weights split the edges (checked once per weight)."""
+        w = values[0].weight
+        if any(v.weight is not w for v in values):
+            return False
+        key = (w.data_ptr(), w.shape, w._version, w.dtype, tuple(v.fn for v in values))
+        if key in op._fused:
+            return True
+        support = sum((v.edge != 0).to(torch.int8) for v in values)
+        return bool((support <= 1).all())
+
+    @staticmethod
+    def _structure(op: EdgeOperator, vals: list[Tensor]):
+        k_terms, n_in = len(vals), op.num_in
+        term = torch.zeros(op.num_edges, dtype=torch.int64, device=vals[0].device)
+        for k in range(1, k_terms):
+            term[vals[k] != 0] = k
+        values = torch.stack(vals).sum(0)
+        # W: rows stay, columns shift by term; keep columns sorted within rows by placing
+        # earlier terms' entries first (a counting step per term instead of a sort).
+        crow, col, perm = op._csr_by_dst()
+        t = term[perm]
+        row = torch.repeat_interleave(torch.arange(op.num_out, device=crow.device), crow[1:] - crow[:-1])
+        slot = crow[row].clone()
+        for k in range(k_terms):
+            mask = t == k
+            before = torch.cat([crow.new_zeros(1), torch.cumsum(mask, 0)])
+            at_start = before[crow[:-1]]
+            count = before[crow[1:]] - at_start
+            slot += torch.where(mask, before[:-1] - at_start[row], torch.where(t > k, count[row], 0))
+        perm_f = torch.empty_like(perm)
+        perm_f[slot] = perm
+        col_f = torch.empty_like(col)
+        col_f[slot] = col + n_in * t
+        fwd = (crow, col_f, perm_f, values[perm_f])
+        # Wᵀ: rows src + t N_in; a stable partition of the Wᵀ order by term keeps them sorted.
+        _, _, perm_t = op._csr_by_src()
+        t = term[perm_t]
+        order = torch.cat([perm_t[t == k] for k in range(k_terms)])
+        counts = torch.bincount(op.src[order] + n_in * term[order], minlength=k_terms * n_in)
+        crow_t = torch.zeros(k_terms * n_in + 1, dtype=torch.int64, device=crow.device)
+        torch.cumsum(counts, 0, out=crow_t[1:])
+        bwd = (crow_t, op.dst[order].to(torch.int64), values[order])
+        return fwd, bwd, values, term
+
+    def forward(self) -> Tensor:
+        op = self.op
+        crow, col, _, vals = self.fwd
+        a = torch.sparse_csr_tensor(crow, col, vals, (op.num_out, self.k * op.num_in), check_invariants=False)
+        return a @ self.stacked
+
+    def backward(self, s: Tensor, want_edge: bool) -> tuple[Tensor, Tensor | None]:
+        op, n_in = self.op, self.op.num_in
+        crow_t, col_t, vals_t = self.bwd
+        at = torch.sparse_csr_tensor(crow_t, col_t, vals_t, (self.k * n_in, op.num_out), check_invariants=False)
+        out = at @ s
+        r_in = None
+        for k, f in enumerate(self.fs):
+            part = out[k * n_in : (k + 1) * n_in]
+            part *= f
+            r_in = part if r_in is None else r_in + part
+        edge = None
+        if want_edge:
+            crow, col, perm, _ = self.fwd
+            pattern = torch.sparse_csr_tensor(
+                crow, col, s.new_ones(op.num_edges), (op.num_out, self.k * n_in), check_invariants=False
+            )
+            try:
+                vals = torch.sparse.sampled_addmm(pattern, s, self.stacked.T, beta=0.0).values()
+                edge = torch.empty_like(vals)
+                edge[perm] = vals
+            except (RuntimeError, NotImplementedError):
+                edge = sum(op.edge_dot(f, s) * (self.term == k) for k, f in enumerate(self.fs))
+            edge = edge * self.values
+        return r_in, edge
 
 
 class EdgeValues:
