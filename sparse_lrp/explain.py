@@ -314,7 +314,8 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
     if ea is not None:
         ge = grads[1] if grads[1] is not None else torch.zeros_like(ea)
         edge_attr_rel = ea.detach() * ge + ctx.side.get("edge_attr", 0)
-    return node_feat, edge_attr_rel, value, cls, seed, y
+    ctx.release()
+    return node_feat, edge_attr_rel, value, cls, seed.detach(), y.detach()
 
 
 def explain(
@@ -383,6 +384,7 @@ def explain(
         level = "graph" if is_graph else task_level
         node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
     finally:
+        ctx.release()
         for p, flag in was_grad.items():
             p.requires_grad_(flag)
     res = _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index)

@@ -23,6 +23,7 @@ relevance goes to a side channel instead, exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,17 @@ class Context:
     _operators: dict[tuple, EdgeOperator] = field(default_factory=dict)
     _memo: dict[tuple, Any] = field(default_factory=dict)
     _calls: int = 0
+
+    def release(self) -> None:
+        """Drop what the forward pass cached (layer outputs, operators, normalisations).
+
+        Layer outputs reference the autograd graph, whose nodes reference this context:
+        clearing breaks that cycle so the graph's memory is freed at once.
+        """
+        self.outputs.clear()
+        self._operators.clear()
+        self._memo.clear()
+        self.inputs.clear()
 
     def operator(self, edge_index: Tensor, num_in: int, num_out: int) -> EdgeOperator:
         """One prepared operator per graph structure, shared by all layers of a pass."""
@@ -244,7 +256,9 @@ class LayerCall:
     # -- primitives -------------------------------------------------------------------
     def map(self, branches: list[MapBranch], bias: Tensor | None = None) -> Tensor:
         """``sum_b op_b(w_b) x_b + bias`` as one linear map under this layer's rule."""
-        spec = (tuple(branches), None if bias is None else bias.detach())
+        # The inputs travel through apply() (autograd saves and frees them); the spec keeps
+        # only operators and weights, so nothing outlives the backward pass through it.
+        spec = (tuple(dataclasses.replace(b, x=None) for b in branches), None if bias is None else bias.detach())
         return _MapFunction.apply(self, spec, *[b.x for b in branches])
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
