@@ -53,7 +53,7 @@ class Profile:
 
 PROFILES = {
     # Quick: finishes in about two minutes on two CPU cores, training included.
-    "quick": Profile("quick", tiny=False, targets=12, seeds=1, gnnexplainer_epochs=100, ig_steps=50, figure_targets=2),
+    "quick": Profile("quick", tiny=False, targets=10, seeds=1, gnnexplainer_epochs=100, ig_steps=50, figure_targets=1),
     # Full: the benchmark's usual budget (GNNExplainer's paper default of 300 epochs).
     "full": Profile("full", tiny=False, targets=50, seeds=3, gnnexplainer_epochs=300, ig_steps=50, figure_targets=3),
     # Smoke: tiny graphs, few epochs; exercises every code path in seconds (tests).

@@ -55,9 +55,9 @@ class ModelSpec:
 
     conv: str
     layers: int = 3
-    hidden: int = 20
-    epochs: int = 300
-    lr: float = 0.01
+    hidden: int = 32
+    epochs: int = 500
+    lr: float = 0.005
     pool: str | None = None
 
 
@@ -157,7 +157,7 @@ def ba_shapes(tiny: bool, gen: torch.Generator) -> Benchmark:
         "ba_shapes",
         "BA-Shapes",
         data,
-        ModelSpec("graph", epochs=300),
+        ModelSpec("graph"),
         (1, 2, 3),
         f"BA graph ({nodes} nodes) + {motifs} houses, constant features; explain house nodes",
         gen,
@@ -175,7 +175,7 @@ def tree_cycles(tiny: bool, gen: torch.Generator) -> Benchmark:
         "tree_cycles",
         "Tree-Cycles",
         data,
-        ModelSpec("graph", epochs=300),
+        ModelSpec("graph"),
         (1,),
         f"binary tree (depth {depth}) + {motifs} 6-cycles, constant features; explain cycle nodes",
         gen,
@@ -193,7 +193,7 @@ def tree_grid(tiny: bool, gen: torch.Generator) -> Benchmark:
         "tree_grid",
         "Tree-Grid",
         data,
-        ModelSpec("graph", epochs=300),
+        ModelSpec("graph"),
         (1,),
         f"binary tree (depth {depth}) + {motifs} 3x3 grids, constant features; explain grid nodes",
         gen,
@@ -266,7 +266,7 @@ def infection(tiny: bool, gen: torch.Generator) -> Benchmark:
         "infection",
         "Infection",
         data,
-        ModelSpec("graph", epochs=300),
+        ModelSpec("graph"),
         tuple(range(1, max_path + 1)),
         f"ER graph ({nodes} nodes, p={p}), {infected} infected; class = hops to infection; explain 1..{max_path}",
         gen,

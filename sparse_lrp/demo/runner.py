@@ -321,7 +321,9 @@ def run_demo(cfg: DemoConfig, log=print) -> Report:
     with warnings.catch_warnings():
         # Known, harmless noise: Captum sets requires_grad itself; PyG's jit templates.
         warnings.filterwarnings("ignore", message=r"Input Tensor \d+ did not already require gradients")
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*")
+        warnings.filterwarnings("ignore", message=r"Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message=r"Sparse invariant checks are implicitly disabled")
         return _run_demo(cfg, log)
 
 
@@ -440,6 +442,8 @@ def header_lines(cfg: DemoConfig, report: Report) -> list[str]:
         f"fid+/fid-: PyG fidelity with the top-{FIDELITY_TOP_K} edges as a hard mask "
         "(fid+ higher and fid- lower is better)",
         "ms/expl: median wall-clock time of one Explainer call; x vs GNNExp: GNNExplainer's median time / this one's",
+        "results.csv also has edge_auc_signed (signed methods ranked by raw score) and, for Infection, "
+        "edge_auc_generator_mask (against the generator's global mask instead of the target's infection paths)",
     ]
     if p.tiny:
         lines.insert(0, "SMOKE RUN: tiny datasets and few epochs; the numbers are not meaningful")
