@@ -29,6 +29,8 @@ DEFAULT_MAX_MEMORY = 256 * 2**20
 
 # CSR products are the point of this module; torch's "beta" notice says nothing actionable.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+# We build the CSR index structures ourselves (sorted, in range) and opt out of re-checking.
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 def _chunk_size(num_edges: int, channels: int, itemsize: int, max_memory: int, temporaries: int) -> int:
