@@ -51,7 +51,8 @@ demo: setup
 	$(BIN)/sparse-lrp demo
 
 bench: setup
-	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m pip install -q "tqdm>=4.60" "captum>=0.7" "matplotlib>=3.7" click Pillow
+	$(BIN)/python -m pip install -q --no-deps "zennit>=0.5"
 	$(BIN)/sparse-lrp bench --quick
 
 clean:

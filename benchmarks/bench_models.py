@@ -25,7 +25,7 @@ Usage::
 
     python benchmarks/bench_models.py                       # the spec setting (a few minutes)
     python benchmarks/bench_models.py --nodes 10000 --edges 100000 --batch 200   # quicker
-    python benchmarks/bench_models.py --memory --markdown out.md --csv out.csv
+    python benchmarks/bench_models.py --markdown out.md --csv out.csv
 
 The shared machinery (models, graphs, timing, memory probe) is ``sparse_lrp.bench``.
 """
@@ -41,14 +41,12 @@ import torch
 import sparse_lrp
 from sparse_lrp.bench import graphs, libs
 from sparse_lrp.bench.common import (
-    MEMORY_NOTE_CPU,
-    MEMORY_NOTE_CUDA,
     Config,
     Table,
     compare,
-    cpu_memory_supported,
     env_line,
     environment,
+    memory_note,
     ratio,
     render,
     write_csv,
@@ -105,16 +103,8 @@ def large_graph(args, cfg: Config) -> Table:
             }
         )
         if args.memory:
-            if cfg.cuda:
-                mem = graphs.measure_memory(fns, cfg.device)
-            else:
-                del fns, model, x, edge_index
-                # the probe rebuilds the same model and graph in a fresh process
-                spec = {"model": name, "edges": args.edges, "nodes": args.nodes, "device": cfg.device}
-                spec.update({"seed": args.seed, "features": args.features, "hidden": args.hidden})
-                spec.update({"budget": cfg.memory_budget, "methods": list(which), "threads": torch.get_num_threads()})
-                mem = graphs.probe_in_subprocess(spec)
-            row.update({f"mem_{k}_mb": v for k, v in mem.items()})
+            fns["lrp"]()
+            row.update({f"mem_{k}_mb": v for k, v in graphs.measure_memory(fns, cfg.device).items()})
         table.add(**row)
         for col, limit, what in (
             ("lrp/fwd", 2.0, "full-model LRP <= 2x the model's forward"),
@@ -125,7 +115,7 @@ def large_graph(args, cfg: Config) -> Table:
             v = row[col]
             table.target(f"{name}: {what}", f"{v:.2f}x" if v else "–", v is not None and v <= limit)
     if args.memory:
-        table.note(MEMORY_NOTE_CUDA if cfg.cuda else MEMORY_NOTE_CPU)
+        table.note(memory_note(cfg.device) or "peak memory: no way to measure it here")
     return table
 
 
@@ -240,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-seconds", type=float, default=20.0, help="stop repeating a method after this much time")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--memory", action="store_true", help="also measure peak memory (CPU: a fresh process per model)")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurements")
     p.add_argument("--skip-large", action="store_true")
     p.add_argument("--skip-small", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -249,9 +239,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.memory and not (torch.device(args.device).type == "cuda" or cpu_memory_supported()):
-        print("peak memory needs CUDA or Linux /proc/self/clear_refs; skipped", file=sys.stderr)
-        args.memory = False
     cfg = Config(mode="full", device=args.device, repeats=args.repeats, max_seconds=args.max_seconds, seed=args.seed)
     env = environment(args.device)
     print(env_line(env) + "\n", flush=True)

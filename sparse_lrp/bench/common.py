@@ -39,13 +39,11 @@ class Config:
     max_edges: float | None = None
     memory: bool = True
     memory_budget: int = 64 * MiB
-    isolate: bool | None = None  # measure graph memory in fresh subprocesses (None: not in tiny mode)
     seed: int = 0
     out: str | None = None
     plot: bool = True
     verbose: bool = True
     max_seconds: float | None = None  # per timed method: stop repeating after this (at least 3 repeats)
-    extra: dict = field(default_factory=dict)
 
     @property
     def tiny(self) -> bool:
@@ -58,15 +56,12 @@ class Config:
     def n_repeats(self) -> int:
         if self.repeats is not None:
             return max(1, int(self.repeats))
-        return {"tiny": 2, "quick": 7, "full": 15}[self.mode]
+        return {"tiny": 1, "quick": 5, "full": 15}[self.mode]
 
     def time_cap(self) -> float:
         if self.max_seconds is not None:
             return float(self.max_seconds)
-        return {"tiny": 0.5, "quick": 5.0, "full": 30.0}[self.mode]
-
-    def isolated(self) -> bool:
-        return (not self.tiny) if self.isolate is None else bool(self.isolate)
+        return {"tiny": 0.5, "quick": 3.0, "full": 30.0}[self.mode]
 
     def log(self, msg: str) -> None:
         if self.verbose:
@@ -150,15 +145,71 @@ def ratio(a: float | None, b: float | None) -> float | None:
 # peak memory
 
 MEMORY_NOTE_CPU = (
-    "Peak memory (CPU): the call's extra resident memory = Linux VmHWM during one call minus VmRSS "
-    "just before it (high-water mark reset through /proc/self/clear_refs, free heap returned with "
-    "malloc_trim first, one warm-up call before); it counts the call's temporaries, autograd graph "
-    "and outputs, not the graph, model and inputs that existed before."
+    "Peak memory (CPU): the call's extra memory = the peak of the bytes torch's CPU allocator handed out "
+    "during one call and had not yet freed, from the allocation and free events of "
+    "torch.profiler(profile_memory=True) (checked first on an allocation of known size); it counts the "
+    "call's temporaries, autograd graph and outputs, not the graph, model and inputs that existed before, "
+    "nor memory outside torch tensors."
+)
+MEMORY_NOTE_RSS = (
+    "Peak memory (CPU, resident): Linux VmHWM during one call minus VmRSS just before it (high-water mark "
+    "reset through /proc/self/clear_refs, free heap returned with malloc_trim first); includes the C "
+    "allocator's overhead and can miss memory the allocator reused."
 )
 MEMORY_NOTE_CUDA = (
     "Peak memory (CUDA): torch.cuda.max_memory_allocated during one call minus memory_allocated "
     "before it (the call's temporaries, autograd graph and outputs)."
 )
+
+_PROFILER_OK: bool | None = None
+
+
+@contextlib.contextmanager
+def _quiet_fd2():
+    """Silence file descriptor 2: the profiler's C++ side logs a line per start and stop."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _profiled_peak(fn: Callable[[], object]) -> tuple[int, object]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_fd2(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    events = sorted(
+        (ev.start_ns(), ev.nbytes())
+        for ev in prof.profiler.kineto_results.events()
+        if ev.name() == "[memory]" and str(ev.device_type()).rsplit(".", 1)[-1].lower() == "cpu"
+    )
+    cur = peak = 0
+    for _, nbytes in events:
+        cur = max(0, cur + nbytes)  # a free of a block from before the call does not count
+        peak = max(peak, cur)
+    return peak, out
+
+
+def profiler_memory_works() -> bool:
+    """Calibrate once: an allocation of known size must show up with exactly that size."""
+    global _PROFILER_OK
+    if _PROFILER_OK is None:
+        nbytes = 3 * MiB + 4096
+        try:
+            peak, _ = _profiled_peak(lambda: torch.empty(nbytes // 4))
+            _PROFILER_OK = peak == nbytes
+        except Exception:
+            _PROFILER_OK = False
+    return _PROFILER_OK
 
 
 def _status_kib(key: str) -> int | None:
@@ -186,16 +237,29 @@ def _malloc_trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def cpu_memory_supported() -> bool:
+def rss_memory_works() -> bool:
     return _status_kib("VmHWM") is not None and _reset_hwm()
 
 
-def peak_memory(fn: Callable[[], object], device: str) -> float | None:
-    """Extra peak memory of one call of ``fn`` in MiB (see the MEMORY_NOTE_* texts), or None."""
-    gc.collect(1)  # young garbage only: a full collection takes a second with torch_geometric loaded
+def memory_method(device: str) -> str | None:
+    """How :func:`peak_memory` measures on ``device``: "cuda", "profiler", "rss" or None."""
     if torch.device(device).type == "cuda":
+        return "cuda"
+    if profiler_memory_works():
+        return "profiler"
+    return "rss" if rss_memory_works() else None
+
+
+def memory_note(device: str) -> str | None:
+    return {"cuda": MEMORY_NOTE_CUDA, "profiler": MEMORY_NOTE_CPU, "rss": MEMORY_NOTE_RSS}.get(memory_method(device))
+
+
+def peak_memory(fn: Callable[[], object], device: str) -> float | None:
+    """Extra peak memory of one call of ``fn`` in MiB (see :func:`memory_note`), or None."""
+    gc.collect(1)  # young garbage only: a full collection takes a second with torch_geometric loaded
+    method = memory_method(device)
+    if method == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
         before = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         out = fn()
@@ -203,16 +267,20 @@ def peak_memory(fn: Callable[[], object], device: str) -> float | None:
         peak = torch.cuda.max_memory_allocated(device)
         del out
         return (peak - before) / MiB
-    _malloc_trim()
-    if not _reset_hwm():
-        return None
-    before = _status_kib("VmRSS")
-    out = fn()
-    peak = _status_kib("VmHWM")
-    del out
-    if before is None or peak is None:
-        return None
-    return max(0, peak - before) / 1024
+    if method == "profiler":
+        peak, out = _profiled_peak(fn)
+        del out
+        return peak / MiB
+    if method == "rss":
+        _malloc_trim()
+        _reset_hwm()
+        before = _status_kib("VmRSS")
+        out = fn()
+        peak = _status_kib("VmHWM")
+        del out
+        if before is not None and peak is not None:
+            return max(0, peak - before) / 1024
+    return None
 
 
 # --------------------------------------------------------------------------------------

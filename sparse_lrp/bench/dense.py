@@ -125,7 +125,7 @@ def run(cfg: Config) -> list[Table]:
                     if cap_info[2]:
                         table.note(f"{rname}: {cap_info[2]}.")
                 elif have_captum:
-                    table.note(f"captum has no {rname} rule.")
+                    table.note(f"captum has no {type(first or rule).__name__} rule ({rname} not compared).")
             finally:
                 if zen is not None:
                     zen.close()
@@ -133,7 +133,7 @@ def run(cfg: Config) -> list[Table]:
             if rname == "Epsilon":
                 table.target(
                     f"{name}: Epsilon LRP <= 1.5x one gradient pass",
-                    f"{row['lrp/grad']:.2f}x",
+                    "–" if row["lrp/grad"] is None else f"{row['lrp/grad']:.2f}x",
                     row["lrp/grad"] is not None and row["lrp/grad"] <= 1.5,
                 )
             for lib in ("zennit", "captum"):

@@ -13,7 +13,7 @@ from .models import graph_model, random_graph
 CASES = {
     # (nodes, edges, explained nodes, GNNExplainer epochs, models)
     "tiny": (100, 500, 2, 10, ("GCN",)),
-    "quick": (1_000, 10_000, 5, 100, ("GCN",)),
+    "quick": (1_000, 10_000, 3, 100, ("GCN",)),
     "full": (10_000, 100_000, 10, 100, ("GCN", "GIN")),
 }
 COLUMNS = ["model", "method", "ms_per_explanation", "method/lrp", "attributions"]

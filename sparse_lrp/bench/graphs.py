@@ -4,22 +4,15 @@ For every model and size: the model's own forward (no autograd), autograd gradie
 input, and sparse_lrp's full-model LRP (every node's predicted class at once) without
 and with edge relevance, plus the edge-chunked kernel under a memory budget. Times are
 medians of interleaved repeats; peak memory is measured per call (see ``common``).
-
-``python -m sparse_lrp.bench.graphs '<json>'`` is the memory probe the suite starts in a
-fresh process per model and size (CPU), so earlier allocations cannot hide a peak.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-import sys
 from collections.abc import Callable
 
 import torch
 
-from .common import MEMORY_NOTE_CPU, MEMORY_NOTE_CUDA, Config, Table, compare, cpu_memory_supported, peak_memory, ratio
+from .common import Config, Table, compare, memory_note, peak_memory, ratio
 from .lrp import grad_x_input, graph_lrp, has_explain
 from .models import graph_model, random_graph
 
@@ -99,43 +92,15 @@ def methods(model, x, edge_index, rule, budget: int, which=METHODS) -> dict[str,
 
 
 def measure_memory(fns: dict[str, Callable[[], object]], device: str) -> dict[str, float | None]:
-    out = {}
+    """Peak extra memory of one call of each (already warmed-up) method, in MiB (None: failed)."""
+    out: dict[str, float | None] = {}
     for name, fn in fns.items():
-        res = fn()  # warm-up: lazy initialisation is not the call's memory
-        del res
-        out[name] = peak_memory(fn, device)
+        try:
+            out[name] = peak_memory(fn, device)
+        except (RuntimeError, MemoryError):
+            out[name] = None
+            _free(device)
     return out
-
-
-def memory_probe(spec: dict) -> dict[str, float | None]:
-    """Run in a fresh process: set up one model and graph, measure every method's peak."""
-    import sparse_lrp
-
-    torch.set_num_threads(spec.get("threads") or torch.get_num_threads())
-    model, x, edge_index = setup(
-        spec["model"],
-        spec["edges"],
-        spec["device"],
-        spec["seed"],
-        spec.get("features", FEATURES),
-        spec.get("hidden", HIDDEN),
-        spec.get("nodes"),
-    )
-    fns = methods(model, x, edge_index, sparse_lrp.Epsilon(1e-6), spec["budget"], spec["methods"])
-    return measure_memory(fns, spec["device"])
-
-
-def probe_in_subprocess(spec: dict, timeout: float = 3600) -> dict[str, float | None]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "sparse_lrp.bench.graphs", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory probe failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run(cfg: Config, models: tuple[str, ...] = ("GCN", "GIN")) -> list[Table]:
@@ -162,16 +127,24 @@ def run(cfg: Config, models: tuple[str, ...] = ("GCN", "GIN")) -> list[Table]:
         f"without / with (lrp_edges) edge relevance; chunked: the same as lrp with the edge-message kernel "
         f"(strategy='scatter') under max_memory = {budget / 2**20:g} MiB; ns_per_edge: lrp time per edge."
     )
-    mem_ok = cfg.memory and (cfg.cuda or cpu_memory_supported())
+    note = memory_note(device) if cfg.memory else None
+    mem_ok = note is not None
     if cfg.memory and not mem_ok:
-        table.note("Peak memory skipped: needs CUDA or Linux /proc/self/clear_refs.")
+        table.note("Peak memory skipped: no way to measure it here (needs CUDA, torch.profiler or Linux /proc).")
     elif mem_ok:
-        table.note(MEMORY_NOTE_CUDA if cfg.cuda else MEMORY_NOTE_CPU)
-        if not cfg.cuda and cfg.isolated():
-            table.note("CPU memory is measured in a fresh process per model and size.")
+        table.note(note)
+    timed = METHODS if cfg.mode == "full" or cfg.cuda else ("fwd", "grad", "lrp", "lrp_edges")
+    if "chunked" not in timed:
+        table.note("chunked is measured for memory only in this mode (--full times it too).")
     sizes = edge_sizes(cfg)
     for name in models:
         for edges in sizes:
+            if not cfg.cuda and not fits_in_memory(edges):
+                table.note(
+                    f"{name}: stopped before {edges:,} edges, which would need about "
+                    f"{edges * BYTES_PER_EDGE / 2**30:.0f} GiB (more than 80% of the available memory)"
+                )
+                break
             cfg.log(f"[graphs] {name}, {edges:,} edges")
             try:
                 model, x, edge_index = setup(name, edges, device, cfg.seed)
@@ -179,47 +152,47 @@ def run(cfg: Config, models: tuple[str, ...] = ("GCN", "GIN")) -> list[Table]:
                 table.note(f"{name} at {edges:,} edges: setup failed ({type(err).__name__}: {str(err)[:200]})")
                 break
             fns = methods(model, x, edge_index, rule, budget)
-            try:
-                t = compare(fns, device=device, repeats=cfg.n_repeats(), warmup=cfg.warmup, max_seconds=cfg.time_cap())
-            except (RuntimeError, MemoryError) as err:
-                table.note(f"{name} at {edges:,} edges: {type(err).__name__}: {str(err)[:200]}")
-                del model, x, edge_index, fns
+            # Warm every method up alone: one that runs out of memory is left out (its cells
+            # stay empty) while the others are still measured at this size.
+            failed = {}
+            for k in list(fns):
+                try:
+                    res = fns[k]()
+                    del res
+                except (RuntimeError, MemoryError) as err:
+                    failed[k] = f"{type(err).__name__}: {str(err)[:120]}"
+                    del fns[k]
+                    _free(device)
+            for k, why in failed.items():
+                table.note(f"{name} at {edges:,} edges: {k} failed ({why})")
+            if "lrp" not in fns:
+                model = x = edge_index = fns = None
                 _free(device)
                 break
+            t = compare(
+                {k: fns[k] for k in timed if k in fns},
+                device=device,
+                repeats=cfg.n_repeats(),
+                warmup=max(0, cfg.warmup - 1),
+                max_seconds=cfg.time_cap(),
+            )
             ms = {k: v.ms for k, v in t.items()}
+            mem = measure_memory(fns, device) if mem_ok else {}
             row = {
                 "model": name,
                 "edges": edges,
                 "nodes": x.shape[0],
-                "fwd_ms": ms["fwd"],
-                "grad_ms": ms["grad"],
+                "fwd_ms": ms.get("fwd"),
+                "grad_ms": ms.get("grad"),
                 "lrp_ms": ms["lrp"],
-                "lrp_edges_ms": ms["lrp_edges"],
-                "chunked_ms": ms["chunked"],
-                "lrp/fwd": ratio(ms["lrp"], ms["fwd"]),
-                "lrp/grad": ratio(ms["lrp"], ms["grad"]),
-                "lrp_edges/fwd": ratio(ms["lrp_edges"], ms["fwd"]),
+                "lrp_edges_ms": ms.get("lrp_edges"),
+                "chunked_ms": ms.get("chunked"),
+                "lrp/fwd": ratio(ms["lrp"], ms.get("fwd")),
+                "lrp/grad": ratio(ms["lrp"], ms.get("grad")),
+                "lrp_edges/fwd": ratio(ms.get("lrp_edges"), ms.get("fwd")),
                 "ns_per_edge": 1e6 * ms["lrp"] / edges,
             }
-            if mem_ok:
-                try:
-                    if cfg.cuda or not cfg.isolated():
-                        mem = measure_memory(fns, device)
-                    else:
-                        del model, x, edge_index, fns
-                        spec = {
-                            "model": name,
-                            "edges": edges,
-                            "device": device,
-                            "seed": cfg.seed,
-                            "budget": budget,
-                            "methods": list(METHODS),
-                            "threads": torch.get_num_threads(),
-                        }
-                        mem = probe_in_subprocess(spec)
-                    row.update({f"mem_{k}_mb": v for k, v in mem.items()})
-                except (RuntimeError, MemoryError, subprocess.TimeoutExpired) as err:
-                    table.note(f"{name} at {edges:,} edges: memory not measured ({type(err).__name__}: {err!s:.200})")
+            row.update({f"mem_{k}_mb": v for k, v in mem.items()})
             table.add(**row)
             model = x = edge_index = fns = None
             _free(device)
@@ -227,12 +200,40 @@ def run(cfg: Config, models: tuple[str, ...] = ("GCN", "GIN")) -> list[Table]:
     return [table]
 
 
+# The hungriest method (autograd gradient x input through PyG's GCNConv, which keeps the
+# [E, hidden] messages of every layer) needed about 650 bytes per edge at hidden 64; with
+# the graph itself and a margin, a size is run on CPU only where this much is available.
+BYTES_PER_EDGE = 1000
+
+
+def available_memory() -> int | None:
+    """Linux MemAvailable in bytes, or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def fits_in_memory(edges: int) -> bool:
+    """Whether a CPU run at ``edges`` edges should fit (a CPU out-of-memory kills the process)."""
+    avail = available_memory()
+    return avail is None or edges * BYTES_PER_EDGE <= 0.8 * avail
+
+
 def _free(device: str) -> None:
     import gc
+
+    from .common import _malloc_trim
 
     gc.collect(1)
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
+    else:
+        _malloc_trim()  # hand the last size's memory back before the next, larger one
 
 
 def add_targets(table: Table, cfg: Config) -> None:
@@ -267,14 +268,3 @@ def add_targets(table: Table, cfg: Config) -> None:
                 )
             else:
                 table.target("GCN at 1e8 edges on GPU: LRP <= 2x forward", "not run (use --max-edges 1e8)", None)
-
-
-def per_edge_flatness(rows: list[dict]) -> float | None:
-    vals = [r["ns_per_edge"] for r in rows if r.get("ns_per_edge")]
-    if len(vals) < 2:
-        return None
-    return max(vals) / min(vals) if all(v > 0 and math.isfinite(v) for v in vals) else None
-
-
-if __name__ == "__main__":
-    print(json.dumps(memory_probe(json.loads(sys.argv[1]))))

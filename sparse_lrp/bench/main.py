@@ -9,10 +9,15 @@ import argparse
 import sys
 import time
 import traceback
+import warnings
 
 SUITES = ("dense", "sparse", "graphs", "explainers", "kernels")
 DEFAULT_SUITES = ("dense", "sparse", "graphs", "explainers", "kernels")
 DEFAULT_OUT = "sparse_lrp_out/bench"
+QUIET_WARNINGS = (
+    "Input Tensor 0 did not already require gradients",  # captum, every call
+    "Sparse CSR tensor support is in beta",  # torch, once
+)
 
 
 def _count(text: str) -> float:
@@ -59,9 +64,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--memory-budget", type=_count, default=64, help="MiB for the edge-chunked path (64)")
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
-    parser.add_argument(
-        "--no-isolate", action="store_true", help="measure CPU memory in this process, not a fresh one per size"
-    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for CSV, Markdown, JSON and plot ({DEFAULT_OUT})")
@@ -89,7 +91,6 @@ def config_from_args(args: argparse.Namespace):
         max_edges=args.max_edges,
         memory=not args.no_memory,
         memory_budget=int(args.memory_budget * MiB),
-        isolate=False if args.no_isolate else None,
         seed=args.seed,
         out=args.out,
         plot=not args.no_plot,
@@ -109,7 +110,10 @@ def run_suites(cfg) -> tuple[list, list[str]]:
         t0 = time.perf_counter()
         try:
             module = importlib.import_module(f"sparse_lrp.bench.{name}")
-            got = module.run(cfg)
+            with warnings.catch_warnings():
+                for message in QUIET_WARNINGS:
+                    warnings.filterwarnings("ignore", message=message)
+                got = module.run(cfg)
         except Exception as err:
             errors.append(f"suite {name} failed: {type(err).__name__}: {err}")
             traceback.print_exc()
@@ -140,6 +144,8 @@ def write_outputs(cfg, tables: list, env: dict, errors: list[str], seconds: floa
         f"`sparse-lrp bench --{cfg.mode}` on {cfg.device}, {seconds:.0f} s. {env_line(env)}.",
         "",
     ]
+    if env.get("warning"):
+        md += [f"**Warning:** {env['warning']}.", ""]
     for table in tables:
         md += [render(table, markdown=True), ""]
     if errors:
@@ -163,6 +169,17 @@ def write_outputs(cfg, tables: list, env: dict, errors: list[str], seconds: floa
     return paths
 
 
+def busy_warning(env: dict) -> str | None:
+    """A warning when other processes already keep the CPU cores busy (timings get noisy)."""
+    load, cores = env.get("load_avg_1m"), env.get("cores") or 1
+    if env.get("gpu") or load is None or load < 0.75 * cores:
+        return None
+    return (
+        f"the machine is busy (load average {load:g} on {cores} cores): timings are noisy, and OpenMP threads "
+        "that wait for each other slow down badly; run when it is idle, or with --threads 1"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -175,7 +192,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         env = environment(cfg.device)
         print(f"sparse-lrp bench --{cfg.mode}: suites {', '.join(cfg.suites)} on {cfg.device}")
-        print(env_line(env) + "\n", flush=True)
+        print(env_line(env), flush=True)
+        busy = busy_warning(env)
+        if busy:
+            env["warning"] = busy
+            print("WARNING: " + busy, flush=True)
+        print(flush=True)
         t0 = time.perf_counter()
         tables, errors = run_suites(cfg)
         seconds = time.perf_counter() - t0

@@ -13,7 +13,7 @@ from .models import mlp, prune, sparse_weights
 
 CASES = {
     "tiny": ([64, 128, 128, 10], 4),
-    "quick": ([2048, 2048, 2048, 10], 64),
+    "quick": ([1024, 1024, 1024, 10], 64),
     "full": ([4096, 4096, 4096, 10], 64),
 }
 DENSITIES = (0.5, 0.1, 0.01, 0.001)
