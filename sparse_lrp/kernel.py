@@ -157,7 +157,7 @@ def propagate_branches(
                 if term.inp in skip:
                     continue
                 gw = b.op.transform(b.weight, term.weight)
-                if not (gw.any() if isinstance(gw, EdgeValues) else bool(gw.any())):  # w⁻ of a positive adjacency
+                if term.may_vanish and not (gw.any() if isinstance(gw, EdgeValues) else bool(gw.any())):
                     continue
                 if term.inp not in inputs:
                     inputs[term.inp] = rule.input(term.inp, b.x)

@@ -83,6 +83,9 @@ class Term:
 
     inp: str
     weight: Callable[[Tensor], Tensor]
+    # True where g(w) is zero on many connections (w⁺, w⁻): the kernel then checks
+    # whether the term vanishes altogether (a positive adjacency has no w⁻).
+    may_vanish: bool = False
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ class ZPlus(Rule):
 
     def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False) -> None:
         super().__init__(stabilizer, zero_bias)
-        self.groups = (Group((Term("pos", _pos), Term("neg", _neg)), bias=_pos),)
+        self.groups = (Group((Term("pos", _pos, True), Term("neg", _neg, True)), bias=_pos),)
 
 
 class AlphaBeta(Rule):
@@ -211,8 +214,8 @@ class AlphaBeta(Rule):
             raise ValueError(f"AlphaBeta needs alpha - beta = 1, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta = float(alpha), float(beta)
         self.groups = (
-            Group((Term("pos", _pos), Term("neg", _neg)), bias=_pos, coef=self.alpha),
-            Group((Term("pos", _neg), Term("neg", _pos)), bias=_neg, coef=-self.beta),
+            Group((Term("pos", _pos, True), Term("neg", _neg, True)), bias=_pos, coef=self.alpha),
+            Group((Term("pos", _neg, True), Term("neg", _pos, True)), bias=_neg, coef=-self.beta),
         )
 
     def _params(self) -> dict:
@@ -285,7 +288,11 @@ class ZBox(Rule):
         self.high = torch.as_tensor(high)
         self.groups = (
             Group(
-                (Term("x", _ident), Term("low", lambda t: -t.clamp(min=0)), Term("high", lambda t: -t.clamp(max=0))),
+                (
+                    Term("x", _ident),
+                    Term("low", lambda t: -t.clamp(min=0), True),
+                    Term("high", lambda t: -t.clamp(max=0), True),
+                ),
                 bias=_ident,
             ),
         )

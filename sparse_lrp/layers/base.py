@@ -320,7 +320,8 @@ class LayerCall:
     def self_loops(self, x: Tensor, weight: float | Tensor) -> MapBranch:
         """A branch ``weight * x_i -> i`` (a root/self term) to pass as ``extra``."""
         n = x.shape[0]
-        loop = torch.arange(n, device=x.device).expand(2, n)
+        # One loop operator per size and device, so its CSR is built once per explanation.
+        loop = self.ctx.memo(("self_loops", n, str(x.device)), lambda: torch.arange(n, device=x.device).expand(2, n))
         w = torch.as_tensor(weight, dtype=x.dtype, device=x.device).expand(n).contiguous()
         return MapBranch(self.ctx.operator(loop, n, n), w, x)
 
