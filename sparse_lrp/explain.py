@@ -32,6 +32,7 @@ from .validation import check_edge_index, check_finite, check_tensor
 __all__ = ["ExplainResult", "explain"]
 
 _EDGE_KWARGS = ("edge_weight", "edge_attr", "edge_type")
+DENSE_OUTPUT_BYTES = 512 * 2**20
 _NODE_KWARGS = ("batch", "pos")
 
 
@@ -331,6 +332,7 @@ def explain(
     hops: int | None = None,
     strategy: str = "auto",
     max_memory: int = DEFAULT_MAX_MEMORY,
+    sparse_output: bool | None = None,
     **forward_kwargs: Any,
 ) -> ExplainResult:
     """Explain ``model(x, edge_index, **forward_kwargs)`` with LRP.
@@ -354,6 +356,9 @@ def explain(
         hops: receptive field for many node targets (default: counted from the
             model's message-passing layers).
         strategy, max_memory: passed to the edge kernel.
+        sparse_output: for many node targets, return ``[T, N, ...]``/``[T, E]`` results as
+            sparse COO tensors holding only each target's computation subgraph. None (the
+            default) does so when the dense results would exceed 512 MiB.
         **forward_kwargs: passed to the model (``edge_weight``, ``edge_attr``,
             ``batch``...).
 
@@ -380,7 +385,7 @@ def explain(
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:
         if many and not is_graph and edge_index is not None:
-            return _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, forward_kwargs)
+            return _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output)
         level = "graph" if is_graph else task_level
         node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
     finally:
@@ -461,7 +466,7 @@ def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: T
     )
 
 
-def _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, kwargs) -> ExplainResult:
+def _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, kwargs, sparse_output) -> ExplainResult:
     """T node targets in one pass over the disjoint union of their computation subgraphs."""
     n, num_edges, t_count = x.shape[0], edge_index.shape[1], rows.numel()
     k = num_hops(model) if hops is None else int(hops)
@@ -482,40 +487,45 @@ def _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, kwargs) -
         target = target.to(x.device)[rows.to(x.device)]
     node_feat_u, ea_u, value, cls, _, _ = _run(model, ctx, x[node_v], union_ei, sub_kwargs, centers, target, "node")
 
-    node_feat = x.new_zeros((t_count, *x.shape))
-    node_feat[node_t, node_v] = node_feat_u.detach()
+    feat = node_feat_u.detach()
+    width = feat[0].numel() if feat.shape[0] else 1
+    dense_bytes = t_count * (n * (width + 1) + 2 * num_edges * (1 + len(ctx.records))) * feat.element_size()
+    dense = not sparse_output if sparse_output is not None else dense_bytes <= DENSE_OUTPUT_BYTES
+
+    def place(t_idx: Tensor, idx: Tensor, values: Tensor, size: int) -> Tensor:
+        """Union rows -> a ``[T, size, ...]`` tensor (dense, or sparse COO with dense trailing dims)."""
+        shape = (t_count, size, *values.shape[1:])
+        if dense:
+            out = values.new_zeros(shape)
+            out[t_idx, idx] = values
+            return out
+        return torch.sparse_coo_tensor(torch.stack([t_idx, idx]), values, shape).coalesce()
+
     layers = {}
-    edge = x.new_zeros(t_count, num_edges)
+    edge_u = None
     for name, rec in ctx.records.items():
         out = {}
         if "edge" in rec:
-            e = x.new_zeros(t_count, num_edges)
-            e[edge_t, edge_e] = rec["edge"]
-            out["edge"] = e
-            edge = edge + e
+            out["edge"] = place(edge_t, edge_e, rec["edge"], num_edges)
+            edge_u = rec["edge"] if edge_u is None else edge_u + rec["edge"]
         if "node" in rec:  # relevance reaching the layer's input: rows are nodes or edges
             rows_in = rec["node"]
             if rows_in.shape[0] == node_v.numel():
-                v = x.new_zeros(t_count, n)
-                v[node_t, node_v] = rows_in
-                out["node"] = v
+                out["node"] = place(node_t, node_v, rows_in, n)
             elif rows_in.shape[0] == edge_e.numel():
-                v = x.new_zeros(t_count, num_edges)
-                v[edge_t, edge_e] = rows_in
-                out["node"] = v
+                out["node"] = place(edge_t, edge_e, rows_in, num_edges)
         layers[name] = out
-    ea_rel = None
-    if ea_u is not None:
-        ea_rel = ea_u.new_zeros((t_count, num_edges, *ea_u.shape[1:]))
-        ea_rel[edge_t, edge_e] = ea_u.detach()
+    if edge_u is None:
+        edge_u = feat.new_zeros(edge_e.numel())
+    ea_rel = None if ea_u is None else place(edge_t, edge_e, ea_u.detach(), num_edges)
     return ExplainResult(
-        node_feat=node_feat,
-        node=node_feat.reshape(t_count, n, -1).sum(-1),
-        edge=edge,
+        node_feat=place(node_t, node_v, feat, n),
+        node=place(node_t, node_v, feat.reshape(feat.shape[0], -1).sum(1), n),
+        edge=place(edge_t, edge_e, edge_u, num_edges),
         output=value.detach(),
         target=cls,
         index=rows,
         edge_attr=ea_rel,
         layers=layers,
-        conservation=_conservation(ctx, value, node_feat, ea_rel),
+        conservation=_conservation(ctx, value, feat, None if ea_u is None else ea_u.detach()),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.explain import Explanation
 from torch_geometric.explain.algorithm import ExplainerAlgorithm
@@ -73,16 +74,16 @@ class LRPExplainer(ExplainerAlgorithm):
             **kwargs,
         )
         many = res.node_feat.dim() == x.dim() + 1
-        node_feat = res.node_feat.sum(0) if many else res.node_feat
-        edge = None if res.edge is None else (res.edge.sum(0) if many else res.edge)
+        node_feat = _sum_targets(res.node_feat) if many else res.node_feat
+        edge = None if res.edge is None else (_sum_targets(res.edge) if many else res.edge)
         node_mask = self._node_mask(node_feat)
         explanation = Explanation(node_mask=node_mask, edge_mask=edge if self._wants_edges() else None)
         if many:
             per_node = res.node_feat
             if self.explainer_config.node_mask_type == MaskType.object:
-                per_node = res.node[..., None]
+                per_node = res.node.unsqueeze(-1)
             elif self.explainer_config.node_mask_type == MaskType.common_attributes:
-                per_node = res.node_feat.sum(1, keepdim=True)
+                per_node = res.node_feat.to_dense().sum(1, keepdim=True)
             explanation.node_mask_per_target = per_node
             if self._wants_edges() and res.edge is not None:
                 explanation.edge_mask_per_target = res.edge
@@ -110,3 +111,10 @@ class LRPExplainer(ExplainerAlgorithm):
         if cfg.node_mask_type not in (None, MaskType.attributes, MaskType.object, MaskType.common_attributes):
             return False
         return self.model_config.task_level in (ModelTaskLevel.node, ModelTaskLevel.graph)
+
+
+def _sum_targets(t: Tensor) -> Tensor:
+    """PyG's joint mask: the sum over targets (results may be sparse for many targets)."""
+    if t.is_sparse:
+        return torch.sparse.sum(t, dim=0).to_dense()
+    return t.sum(0)

@@ -1,0 +1,76 @@
+"""Many node targets can return sparse [T, N, ...] results: the same values as dense ones."""
+
+import pytest
+import torch
+from torch_geometric.explain import Explainer
+from torch_geometric.nn import GCN, GINEConv
+
+import sparse_lrp
+
+
+def _graph(n=60, e=300, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 5, generator=g), torch.randint(0, n, (2, e), generator=g)
+
+
+def test_sparse_and_dense_results_agree():
+    torch.manual_seed(0)
+    x, ei = _graph()
+    model = GCN(5, 16, 3, 3).eval()
+    dense = sparse_lrp.explain(model, x, ei, index=[1, 2, 7], sparse_output=False)
+    sparse = sparse_lrp.explain(model, x, ei, index=[1, 2, 7], sparse_output=True)
+    for field in ("node_feat", "node", "edge"):
+        got, want = getattr(sparse, field), getattr(dense, field)
+        assert got.is_sparse and not want.is_sparse
+        torch.testing.assert_close(got.to_dense(), want)
+    for name, rec in dense.layers.items():
+        for key, want in rec.items():
+            torch.testing.assert_close(sparse.layers[name][key].to_dense(), want)
+    assert sparse.conservation == pytest.approx(dense.conservation)
+    # Sparse results hold only each target's computation subgraph.
+    assert sparse.node_feat._nnz() < 3 * x.shape[0]
+
+
+def test_sparse_edge_features_agree():
+    torch.manual_seed(0)
+    x, ei = _graph()
+    ea = torch.rand(ei.shape[1], 4)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = GINEConv(torch.nn.Linear(5, 3), edge_dim=4)
+
+        def forward(self, x, edge_index, edge_attr):
+            return self.conv(x, edge_index, edge_attr)
+
+    model = Net().eval()
+    dense = sparse_lrp.explain(model, x, ei, index=[0, 4], edge_attr=ea, sparse_output=False)
+    sparse = sparse_lrp.explain(model, x, ei, index=[0, 4], edge_attr=ea, sparse_output=True)
+    torch.testing.assert_close(sparse.edge_attr.to_dense(), dense.edge_attr)
+    torch.testing.assert_close(sparse.edge.to_dense(), dense.edge)
+
+
+@pytest.mark.parametrize("node_mask_type", ["attributes", "object", "common_attributes"])
+def test_explainer_with_sparse_results(node_mask_type):
+    torch.manual_seed(0)
+    x, ei = _graph()
+    model = GCN(5, 16, 2, 3).eval()
+    config = dict(mode="multiclass_classification", task_level="node", return_type="raw")
+
+    def run(sparse_output):
+        algorithm = sparse_lrp.LRPExplainer("zplus", sparse_output=sparse_output)
+        explainer = Explainer(
+            model,
+            algorithm=algorithm,
+            explanation_type="model",
+            node_mask_type=node_mask_type,
+            edge_mask_type="object",
+            model_config=config,
+        )
+        return explainer(x, ei, index=torch.tensor([3, 9]))
+
+    dense, sparse = run(False), run(True)
+    torch.testing.assert_close(sparse.node_mask, dense.node_mask)
+    torch.testing.assert_close(sparse.edge_mask, dense.edge_mask)
+    torch.testing.assert_close(sparse.node_mask_per_target.to_dense(), dense.node_mask_per_target)
