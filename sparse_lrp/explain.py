@@ -333,6 +333,7 @@ def explain(
     strategy: str = "auto",
     max_memory: int = DEFAULT_MAX_MEMORY,
     sparse_output: bool | None = None,
+    max_union: int | None = None,
     **forward_kwargs: Any,
 ) -> ExplainResult:
     """Explain ``model(x, edge_index, **forward_kwargs)`` with LRP.
@@ -359,6 +360,9 @@ def explain(
         sparse_output: for many node targets, return ``[T, N, ...]``/``[T, E]`` results as
             sparse COO tensors holding only each target's computation subgraph. None (the
             default) does so when the dense results would exceed 512 MiB.
+        max_union: for many node targets, the most nodes + edges one pass over the union
+            of their subgraphs may have (default: the graph's own size, at least 2^20);
+            larger target sets run in chunks of targets.
         **forward_kwargs: passed to the model (``edge_weight``, ``edge_attr``,
             ``batch``...).
 
@@ -385,7 +389,9 @@ def explain(
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:
         if many and not is_graph and edge_index is not None:
-            return _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output)
+            return _explain_many_nodes(
+                model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output, max_union
+            )
         level = "graph" if is_graph else task_level
         node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
     finally:
@@ -466,66 +472,111 @@ def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: T
     )
 
 
-def _explain_many_nodes(model, ctx, x, edge_index, rows, target, hops, kwargs, sparse_output) -> ExplainResult:
-    """T node targets in one pass over the disjoint union of their computation subgraphs."""
+def _target_chunks(edge_index: Tensor, n: int, rows: Tensor, k: int, budget: int) -> list[Tensor]:
+    """Split targets so that each chunk's union of subgraphs has at most ``budget`` rows.
+
+    The union grows with the number of targets (T subgraphs), so one pass over all of
+    them could exceed memory that a single full-graph pass fits in; chunks keep every
+    pass about the size of the graph itself.
+    """
+    node_t, _, edge_t, _, _, _ = _khop_union(edge_index, n, rows, k)
+    size = torch.bincount(node_t, minlength=rows.numel()) + torch.bincount(edge_t, minlength=rows.numel())
+    chunk_id = torch.div(torch.cumsum(size, 0) - size, max(budget, 1), rounding_mode="floor")
+    return [rows[chunk_id == c] for c in torch.unique(chunk_id)]
+
+
+def _explain_many_nodes(
+    model, ctx, x, edge_index, rows, target, hops, kwargs, sparse_output, max_union=None
+) -> ExplainResult:
+    """T node targets over the disjoint union of their computation subgraphs.
+
+    One pass when the union is no larger than the graph (or ``max_union`` rows), else a
+    pass per memory-bounded chunk of targets; results equal single-target calls.
+    """
     n, num_edges, t_count = x.shape[0], edge_index.shape[1], rows.numel()
     k = num_hops(model) if hops is None else int(hops)
-    node_t, node_v, edge_t, edge_e, union_ei, centers = _khop_union(edge_index, n, rows.to(x.device), k)
-    sub_kwargs = {}
-    for name, value in kwargs.items():
-        if (
-            isinstance(value, Tensor)
-            and value.dim() > 0
-            and (name in _EDGE_KWARGS or (value.shape[0] == num_edges and name not in _NODE_KWARGS))
-        ):
-            sub_kwargs[name] = value[edge_e]
-        elif isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-            sub_kwargs[name] = value[node_v]
-        else:
-            sub_kwargs[name] = value
+    rows = rows.to(x.device)
     if isinstance(target, Tensor) and not target.is_floating_point() and target.numel() == n:
-        target = target.to(x.device)[rows.to(x.device)]
-    node_feat_u, ea_u, value, cls, _, _ = _run(model, ctx, x[node_v], union_ei, sub_kwargs, centers, target, "node")
+        target = target.to(x.device)[rows]
+    per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
+    budget = int(max_union) if max_union is not None else max(n + num_edges, 2**20)
+    chunks = _target_chunks(edge_index, n, rows, k, budget) if t_count > 1 else [rows]
 
-    feat = node_feat_u.detach()
-    width = feat[0].numel() if feat.shape[0] else 1
-    dense_bytes = t_count * (n * (width + 1) + 2 * num_edges * (1 + len(ctx.records))) * feat.element_size()
+    pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
+    values, classes, conservation = [], [], {"out": 0.0, "in": 0.0, "absorbed": 0.0, "lost": 0.0}
+    offset = 0
+    for chunk in chunks:
+        cctx = Context(ctx.composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
+        node_t, node_v, edge_t, edge_e, union_ei, centers = _khop_union(edge_index, n, chunk, k)
+        sub_kwargs = {}
+        for name, value in kwargs.items():
+            if (
+                isinstance(value, Tensor)
+                and value.dim() > 0
+                and (name in _EDGE_KWARGS or (value.shape[0] == num_edges and name not in _NODE_KWARGS))
+            ):
+                sub_kwargs[name] = value[edge_e]
+            elif isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
+                sub_kwargs[name] = value[node_v]
+            else:
+                sub_kwargs[name] = value
+        tgt = target[offset : offset + chunk.numel()] if per_target_target else target
+        feat_u, ea_u, value, cls, _, _ = _run(model, cctx, x[node_v], union_ei, sub_kwargs, centers, tgt, "node")
+        node_t, edge_t = node_t + offset, edge_t + offset
+        feat = feat_u.detach()
+        pieces.setdefault("node_feat", []).append((node_t, node_v, feat, n))
+        pieces.setdefault("node", []).append((node_t, node_v, feat.reshape(feat.shape[0], -1).sum(1), n))
+        edge_u = feat.new_zeros(edge_e.numel())
+        for name, rec in cctx.records.items():
+            if "edge" in rec:
+                pieces.setdefault(f"layer:{name}:edge", []).append((edge_t, edge_e, rec["edge"], num_edges))
+                edge_u = edge_u + rec["edge"]
+            if "node" in rec:  # relevance reaching the layer's input: rows are nodes or edges
+                r = rec["node"]
+                if r.shape[0] == node_v.numel():
+                    pieces.setdefault(f"layer:{name}:node", []).append((node_t, node_v, r, n))
+                elif r.shape[0] == edge_e.numel():
+                    pieces.setdefault(f"layer:{name}:node", []).append((edge_t, edge_e, r, num_edges))
+        pieces.setdefault("edge", []).append((edge_t, edge_e, edge_u, num_edges))
+        if ea_u is not None:
+            pieces.setdefault("edge_attr", []).append((edge_t, edge_e, ea_u.detach(), num_edges))
+        for key, val in _conservation(cctx, value, feat, None if ea_u is None else ea_u.detach()).items():
+            conservation[key] += val
+        values.append(value.detach())
+        classes.append(cls)
+        offset += chunk.numel()
+
+    width = x[0].numel() if x.shape[0] else 1
+    dense_bytes = t_count * (n * (width + 1) + 2 * num_edges * (1 + len(pieces))) * x.element_size()
     dense = not sparse_output if sparse_output is not None else dense_bytes <= DENSE_OUTPUT_BYTES
 
-    def place(t_idx: Tensor, idx: Tensor, values: Tensor, size: int) -> Tensor:
-        """Union rows -> a ``[T, size, ...]`` tensor (dense, or sparse COO with dense trailing dims)."""
-        shape = (t_count, size, *values.shape[1:])
+    def place(key: str) -> Tensor | None:
+        """Union rows of every chunk -> ``[T, size, ...]`` (dense, or sparse COO)."""
+        if key not in pieces:
+            return None
+        t_idx = torch.cat([p[0] for p in pieces[key]])
+        idx = torch.cat([p[1] for p in pieces[key]])
+        vals = torch.cat([p[2] for p in pieces[key]])
+        shape = (t_count, pieces[key][0][3], *vals.shape[1:])
         if dense:
-            out = values.new_zeros(shape)
-            out[t_idx, idx] = values
+            out = vals.new_zeros(shape)
+            out[t_idx, idx] = vals
             return out
-        return torch.sparse_coo_tensor(torch.stack([t_idx, idx]), values, shape).coalesce()
+        return torch.sparse_coo_tensor(torch.stack([t_idx, idx]), vals, shape).coalesce()
 
-    layers = {}
-    edge_u = None
-    for name, rec in ctx.records.items():
-        out = {}
-        if "edge" in rec:
-            out["edge"] = place(edge_t, edge_e, rec["edge"], num_edges)
-            edge_u = rec["edge"] if edge_u is None else edge_u + rec["edge"]
-        if "node" in rec:  # relevance reaching the layer's input: rows are nodes or edges
-            rows_in = rec["node"]
-            if rows_in.shape[0] == node_v.numel():
-                out["node"] = place(node_t, node_v, rows_in, n)
-            elif rows_in.shape[0] == edge_e.numel():
-                out["node"] = place(edge_t, edge_e, rows_in, num_edges)
-        layers[name] = out
-    if edge_u is None:
-        edge_u = feat.new_zeros(edge_e.numel())
-    ea_rel = None if ea_u is None else place(edge_t, edge_e, ea_u.detach(), num_edges)
+    layers: dict[str, dict[str, Tensor]] = {}
+    for key in pieces:
+        if key.startswith("layer:"):
+            _, name, kind = key.split(":", 2)
+            layers.setdefault(name, {})[kind] = place(key)
     return ExplainResult(
-        node_feat=place(node_t, node_v, feat, n),
-        node=place(node_t, node_v, feat.reshape(feat.shape[0], -1).sum(1), n),
-        edge=place(edge_t, edge_e, edge_u, num_edges),
-        output=value.detach(),
-        target=cls,
+        node_feat=place("node_feat"),
+        node=place("node"),
+        edge=place("edge"),
+        output=torch.cat(values),
+        target=None if any(c is None for c in classes) else torch.cat(classes),
         index=rows,
-        edge_attr=ea_rel,
+        edge_attr=place("edge_attr"),
         layers=layers,
-        conservation=_conservation(ctx, value, feat, None if ea_u is None else ea_u.detach()),
+        conservation=conservation,
     )

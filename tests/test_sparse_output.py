@@ -74,3 +74,25 @@ def test_explainer_with_sparse_results(node_mask_type):
     torch.testing.assert_close(sparse.node_mask, dense.node_mask)
     torch.testing.assert_close(sparse.edge_mask, dense.edge_mask)
     torch.testing.assert_close(sparse.node_mask_per_target.to_dense(), dense.node_mask_per_target)
+
+
+@pytest.mark.parametrize("max_union", [1, 500])
+def test_chunked_targets_equal_one_pass(max_union):
+    torch.manual_seed(0)
+    x, ei = _graph()
+    model = GCN(5, 16, 3, 3).eval()
+    idx = [1, 2, 7, 11, 30]
+    one = sparse_lrp.explain(model, x, ei, index=idx, composite="zplus", max_union=10**9)
+    chunked = sparse_lrp.explain(model, x, ei, index=idx, composite="zplus", max_union=max_union)
+    for field in ("node_feat", "node", "edge", "output", "target"):
+        torch.testing.assert_close(getattr(chunked, field), getattr(one, field))
+    for name, rec in one.layers.items():
+        for key, want in rec.items():
+            torch.testing.assert_close(chunked.layers[name][key], want)
+    assert chunked.conservation == pytest.approx(one.conservation)
+    # A class per target follows its target into its chunk.
+    cls = torch.tensor([0, 1, 2, 0, 1])
+    a = sparse_lrp.explain(model, x, ei, index=idx, target=cls, max_union=max_union)
+    for t, i in enumerate(idx):
+        single = sparse_lrp.explain(model, x, ei, index=i, target=int(cls[t]))
+        torch.testing.assert_close(a.node_feat[t], single.node_feat)
