@@ -1,0 +1,57 @@
+"""Many node targets: one batched ``explain(index=...)`` call against single calls.
+
+Setting of the GNN issue: a 3-layer GCN (hidden 64) on a random graph with 100k nodes and
+1M edges. Single calls are timed on a sample and extrapolated to all targets (said in the
+output). Run: ``python benchmarks/bench_many_targets.py [--targets 1000] [--sample 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch_geometric.nn import GCN
+
+import sparse_lrp
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--nodes", type=int, default=100_000)
+    p.add_argument("--edges", type=int, default=1_000_000)
+    p.add_argument("--features", type=int, default=16)
+    p.add_argument("--targets", type=int, default=1000)
+    p.add_argument("--sample", type=int, default=5)
+    p.add_argument("--threads", type=int, default=None)
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    x = torch.randn(a.nodes, a.features)
+    edge_index = torch.randint(0, a.nodes, (2, a.edges))
+    model = GCN(a.features, 64, 3, 4).eval()
+    idx = torch.randperm(a.nodes)[: a.targets]
+
+    sparse_lrp.explain(model, x, edge_index, index=int(idx[0]))  # warm-up
+    singles = []
+    for i in idx[: a.sample]:
+        t = time.perf_counter()
+        sparse_lrp.explain(model, x, edge_index, index=int(i))
+        singles.append(time.perf_counter() - t)
+    single = statistics.median(singles)
+    t = time.perf_counter()
+    res = sparse_lrp.explain(model, x, edge_index, index=idx)
+    batched = time.perf_counter() - t
+    layout = "sparse" if res.node_feat.is_sparse else "dense"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.nodes:,} nodes, {a.edges:,} edges")
+    print(f"single call (full graph): median {single * 1e3:.0f} ms over {a.sample} calls")
+    print(f"{a.targets} single calls, extrapolated: {single * a.targets:.0f} s")
+    print(f"{a.targets} targets in one call: {batched:.1f} s ({layout} results)")
+    ratio = single * a.targets / batched
+    print(f"batched is {ratio:.1f}x faster; target >= 20x -> {'PASS' if ratio >= 20 else 'MISS'}")
+
+
+if __name__ == "__main__":
+    main()
