@@ -40,8 +40,8 @@ __all__ = ["Context", "LayerCall", "MapBranch"]
 
 
 def _ratio(r: Tensor, x: Tensor) -> Tensor:
-    zero = x == 0
-    return torch.where(zero, 0.0, r / torch.where(zero, 1.0, x))
+    """``r / x`` with 0 where ``x == 0`` (there ``r`` is 0 for proportional rules, else lost)."""
+    return torch.nan_to_num_(r / x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 @dataclass
@@ -118,9 +118,13 @@ class Context:
         full = values.new_zeros(self.edge_index.shape[1]).index_add_(0, ids[keep], values[keep])
         rec["edge"] = full if "edge" not in rec else rec["edge"] + full
 
-    def record_node(self, name: str, r_in: Tensor) -> None:
+    def record_node(self, name: str, x: Tensor, ratio: Tensor) -> None:
+        """Add the relevance ``x * ratio`` reaching a layer's input, summed per row."""
+        if x.dim() > 1:
+            node = torch.linalg.vecdot(x.detach().reshape(x.shape[0], -1), ratio.reshape(x.shape[0], -1))
+        else:
+            node = x.detach() * ratio
         rec = self.records.setdefault(name, {})
-        node = r_in.detach().reshape(r_in.shape[0], -1).sum(1) if r_in.dim() > 1 else r_in.detach()
         rec["node"] = node if "node" not in rec else rec["node"] + node
 
 
@@ -229,7 +233,7 @@ class _RecordFunction(torch.autograd.Function):
     @staticmethod
     def backward(fctx, grad: Tensor):
         (x,) = fctx.saved_tensors
-        fctx.call.ctx.record_node(fctx.call.name, x * grad)
+        fctx.call.ctx.record_node(fctx.call.name, x, grad)
         return None, grad
 
 
