@@ -30,6 +30,11 @@ DT = torch.float64
 # --------------------------------------------------------------------------------------
 
 
+def assert_close(a, b, atol: float = 1e-8, rtol: float = 1e-7) -> None:
+    """The GNN tests' float64 tolerance (tight: results are exact up to rounding)."""
+    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
+
+
 def make_graph(n: int = 12, extra: int = 14, seed: int = 0) -> Tensor:
     """A small directed multigraph with every awkward case present, in shuffled order.
 

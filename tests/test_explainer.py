@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch_geometric.nn as gnn
-from gnn_reference import DT, make_batch, make_graph, randomise
+from gnn_reference import DT, assert_close, make_batch, make_graph, randomise
 from torch import nn
 from torch_geometric.explain import Explainer, Explanation
 from torch_geometric.explain.metric import fidelity, groundtruth_metrics
@@ -22,10 +22,6 @@ from sparse_lrp import Epsilon, LRPExplainer
 N, F, H, C = 16, 4, 6, 3
 EI = make_graph(N, extra=16, seed=4)
 E = EI.shape[1]
-
-
-def close(a, b, atol=1e-8, rtol=1e-7):
-    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
 class NodeModel(nn.Module):
@@ -121,12 +117,12 @@ def test_mask_types_match_explain(node, edge, x):
         assert expl.get("node_mask") is None
     else:
         assert expl.node_mask.shape == SHAPES[node]
-        close(expl.node_mask, expected_node_mask(res.node_feat, node))
+        assert_close(expl.node_mask, expected_node_mask(res.node_feat, node))
     if edge is None:
         assert expl.get("edge_mask") is None
     else:
         assert expl.edge_mask.shape == (E,)
-        close(expl.edge_mask, res.edge)
+        assert_close(expl.edge_mask, res.edge)
     assert torch.equal(expl.target, y.argmax(-1))
 
 
@@ -135,7 +131,7 @@ def test_lrp0_masks_conserve_the_logit(x):
     explainer = make_explainer(model, composite=Epsilon(0.0), node="object")
     expl = explainer(x, EI, index=9)
     y = model(x, EI).detach()
-    close(expl.node_mask.sum(), y[9].max())
+    assert_close(expl.node_mask.sum(), y[9].max())
 
 
 def test_phenomenon_explains_the_given_target(x):
@@ -144,8 +140,8 @@ def test_phenomenon_explains_the_given_target(x):
     explainer = make_explainer(model, explanation_type="phenomenon")
     expl = explainer(x, EI, target=labels, index=4)
     res = sparse_lrp.explain(model, x, EI, index=4, target=int(labels[4]), composite="zplus")
-    close(expl.node_mask, res.node_feat)
-    close(expl.edge_mask, res.edge)
+    assert_close(expl.node_mask, res.node_feat)
+    assert_close(expl.edge_mask, res.edge)
     with pytest.raises(ValueError, match="target"):
         explainer(x, EI, index=4)  # phenomenon needs a target
 
@@ -169,8 +165,8 @@ def test_return_types_explain_the_logit(return_type, head, x):
     model.head = "raw"  # the same weights, returning logits
     y = model(x, EI).detach()
     res = sparse_lrp.explain(model, x, EI, index=3, target=int(y[3].argmax()), composite="zplus")
-    close(expl.node_mask, res.node_feat)
-    close(expl.edge_mask, res.edge)
+    assert_close(expl.node_mask, res.node_feat)
+    assert_close(expl.edge_mask, res.edge)
 
 
 @pytest.mark.parametrize("return_type,head", [("raw", "raw"), ("probs", "sigmoid")])
@@ -185,12 +181,12 @@ def test_binary_one_output(return_type, head, x):
             break
     expl = explainer(x, EI, index=i)
     # evidence for the predicted class: +logit for class 1, -logit for class 0
-    close(expl.node_mask.sum(), logit[i].abs())
+    assert_close(expl.node_mask.sum(), logit[i].abs())
     cls = int(logit[i] > 0)
     assert int(expl.target[i]) == cls
     model.head = "raw"
     res = sparse_lrp.explain(model, x, EI, index=i, target=cls, composite=Epsilon(0.0))
-    close(expl.node_mask, res.node_feat)
+    assert_close(expl.node_mask, res.node_feat)
 
 
 def test_binary_one_output_both_classes_phenomenon(x):
@@ -201,8 +197,8 @@ def test_binary_one_output_both_classes_phenomenon(x):
     logit = model(x, EI).detach()[:, 0]
     ones = explainer(x, EI, target=torch.ones(N, dtype=torch.long), index=6)
     zeros = explainer(x, EI, target=torch.zeros(N, dtype=torch.long), index=6)
-    close(ones.node_mask.sum(), logit[6])
-    close(zeros.node_mask, -ones.node_mask)
+    assert_close(ones.node_mask.sum(), logit[6])
+    assert_close(zeros.node_mask, -ones.node_mask)
 
 
 def test_binary_two_outputs(x):
@@ -211,11 +207,11 @@ def test_binary_two_outputs(x):
     explainer = make_explainer(model, explanation_type="phenomenon", mode="multiclass_classification")
     expl = explainer(x, EI, target=labels, index=7)
     res = sparse_lrp.explain(model, x, EI, index=7, target=int(labels[7]), composite="zplus")
-    close(expl.node_mask, res.node_feat)
+    assert_close(expl.node_mask, res.node_feat)
     # binary_classification mode with a two-logit model and class-label targets
     explainer_b = make_explainer(model, explanation_type="phenomenon", mode="binary_classification")
     expl_b = explainer_b(x, EI, target=labels, index=7)
-    close(expl_b.node_mask, res.node_feat)
+    assert_close(expl_b.node_mask, res.node_feat)
 
 
 def test_regression(x):
@@ -223,10 +219,10 @@ def test_regression(x):
     explainer = make_explainer(model, composite=Epsilon(0.0), node="object", mode="regression")
     y = model(x, EI).detach()[:, 0]
     expl = explainer(x, EI, index=2)
-    close(expl.node_mask.sum(), y[2])
+    assert_close(expl.node_mask.sum(), y[2])
     res = sparse_lrp.explain(model, x, EI, index=2, composite=Epsilon(0.0))
-    close(expl.node_mask, res.node[:, None])
-    close(expl.edge_mask, res.edge)
+    assert_close(expl.node_mask, res.node[:, None])
+    assert_close(expl.edge_mask, res.edge)
 
 
 # --------------------------------------------------------------------------------------
@@ -243,15 +239,15 @@ def test_several_indices(node, x):
     res = sparse_lrp.explain(model, x, EI, index=idx, composite="zplus")
     per = expected_node_mask(res.node_feat, node)
     assert expl.node_mask_per_target.shape == (3, *SHAPES[node])
-    close(expl.node_mask_per_target, per)
-    close(expl.node_mask, per.sum(0))
+    assert_close(expl.node_mask_per_target, per)
+    assert_close(expl.node_mask, per.sum(0))
     assert expl.edge_mask_per_target.shape == (3, E)
-    close(expl.edge_mask_per_target, res.edge)
-    close(expl.edge_mask, res.edge.sum(0))
+    assert_close(expl.edge_mask_per_target, res.edge)
+    assert_close(expl.edge_mask, res.edge.sum(0))
     for t, i in enumerate(idx.tolist()):
         one = explainer(x, EI, index=i)
-        close(expl.node_mask_per_target[t], one.node_mask)
-        close(expl.edge_mask_per_target[t], one.edge_mask)
+        assert_close(expl.node_mask_per_target[t], one.node_mask)
+        assert_close(expl.edge_mask_per_target[t], one.edge_mask)
 
 
 @pytest.fixture
@@ -271,8 +267,8 @@ def test_graph_level(return_type, head, graphs):
     y = model(xg, ei, batch).detach()
     res = sparse_lrp.explain(model, xg, ei, index=1, target=int(y[1].argmax()), composite="zplus", batch=batch)
     assert expl.node_mask.shape == xg.shape and expl.edge_mask.shape == (ei.shape[1],)
-    close(expl.node_mask, res.node_feat)
-    close(expl.edge_mask, res.edge)
+    assert_close(expl.node_mask, res.node_feat)
+    assert_close(expl.edge_mask, res.edge)
     assert torch.all(expl.node_mask[batch != 1] == 0)
     assert torch.all(expl.edge_mask[batch[ei[1]] != 1] == 0)
 
@@ -296,14 +292,14 @@ def test_graph_level_pooling_last(graphs):
     expl = explainer(xg, ei, index=1, batch=batch)
     y = model(xg, ei, batch).detach()
     res = sparse_lrp.explain(model, xg, ei, index=1, target=int(y[1].argmax()), composite="zplus", batch=batch)
-    close(expl.node_mask, res.node_feat)
-    close(expl.edge_mask, res.edge)
+    assert_close(expl.node_mask, res.node_feat)
+    assert_close(expl.edge_mask, res.edge)
     assert torch.all(expl.node_mask[batch != 1] == 0)
     lrp0 = make_explainer(
         PoolLast(bias=False).double().eval(), composite=Epsilon(0.0), node="object", task_level="graph"
     )
     expl0 = lrp0(xg, ei, index=2, batch=batch)
-    close(expl0.node_mask.sum(), lrp0.model(xg, ei, batch).detach()[2].max())
+    assert_close(expl0.node_mask.sum(), lrp0.model(xg, ei, batch).detach()[2].max())
 
 
 def test_graph_level_lrp0_conserves(graphs):
@@ -312,7 +308,7 @@ def test_graph_level_lrp0_conserves(graphs):
     explainer = make_explainer(model, composite=Epsilon(0.0), node="object", task_level="graph")
     y = model(xg, ei, batch).detach()
     expl = explainer(xg, ei, index=2, batch=batch)
-    close(expl.node_mask.sum(), y[2].max())
+    assert_close(expl.node_mask.sum(), y[2].max())
 
 
 def test_graph_level_several_indices(graphs):
@@ -323,9 +319,9 @@ def test_graph_level_several_indices(graphs):
     assert expl.node_mask_per_target.shape == (2, *xg.shape)
     for t, g in enumerate([0, 2]):
         one = explainer(xg, ei, index=g, batch=batch)
-        close(expl.node_mask_per_target[t], one.node_mask)
-        close(expl.edge_mask_per_target[t], one.edge_mask)
-    close(expl.node_mask, expl.node_mask_per_target.sum(0))
+        assert_close(expl.node_mask_per_target[t], one.node_mask)
+        assert_close(expl.edge_mask_per_target[t], one.edge_mask)
+    assert_close(expl.node_mask, expl.node_mask_per_target.sum(0))
 
 
 # --------------------------------------------------------------------------------------

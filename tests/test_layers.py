@@ -16,6 +16,7 @@ import torch
 import torch_geometric.nn as gnn
 from gnn_reference import (
     DT,
+    assert_close,
     check_graph,
     gat_attention,
     gat_dense,
@@ -42,10 +43,6 @@ from sparse_lrp import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
 N, F, H, C, D = 12, 5, 6, 4, 3
 EI = make_graph(N)
 E = EI.shape[1]
-
-
-def close(a, b, atol=1e-8, rtol=1e-7):
-    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
 @pytest.fixture
@@ -215,14 +212,14 @@ def _check_lrp0(model, x, kw, index, target, reference):
     """explain() with LRP-0 against ``reference(x, ea) -> (grad×input of x, of ea, output)``."""
     res = sparse_lrp.explain(model, x, EI, index=index, target=target, composite=Epsilon(0.0), **kw)
     ref_x, ref_ea, ref_out = reference
-    close(res.node_feat, ref_x)
-    close(res.node, ref_x.sum(1))
-    close(res.output.sum(), ref_out)
+    assert_close(res.node_feat, ref_x)
+    assert_close(res.node, ref_x.sum(1))
+    assert_close(res.output.sum(), ref_out)
     if "edge_attr" in kw:
         assert res.edge_attr is not None and res.edge_attr.shape == kw["edge_attr"].shape
-        close(res.edge_attr, ref_ea)
+        assert_close(res.edge_attr, ref_ea)
     total = res.node_feat.sum() + (res.edge_attr.sum() if res.edge_attr is not None else 0)
-    close(total, ref_out)  # conservation: bias-free ReLU network, LRP-0
+    assert_close(total, ref_out)  # conservation: bias-free ReLU network, LRP-0
     assert res.conservation["in"] == pytest.approx(res.conservation["out"], abs=1e-8)
     assert abs(res.conservation["absorbed"]) < 1e-8 and abs(res.conservation["lost"]) < 1e-8
     assert res.edge is not None and res.edge.shape == (E,)
@@ -275,7 +272,7 @@ def test_lrp0_gat_equals_gradient_times_input_with_fixed_attention(name, index, 
         return gat_dense(model.conv2, torch.relu(gat_dense(model.conv1, x_, ei1, a1)), ei2, a2)
 
     y = model(x, EI, **kw)
-    close(dense(x).detach(), y.detach())  # the dense reference is the layer's forward
+    assert_close(dense(x).detach(), y.detach())  # the dense reference is the layer's forward
     cls = int(y[index].argmax()) if target is None else target
     (gx,) = grad_x_input(lambda x_: dense(x_)[:, cls].sum() if index is None else dense(x_)[index, cls], x)
     ref_out = (y[:, cls].sum() if index is None else y[index, cls]).detach()
@@ -300,7 +297,7 @@ def test_gcn_cached_explains_the_current_graph_and_keeps_the_cache(inputs):
     cache = [c.clone() if isinstance(c, torch.Tensor) else c for c in model.conv1._cached_edge_index]
     res = sparse_lrp.explain(model, x, EI, index=3, target=0, composite=Epsilon(0.0))
     (gx,) = grad_x_input(lambda x_: model(x_, EI)[3, 0], x)
-    close(res.node_feat, gx)
+    assert_close(res.node_feat, gx)
     after = model.conv1._cached_edge_index
     assert all(torch.equal(a, b) for a, b in zip(cache, after) if isinstance(a, torch.Tensor))
 
@@ -402,12 +399,12 @@ def test_rule_matches_dense_two_stage_reference(layer, rule_name, inputs):
     g = torch.Generator().manual_seed(7)
     R = torch.rand(out.shape, generator=g, dtype=DT) + 0.1
     ref = reference(m, x, R, rule, ew, ea)
-    close(ref.out, out)  # the reference computes what the layer computes
+    assert_close(ref.out, out)  # the reference computes what the layer computes
     res = sparse_lrp.explain(m, x, EI, target=R, composite=rule, **kw)
-    close(res.node_feat, ref.x)
-    close(res.edge, ref.edge)
+    assert_close(res.node_feat, ref.x)
+    assert_close(res.edge, ref.edge)
     if ref.edge_attr is not None:
-        close(res.edge_attr, ref.edge_attr)
+        assert_close(res.edge_attr, ref.edge_attr)
     c = res.conservation
     assert c["out"] == pytest.approx(float(torch.where(out == 0, 0.0, R).sum()), rel=1e-9)
     assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-8)
@@ -421,8 +418,8 @@ def test_rule_reference_single_target_node(inputs):
     R[7] = torch.tensor([0.5, 1.0, 0.2, 0.7], dtype=DT)
     ref = ref_gcn(m, x, EI, R, ZPlus())
     res = sparse_lrp.explain(m, x, EI, target=R, composite=ZPlus())
-    close(res.node_feat, ref.x)
-    close(res.edge, ref.edge)
+    assert_close(res.node_feat, ref.x)
+    assert_close(res.edge, ref.edge)
     # only node 7 and its in-neighbours (one hop) can carry relevance
     sources = set(EI[0, EI[1] == 7].tolist()) | {7}
     for v in range(N):
@@ -440,7 +437,7 @@ def test_chebconv_laplacian_is_signed():
     m = gnn.ChebConv(F, C, K=3).double()
     ei_pyg, w_pyg = m.__norm__(EI, N, None, "sym", None, DT, None)
     src, dst, w_ref, _ = cheb_connections(EI, N)
-    close(w_pyg, w_ref)
+    assert_close(w_pyg, w_ref)
     assert torch.equal(ei_pyg, torch.stack([src, dst]))
 
 
@@ -463,7 +460,7 @@ def test_chebconv_multi_edge_copies_each_carry_their_own_relevance(inputs):
     copies = ((EI[0] == 1) & (EI[1] == 2)).nonzero().view(-1)
     assert copies.numel() == 3
     assert res.edge[copies].abs().min() > 0
-    close(res.edge[copies], res.edge[copies[:1]].expand(3))
+    assert_close(res.edge[copies], res.edge[copies[:1]].expand(3))
 
 
 def test_chebconv_input_self_loops_carry_no_relevance(inputs):

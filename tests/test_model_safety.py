@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch_geometric.nn as gnn
-from gnn_reference import DT, grad_x_input, make_batch, make_graph, randomise
+from gnn_reference import DT, assert_close, grad_x_input, make_batch, make_graph, randomise
 from torch import nn
 
 import sparse_lrp
@@ -16,10 +16,6 @@ from sparse_lrp.layers import _HANDLERS
 
 N, F, H, C = 14, 4, 6, 3
 EI = make_graph(N, extra=12, seed=6)
-
-
-def close(a, b, atol=1e-8, rtol=1e-7):
-    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
 @pytest.fixture
@@ -140,13 +136,13 @@ def test_train_mode_model_is_explained_in_eval_mode(hooked, x):
     model, _ = hooked
     a = sparse_lrp.explain(model, x, EI, index=4)
     b = sparse_lrp.explain(model, x, EI, index=4)
-    close(a.node_feat, b.node_feat, atol=0, rtol=0)
-    close(a.edge, b.edge, atol=0, rtol=0)
+    assert_close(a.node_feat, b.node_feat, atol=0, rtol=0)
+    assert_close(a.edge, b.edge, atol=0, rtol=0)
     model.eval()
     c = sparse_lrp.explain(model, x, EI, index=4)
-    close(a.node_feat, c.node_feat, atol=0, rtol=0)
+    assert_close(a.node_feat, c.node_feat, atol=0, rtol=0)
     y = model(x, EI).detach()
-    close(a.output, y[4].max().reshape(1))  # the eval-mode prediction is explained
+    assert_close(a.output, y[4].max().reshape(1))  # the eval-mode prediction is explained
 
 
 def test_instance_forward_is_restored(x):
@@ -259,7 +255,7 @@ def test_negative_index_counts_from_the_end(x):
     model = make_net().eval()
     a = sparse_lrp.explain(model, x, EI, index=-1)
     b = sparse_lrp.explain(model, x, EI, index=N - 1)
-    close(a.node_feat, b.node_feat)
+    assert_close(a.node_feat, b.node_feat)
 
 
 def test_bad_edge_index(x):
@@ -355,7 +351,7 @@ RULES = [
 ]
 
 
-def _all_finite(res):
+def assert_all_finite(res):
     assert torch.isfinite(res.node_feat).all()
     assert torch.isfinite(res.node).all()
     assert res.edge is None or torch.isfinite(res.edge).all()
@@ -371,9 +367,9 @@ def test_no_nan_for_zero_input(composite):
     model = make_net().eval()
     x0 = torch.zeros(N, F, dtype=DT)
     res = sparse_lrp.explain(model, x0, EI, index=[0, N - 1], composite=composite)
-    _all_finite(res)
+    assert_all_finite(res)
     res = sparse_lrp.explain(model, x0, EI, composite=composite, target=1)
-    _all_finite(res)
+    assert_all_finite(res)
 
 
 @pytest.mark.parametrize("composite", RULES, ids=repr)
@@ -385,7 +381,7 @@ def test_no_nan_with_dead_relus_and_isolated_nodes(composite, x):
     isolated = N - 1
     assert not ((EI[0] == isolated) | (EI[1] == isolated)).any()
     res = sparse_lrp.explain(model, x, EI, index=[isolated, 3], composite=composite)
-    _all_finite(res)
+    assert_all_finite(res)
     # nothing can reach the input through dead units
     assert torch.all(res.node_feat == 0)
 
@@ -396,7 +392,7 @@ def test_no_nan_on_isolated_nodes_and_zero_rows(composite, x):
     xz = x.clone()
     xz[[0, 3]] = 0
     res = sparse_lrp.explain(model, xz, EI, index=[N - 1, 0, 3], composite=composite)
-    _all_finite(res)
+    assert_all_finite(res)
     c = res.conservation
     assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-9)
 
@@ -430,10 +426,10 @@ def test_graph_without_edges(layer, x):
     ei = torch.empty(2, 0, dtype=torch.long)
     res = sparse_lrp.explain(conv, x, ei, index=2, target=1, composite=Epsilon(0.0))
     (gx,) = grad_x_input(lambda x_: conv(x_, ei)[2, 1], x)
-    close(res.node_feat, gx)
+    assert_close(res.node_feat, gx)
     assert res.edge.shape == (0,)
     many = sparse_lrp.explain(conv, x, ei, index=[0, 1], composite="zplus")
-    _all_finite(many)
+    assert_all_finite(many)
     assert many.edge.shape == (2, 0)
 
 
@@ -486,8 +482,8 @@ def test_custom_handler_lrp0_is_gradient_times_input(clean_handlers, x):
     sparse_lrp.register_handler(MyLinear, my_linear_handler)
     res = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=Epsilon(0.0))
     (gx,) = grad_x_input(lambda x_: model(x_, EI)[3, 1], x)
-    close(res.node_feat, gx)
-    close(res.node_feat.sum(), model(x, EI)[3, 1].detach())
+    assert_close(res.node_feat, gx)
+    assert_close(res.node_feat.sum(), model(x, EI)[3, 1].detach())
     assert "mine" in res.layers and res.layers["mine"]["node"].shape == (N,)
 
 
@@ -500,7 +496,7 @@ def test_custom_handler_subclass_and_replacement(clean_handlers, x):
     sparse_lrp.register_handler(MyLinear, my_linear_handler)  # found through the MRO
     base = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=Epsilon(0.0))
     (gx,) = grad_x_input(lambda x_: model(x_, EI)[3, 1], x)
-    close(base.node_feat, gx)
+    assert_close(base.node_feat, gx)
 
     calls = []
 
@@ -511,7 +507,7 @@ def test_custom_handler_subclass_and_replacement(clean_handlers, x):
     sparse_lrp.register_handler(MyLinear2, counting)  # the more specific type wins
     again = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=Epsilon(0.0))
     assert calls == ["mine"]
-    close(again.node_feat, base.node_feat)
+    assert_close(again.node_feat, base.node_feat)
 
 
 def test_custom_handler_with_children(clean_handlers, x):
@@ -541,7 +537,7 @@ def test_custom_handler_with_children(clean_handlers, x):
     sparse_lrp.register_handler(Wrapper, wrapper_handler, children=("inner",))
     res = sparse_lrp.explain(model, x, EI, index=5, target=0, composite=Epsilon(0.0))
     (gx,) = grad_x_input(lambda x_: model(x_, EI)[5, 0], x)
-    close(res.node_feat, gx)
+    assert_close(res.node_feat, gx)
     assert "wrap.inner" in res.layers
 
 

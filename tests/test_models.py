@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch_geometric.nn as gnn
-from gnn_reference import DT, grad_x_input, make_batch, make_graph, randomise, zero_biases
+from gnn_reference import DT, assert_close, grad_x_input, make_batch, make_graph, randomise, zero_biases
 from torch import nn
 from torch_geometric.nn.models import GAT, GCN, GIN, MLP, GraphSAGE
 
@@ -20,10 +20,6 @@ N, F, H, C, D = 20, 5, 8, 3, 3
 EI = make_graph(N, extra=24, seed=2)
 E = EI.shape[1]
 LRP0 = Epsilon(0.0)
-
-
-def close(a, b, atol=1e-8, rtol=1e-7):
-    torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
 @pytest.fixture
@@ -173,13 +169,13 @@ def test_conservation_bias_free_lrp0(name, index, data):
     res = sparse_lrp.explain(model, x, EI, index=index, target=1, composite=LRP0, **kw)
     logit = y[:, 1].sum() if index is None else y[index, 1]
     c = res.conservation
-    close(res.output.sum(), logit)
+    assert_close(res.output.sum(), logit)
     assert c["out"] == pytest.approx(float(logit), rel=1e-9, abs=1e-12)
     assert c["in"] == pytest.approx(c["out"], rel=1e-7, abs=1e-9)
     assert abs(c["absorbed"]) < 1e-9 and abs(c["lost"]) < 1e-9
     total_in = res.node_feat.sum() + (res.edge_attr.sum() if res.edge_attr is not None else 0)
-    close(total_in, logit)
-    close(res.node, res.node_feat.sum(1))
+    assert_close(total_in, logit)
+    assert_close(res.node, res.node_feat.sum(1))
 
 
 @pytest.mark.parametrize("composite", [Epsilon(0.05), "zplus", "gamma"])
@@ -193,7 +189,7 @@ def test_conservation_with_biases(name, composite, data):
     c = res.conservation
     cls = int(y[6].argmax())
     assert int(res.target) == cls
-    close(res.output, y[6, cls].reshape(1))
+    assert_close(res.output, y[6, cls].reshape(1))
     assert c["out"] == pytest.approx(float(y[6, cls]), rel=1e-9)
     assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-9)
     total_in = float(res.node_feat.sum()) + (float(res.edge_attr.sum()) if res.edge_attr is not None else 0.0)
@@ -230,8 +226,8 @@ def test_pyg_mlp_without_graph(bias):
     assert res.edge is None
     if not bias:
         (gx,) = grad_x_input(lambda x_: model(x_)[2, 0], x)
-        close(res.node_feat, gx)
-        close(res.node_feat.sum(), y[2, 0])
+        assert_close(res.node_feat, gx)
+        assert_close(res.node_feat.sum(), y[2, 0])
 
 
 # --------------------------------------------------------------------------------------
@@ -253,10 +249,10 @@ def test_lrp0_is_gradient_times_input(name, index, target, data):
     res = sparse_lrp.explain(model, x, EI, index=index, target=target, composite=LRP0, **kw)
     if kw:
         gx, gea = grad_x_input(logit, x, ea)
-        close(res.edge_attr, gea)
+        assert_close(res.edge_attr, gea)
     else:
         (gx,) = grad_x_input(logit, x)
-    close(res.node_feat, gx)
+    assert_close(res.node_feat, gx)
 
 
 @pytest.fixture
@@ -275,8 +271,8 @@ def test_graph_level_lrp0_is_gradient_times_input_and_conserves(pool, graph_batc
     for g in range(4):
         res = sparse_lrp.explain(model, x, ei, index=g, target=1, composite=LRP0, batch=batch)
         (gx,) = grad_x_input(lambda x_, g=g: model(x_, ei, batch)[g, 1], x)
-        close(res.node_feat, gx)
-        close(res.node_feat.sum(), y[g, 1])
+        assert_close(res.node_feat, gx)
+        assert_close(res.node_feat.sum(), y[g, 1])
         assert res.conservation["in"] == pytest.approx(float(y[g, 1]), rel=1e-7, abs=1e-9)
         assert torch.all(res.node_feat[batch != g] == 0)  # other graphs get nothing
         assert torch.all(res.edge[batch[ei[1]] != g] == 0)
@@ -298,8 +294,8 @@ def test_graph_level_all_graphs_without_index(graph_batch):
     y = model(x, ei, batch).detach()
     res = sparse_lrp.explain(model, x, ei, target=0, composite=LRP0, batch=batch)
     (gx,) = grad_x_input(lambda x_: model(x_, ei, batch)[:, 0].sum(), x)
-    close(res.node_feat, gx)
-    close(res.output.sum(), y[:, 0].sum())
+    assert_close(res.node_feat, gx)
+    assert_close(res.output.sum(), y[:, 0].sum())
 
 
 def test_graph_level_task_level_graph_all_graphs(graph_batch):
@@ -308,8 +304,8 @@ def test_graph_level_task_level_graph_all_graphs(graph_batch):
     y = model(x, ei, batch).detach()
     res = sparse_lrp.explain(model, x, ei, target=0, composite=LRP0, task_level="graph", batch=batch)
     (gx,) = grad_x_input(lambda x_: model(x_, ei, batch)[:, 0].sum(), x)
-    close(res.node_feat, gx)
-    close(res.output.sum(), y[:, 0].sum())
+    assert_close(res.node_feat, gx)
+    assert_close(res.output.sum(), y[:, 0].sum())
 
 
 # --------------------------------------------------------------------------------------
@@ -321,18 +317,18 @@ INDICES = [3, 7, 11, N - 1]
 
 
 def _assert_same(batched, t, single, E_=E):
-    close(batched.node_feat[t], single.node_feat)
-    close(batched.node[t], single.node)
-    close(batched.edge[t], single.edge)
-    close(batched.output[t], single.output.reshape(()))
+    assert_close(batched.node_feat[t], single.node_feat)
+    assert_close(batched.node[t], single.node)
+    assert_close(batched.edge[t], single.edge)
+    assert_close(batched.output[t], single.output.reshape(()))
     if single.target is not None:
         assert int(batched.target[t]) == int(single.target.reshape(()))
     if single.edge_attr is not None:
-        close(batched.edge_attr[t], single.edge_attr)
+        assert_close(batched.edge_attr[t], single.edge_attr)
     for layer, rec in single.layers.items():
         for key in ("edge", "node"):
             if key in rec:
-                close(batched.layers[layer][key][t], rec[key])
+                assert_close(batched.layers[layer][key][t], rec[key])
 
 
 @pytest.mark.parametrize("composite", ["zplus", "gamma"])
@@ -389,9 +385,9 @@ def test_batched_graph_targets_equal_single_calls(pool, graph_batch):
         alone = sparse_lrp.explain(
             model, x[nodes], sub_ei, index=0, composite="zplus", batch=torch.zeros(nodes.numel(), dtype=torch.long)
         )
-        close(many.node_feat[t][nodes], alone.node_feat)
-        close(many.edge[t][keep], alone.edge)
-        close(many.output[t], alone.output.reshape(()))
+        assert_close(many.node_feat[t][nodes], alone.node_feat)
+        assert_close(many.edge[t][keep], alone.edge)
+        assert_close(many.output[t], alone.output.reshape(()))
 
 
 # --------------------------------------------------------------------------------------
@@ -406,9 +402,9 @@ def test_default_target_is_predicted_class(data):
     for i in (0, 9, N - 1):
         res = sparse_lrp.explain(model, x, EI, index=i)
         assert int(res.target) == int(y[i].argmax())
-        close(res.output, y[i].max().reshape(1))
+        assert_close(res.output, y[i].max().reshape(1))
         given = sparse_lrp.explain(model, x, EI, index=i, target=int(y[i].argmax()))
-        close(res.node_feat, given.node_feat)
+        assert_close(res.node_feat, given.node_feat)
 
 
 def test_given_class_is_explained(data):
@@ -418,8 +414,8 @@ def test_given_class_is_explained(data):
     for k in range(C):
         res = sparse_lrp.explain(model, x, EI, index=5, target=k, composite=LRP0)
         assert int(res.target) == k
-        close(res.output, y[5, k].reshape(1))
-        close(res.node_feat.sum(), y[5, k])
+        assert_close(res.output, y[5, k].reshape(1))
+        assert_close(res.node_feat.sum(), y[5, k])
 
 
 def test_float_relevance_target(data):
@@ -435,15 +431,15 @@ def test_float_relevance_target(data):
     for i, k in [(8, 0), (8, 1), (8, 2), (2, 1)]:
         one = sparse_lrp.explain(model, x, EI, index=i, target=k, composite=LRP0)
         expect += R[i, k] / y[i, k] * one.node_feat
-    close(res.node_feat, expect)
-    close(res.node_feat.sum(), R.sum())
+    assert_close(res.node_feat, expect)
+    assert_close(res.node_feat.sum(), R.sum())
     assert res.target is None
     # a float relevance for one explained row only
     one_row = sparse_lrp.explain(model, x, EI, index=8, target=R[8:9], composite=LRP0)
     full_row = torch.zeros(N, C, dtype=DT)
     full_row[8] = R[8]
-    close(one_row.node_feat, sparse_lrp.explain(model, x, EI, target=full_row, composite=LRP0).node_feat)
-    close(one_row.output.sum(), R[8].sum())
+    assert_close(one_row.node_feat, sparse_lrp.explain(model, x, EI, target=full_row, composite=LRP0).node_feat)
+    assert_close(one_row.output.sum(), R[8].sum())
 
 
 def test_regression_model_with_one_output(data):
@@ -451,15 +447,15 @@ def test_regression_model_with_one_output(data):
     model = GCN(F, H, 2, 1, bias=False).double().eval()
     y = model(x, EI).detach()
     res = sparse_lrp.explain(model, x, EI, index=3, composite=LRP0)
-    close(res.output, y[3])
-    close(res.node_feat.sum(), y[3, 0])
+    assert_close(res.output, y[3])
+    assert_close(res.node_feat.sum(), y[3, 0])
     (gx,) = grad_x_input(lambda x_: model(x_, EI)[3, 0], x)
-    close(res.node_feat, gx)
+    assert_close(res.node_feat, gx)
     # a float relevance target on a regression output
     R = torch.zeros(N, 1, dtype=DT)
     R[3] = 2.5
     res2 = sparse_lrp.explain(model, x, EI, target=R, composite=LRP0)
-    close(res2.node_feat, gx * 2.5 / y[3, 0])
+    assert_close(res2.node_feat, gx * 2.5 / y[3, 0])
 
 
 def test_binary_one_logit_classes(data):
@@ -468,8 +464,8 @@ def test_binary_one_logit_classes(data):
     y = model(x, EI).detach()
     pos = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=LRP0)
     neg = sparse_lrp.explain(model, x, EI, index=3, target=0, composite=LRP0)
-    close(pos.output, y[3])
-    close(neg.output, -y[3])
-    close(neg.node_feat, -pos.node_feat)
+    assert_close(pos.output, y[3])
+    assert_close(neg.output, -y[3])
+    assert_close(neg.node_feat, -pos.node_feat)
     with pytest.raises(ValueError, match="classes 0 or 1"):
         sparse_lrp.explain(model, x, EI, index=3, target=2)

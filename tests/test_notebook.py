@@ -35,7 +35,7 @@ def as_layout(W: torch.Tensor, layout: str) -> torch.Tensor:
     return W
 
 
-def check(actual: torch.Tensor, expected, dtype=torch.float64):
+def assert_hand_values(actual: torch.Tensor, expected, dtype=torch.float64):
     expected = torch.tensor(expected, dtype=torch.float64)
     assert actual.shape == expected.shape
     assert actual.dtype == dtype
@@ -66,7 +66,7 @@ def test_first_example_z_rule_no_stabilizer(layout, strategy, backend):
     # R_0 = 1 * (1/2)             = 1/2
     # R_1 = 1 * (1/2 + 1/3)       = 5/6
     # R_2 = 1 * (2/3)             = 2/3      (sum 2 = sum Q: conserved)
-    check(R, [[1 / 2, 1 / 2 + 1 / 3, 2 / 3]])
+    assert_hand_values(R, [[1 / 2, 1 / 2 + 1 / 3, 2 / 3]])
     assert float(R.sum()) == pytest.approx(2.0, abs=1e-12)
 
 
@@ -78,13 +78,13 @@ def test_first_example_all_three_rules_with_notebook_stabilizer(layout, strategy
     # z rule: denominators y + e = [2 + e, 3 + e]
     #   R = [1/(2+e), 1/(2+e) + 1/(3+e), 2/(3+e)]
     z = [[1 / (2 + E), 1 / (2 + E) + 1 / (3 + E), 2 / (3 + E)]]
-    check(linear_lrp(x, W, Q, Epsilon(E), strategy=strategy), z)
+    assert_hand_values(linear_lrp(x, W, Q, Epsilon(E), strategy=strategy), z)
     # z+ rule: W >= 0 so W⁺ = W and x >= 0: identical to the z rule
-    check(linear_lrp(x, W, Q, ZPlus(stabilizer=E), strategy=strategy), z)
+    assert_hand_values(linear_lrp(x, W, Q, ZPlus(stabilizer=E), strategy=strategy), z)
     # w² rule: rows of W² = [1, 1, 0] (sum 2) and [0, 1, 4] (sum 5)
     #   R = Q @ [[1, 1, 0]/(2+e), [0, 1, 4]/(5+e)] = [1/(2+e), 1/(2+e) + 1/(5+e), 4/(5+e)]
     w2 = [[1 / (2 + E), 1 / (2 + E) + 1 / (5 + E), 4 / (5 + E)]]
-    check(linear_lrp(x, W, Q, WSquare(stabilizer=E), strategy=strategy), w2)
+    assert_hand_values(linear_lrp(x, W, Q, WSquare(stabilizer=E), strategy=strategy), w2)
 
 
 # --------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_batch_q_matches_the_hand_table():
 def test_batch_z_rule(layout, strategy, backend):
     W, X, Q = batch()
     R = linear_lrp(X, as_layout(W, layout), Q, Epsilon(E), strategy=strategy)
-    check(R, Z_RULE)
+    assert_hand_values(R, Z_RULE)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -188,7 +188,7 @@ def test_batch_z_rule(layout, strategy, backend):
 def test_batch_z_plus_rule(layout, strategy, backend):
     W, X, Q = batch()
     R = linear_lrp(X, as_layout(W, layout), Q, ZPlus(stabilizer=E), strategy=strategy)
-    check(R, Z_PLUS)
+    assert_hand_values(R, Z_PLUS)
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -196,7 +196,7 @@ def test_batch_z_plus_rule(layout, strategy, backend):
 def test_batch_w_square_rule(layout, strategy, backend):
     W, X, Q = batch()
     R = linear_lrp(X, as_layout(W, layout), Q, WSquare(stabilizer=E), strategy=strategy)
-    check(R, W_SQUARE)
+    assert_hand_values(R, W_SQUARE)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -204,9 +204,9 @@ def test_batch_float32(layout, backend):
     """The notebook itself computes in float32."""
     W, X, Q = batch(torch.float32)
     Ws = as_layout(W, layout)
-    check(linear_lrp(X, Ws, Q, Epsilon(E)), Z_RULE, torch.float32)
-    check(linear_lrp(X, Ws, Q, ZPlus(stabilizer=E)), Z_PLUS, torch.float32)
-    check(linear_lrp(X, Ws, Q, WSquare(stabilizer=E)), W_SQUARE, torch.float32)
+    assert_hand_values(linear_lrp(X, Ws, Q, Epsilon(E)), Z_RULE, torch.float32)
+    assert_hand_values(linear_lrp(X, Ws, Q, ZPlus(stabilizer=E)), Z_PLUS, torch.float32)
+    assert_hand_values(linear_lrp(X, Ws, Q, WSquare(stabilizer=E)), W_SQUARE, torch.float32)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

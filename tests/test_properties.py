@@ -88,7 +88,7 @@ def graph_cases(draw, simple: bool, values=QUARTERS):
     return ei, x, w, R, bias
 
 
-def close(a, b, what=""):
+def assert_close_scaled(a, b, what=""):
     scale = max(1.0, float(b.abs().max())) if b.numel() else 1.0
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10 * scale, msg=lambda m: f"{what}: {m}")
 
@@ -104,8 +104,8 @@ def test_sparse_and_dense_equal_reference(case, backend):
         for strategy in ("spmm", "scatter"):
             r, a = linear_lrp(x, Ws, R, rule, b, strategy=strategy, return_absorbed=True)
             assert torch.isfinite(r).all() and torch.isfinite(a).all()
-            close(r, exp_r, f"{rule!r} {layout} {strategy} R_in")
-            close(a, exp_a, f"{rule!r} {layout} {strategy} absorbed")
+            assert_close_scaled(r, exp_r, f"{rule!r} {layout} {strategy} R_in")
+            assert_close_scaled(a, exp_a, f"{rule!r} {layout} {strategy} absorbed")
 
 
 @SETTINGS
@@ -115,7 +115,7 @@ def test_conservation_with_absorbed(case, backend):
     x, W, R, b, rule = case
     for Ws in (W, W.to_sparse_csr()):
         r, a = linear_lrp(x, Ws, R, rule, b, return_absorbed=True)
-        close(r.sum(1) + a.sum(1), R.sum(1), repr(rule))
+        assert_close_scaled(r.sum(1) + a.sum(1), R.sum(1), repr(rule))
 
 
 @SETTINGS
@@ -129,7 +129,7 @@ def test_epsilon0_conserves_over_nonzero_denominators(case, backend):
     for Ws in (W.to_sparse_coo(), W.to_sparse_csr(), W):
         for strategy in ("spmm", "scatter"):
             r = linear_lrp(x, Ws, R, Epsilon(0.0), strategy=strategy)
-            close(r.sum(1), (R * live).sum(1), "Epsilon(0)")
+            assert_close_scaled(r.sum(1), (R * live).sum(1), "Epsilon(0)")
 
 
 @SETTINGS
@@ -153,12 +153,12 @@ def test_edge_strategies_agree_and_epsilon_matches_multigraph_reference(case, ba
         ]
         for other in outs[1:]:
             for a, e in zip(other, outs[0]):
-                close(a, e, "strategy")
+                assert_close_scaled(a, e, "strategy")
         exp = ref_epsilon_multigraph(eps, x, ei, w, R, bias)
         for a, e, name in zip(outs[0], exp, ("R_in", "edge", "absorbed")):
-            close(a, e, name)
+            assert_close_scaled(a, e, name)
         r_in, edge, _ = outs[0]
-        close(edge.sum(), r_in.sum(), "edge sum")
+        assert_close_scaled(edge.sum(), r_in.sum(), "edge sum")
 
 
 @SETTINGS
@@ -173,10 +173,10 @@ def test_edge_lrp_all_rules_match_reference(case, spec, stab, backend):
     exp_r, exp_e, exp_a = ref_edge_lrp(rule, x, ei, w, R, bias)
     for s in ("scatter", "spmm"):
         r, e, a = edge_lrp(x, ei, w, R, rule, bias=bias, strategy=s, return_edge_relevance=True, return_absorbed=True)
-        close(r, exp_r, f"{rule!r} {s} R_in")
-        close(e, exp_e, f"{rule!r} {s} edge")
-        close(a, exp_a, f"{rule!r} {s} absorbed")
-        close(e.sum(), r.sum(), f"{rule!r} {s} edge sum")
+        assert_close_scaled(r, exp_r, f"{rule!r} {s} R_in")
+        assert_close_scaled(e, exp_e, f"{rule!r} {s} edge")
+        assert_close_scaled(a, exp_a, f"{rule!r} {s} absorbed")
+        assert_close_scaled(e.sum(), r.sum(), f"{rule!r} {s} edge sum")
 
 
 FINITE = st.one_of(st.just(0.0), st.floats(1e-3, 10.0), st.floats(-10.0, -1e-3))
@@ -213,7 +213,7 @@ def test_flat_sparse_spreads_over_stored_connections(case, backend):
     n = (W != 0).sum(1).to(F64)  # stored connections per output
     expected = (R / torch.where(n == 0, 1.0, n) * (n > 0)) @ (W != 0).to(F64)
     r = linear_lrp(x, W.to_sparse_csr(), R, Flat(stabilizer=0.0))
-    close(r, expected, "Flat")
+    assert_close_scaled(r, expected, "Flat")
 
 
 @pytest.mark.parametrize("spec", RULE_SPECS, ids=[s[0] for s in RULE_SPECS])
