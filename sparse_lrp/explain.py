@@ -472,17 +472,36 @@ def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: T
     )
 
 
-def _target_chunks(edge_index: Tensor, n: int, rows: Tensor, k: int, budget: int) -> list[Tensor]:
-    """Split targets so that each chunk's union of subgraphs has at most ``budget`` rows.
+def _target_chunks(union: tuple, t_count: int, budget: int):
+    """Split the union of all targets' subgraphs into chunks of at most ``budget`` rows.
 
     The union grows with the number of targets (T subgraphs), so one pass over all of
     them could exceed memory that a single full-graph pass fits in; chunks keep every
-    pass about the size of the graph itself.
+    pass about the size of the graph itself. Yields each chunk's slice of the union,
+    renumbered from zero: ``(first target, count, node_t, node_v, edge_t, edge_e,
+    edge_index, centers)`` (targets are contiguous, nodes are sorted by target).
     """
-    node_t, _, edge_t, _, _, _ = _khop_union(edge_index, n, rows, k)
-    size = torch.bincount(node_t, minlength=rows.numel()) + torch.bincount(edge_t, minlength=rows.numel())
+    node_t, node_v, edge_t, edge_e, union_ei, centers = union
+    size = torch.bincount(node_t, minlength=t_count) + torch.bincount(edge_t, minlength=t_count)
     chunk_id = torch.div(torch.cumsum(size, 0) - size, max(budget, 1), rounding_mode="floor")
-    return [rows[chunk_id == c] for c in torch.unique(chunk_id)]
+    bounds = torch.cumsum(torch.bincount(chunk_id), 0).tolist()
+    lo = 0
+    for hi in bounds:
+        if hi == lo:
+            continue
+        n_lo, n_hi = torch.searchsorted(node_t, torch.tensor([lo, hi], device=node_t.device)).tolist()
+        keep = (edge_t >= lo) & (edge_t < hi)
+        yield (
+            lo,
+            hi - lo,
+            node_t[n_lo:n_hi] - lo,
+            node_v[n_lo:n_hi],
+            edge_t[keep] - lo,
+            edge_e[keep],
+            union_ei[:, keep] - n_lo,
+            centers[lo:hi] - n_lo,
+        )
+        lo = hi
 
 
 def _explain_many_nodes(
@@ -500,14 +519,12 @@ def _explain_many_nodes(
         target = target.to(x.device)[rows]
     per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
     budget = int(max_union) if max_union is not None else max(n + num_edges, 2**20)
-    chunks = _target_chunks(edge_index, n, rows, k, budget) if t_count > 1 else [rows]
+    union = _khop_union(edge_index, n, rows, k)  # once; chunks are slices of it
 
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
     values, classes, conservation = [], [], {"out": 0.0, "in": 0.0, "absorbed": 0.0, "lost": 0.0}
-    offset = 0
-    for chunk in chunks:
+    for offset, count, node_t, node_v, edge_t, edge_e, union_ei, centers in _target_chunks(union, t_count, budget):
         cctx = Context(ctx.composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
-        node_t, node_v, edge_t, edge_e, union_ei, centers = _khop_union(edge_index, n, chunk, k)
         sub_kwargs = {}
         for name, value in kwargs.items():
             if (
@@ -520,7 +537,7 @@ def _explain_many_nodes(
                 sub_kwargs[name] = value[node_v]
             else:
                 sub_kwargs[name] = value
-        tgt = target[offset : offset + chunk.numel()] if per_target_target else target
+        tgt = target[offset : offset + count] if per_target_target else target
         feat_u, ea_u, value, cls, _, _ = _run(model, cctx, x[node_v], union_ei, sub_kwargs, centers, tgt, "node")
         node_t, edge_t = node_t + offset, edge_t + offset
         feat = feat_u.detach()
@@ -544,7 +561,6 @@ def _explain_many_nodes(
             conservation[key] += val
         values.append(value.detach())
         classes.append(cls)
-        offset += chunk.numel()
 
     width = x[0].numel() if x.shape[0] else 1
     dense_bytes = t_count * (n * (width + 1) + 2 * num_edges * (1 + len(pieces))) * x.element_size()
