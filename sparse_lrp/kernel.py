@@ -49,8 +49,12 @@ def stabilize(d: Tensor, eps: float) -> Tensor:
     """``d + eps * sign(d)`` with ``sign(0) = +1``."""
     if eps == 0:
         return d
-    # Add in d's own dtype: a float scalar tensor would round eps or upcast half inputs.
-    return torch.where(d >= 0, d + eps, d - eps)
+    # copysign is one cheap pass where torch.where over d ± eps costs five; adding +0.0
+    # first turns -0.0 into +0.0 so that sign(0) = +1 holds for both zeros. eps is taken
+    # in d's own dtype (a float64 scalar would upcast half inputs).
+    out = d + 0.0
+    out += torch.copysign(out.new_full((), eps), out)
+    return out
 
 
 def _safe_divide(r: Tensor, d: Tensor) -> Tensor:
@@ -80,34 +84,85 @@ class Branch(NamedTuple):
 def _products(prepared, terms, strategy: str, max_memory: int) -> list[tuple[int, Callable, Callable]]:
     """The sparse products a group needs: ``(branch, forward(), backward(s, want_edge))``.
 
-    Terms of one branch whose weights split the edges between them (w⁺ / w⁻) become one
-    fused product over stacked inputs (:class:`FusedTerms`); the rest run one by one.
+    ``backward`` returns ``([(input name, g(W)ᵀ s), ...], edge relevance)``. Terms of one
+    branch whose weights split the edges between them (w⁺ / w⁻) become one fused product
+    over stacked inputs (:class:`FusedTerms`); the rest run one by one.
     """
     by_branch: dict[int, list] = {}
-    for pos, f, gw in terms:
-        by_branch.setdefault(pos, []).append((f, gw))
+    for pos, inp, f, gw in terms:
+        by_branch.setdefault(pos, []).append((inp, f, gw))
     out = []
     for pos, items in by_branch.items():
         op = prepared[pos][0].op
         if strategy == "spmm" and isinstance(op, EdgeOperator) and len(items) > 1:
-            values = [gw for _, gw in items]
+            values = [gw for _, _, gw in items]
             if FusedTerms.applies(op, values):
-                fused = FusedTerms(op, [f for f, _ in items], values)
-                out.append((pos, fused.forward, fused.backward))
+                fused = FusedTerms(op, [f for _, f, _ in items], values)
+                names = [inp for inp, _, _ in items]
+                out.append((pos, fused.forward, functools.partial(_fused_backward, fused, names)))
                 continue
-        for f, gw in items:
+        for inp, f, gw in items:
             out.append(
                 (
                     pos,
                     functools.partial(op.forward, gw, f, strategy, max_memory),
-                    functools.partial(_backward, op, gw, f, strategy=strategy, max_memory=max_memory),
+                    functools.partial(_backward, op, inp, gw, f, strategy=strategy, max_memory=max_memory),
                 )
             )
     return out
 
 
-def _backward(op, gw, f, s, want_edge, *, strategy, max_memory):
-    return op.backward(gw, f, s, strategy, want_edge, max_memory)
+def _backward(op, inp, gw, f, s, want_edge, *, strategy, max_memory):
+    c, edge = op.backward(gw, f, s, strategy, want_edge, max_memory)
+    return [(inp, c)], edge
+
+
+def _fused_backward(fused, names, s, want_edge):
+    parts, edge = fused.backward(s, want_edge)
+    return list(zip(names, parts)), edge
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum(a * b)`` for ``b`` broadcasting against ``a``, without an ``a``-sized temporary."""
+    b = torch.broadcast_to(b, a.shape)
+    spread = tuple(i for i in range(a.dim()) if b.stride(i) == 0 and a.shape[i] > 1)
+    if spread:  # sum a over the dimensions b is constant along, then multiply
+        a = a.sum(spread, keepdim=True)
+        b = b[tuple(slice(0, 1) if i in spread else slice(None) for i in range(b.dim()))]
+    return torch.linalg.vecdot(a.reshape(-1), b.reshape(-1))
+
+
+def _combine(acc: dict[str, Tensor], inputs: dict[str, Tensor], x: Tensor, ratio: bool) -> Tensor:
+    """Input relevance ``sum_k f_k ⊙ c_k`` from the per-input-transform sums ``c_k``.
+
+    With ``ratio`` (proportional rules only) it returns ``R_in / x`` instead, which is
+    ``sum_k m_k ⊙ c_k`` for ``f_k = x ⊙ m_k`` (``m = 1``, ``[x > 0]`` or ``[x < 0]``), and 0
+    where ``x = 0``: no product with ``x`` and no division by it.
+    """
+    if not ratio:
+        out = None
+        for name, c in acc.items():
+            if name == "one":
+                out = c if out is None else out.add_(c)
+            else:
+                out = c.mul_(inputs[name]) if out is None else out.addcmul_(c, inputs[name])
+        return out
+    pos, neg, out = acc.get("pos"), acc.get("neg"), acc.get("x")
+    if pos is not None and neg is not None:
+        signed = torch.where(x > 0, pos, neg)
+    elif pos is not None:
+        signed = pos.masked_fill_(x <= 0, 0)
+    elif neg is not None:
+        signed = neg.masked_fill_(x >= 0, 0)
+    else:
+        signed = None
+    if out is None:
+        out = signed
+    elif signed is not None:
+        out = out.add_(signed)
+    if out is not pos and out is not neg:
+        out = out.masked_fill_(x == 0, 0)
+    return out
 
 
 def propagate_branches(
@@ -118,18 +173,23 @@ def propagate_branches(
     z: Tensor | None = None,
     strategy: str = "auto",
     want_edge: bool = False,
-    want_absorbed: bool = False,
+    want_absorbed: bool | str = False,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    ratio: bool = False,
 ) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor | None]:
     """Run ``rule`` over ``z = sum_b op_b(x_b) + bias``, all branches sharing one denominator.
 
     A layer that adds several linear maps (a root weight beside the neighbour
     aggregation, APPNP's teleport term) is one linear map over the concatenated inputs;
     sharing the denominator applies the rule to that joint map, not to each summand.
-    Returns ``[(R_in_b, edge_b)]`` per branch and the absorbed relevance (or None).
-    No input checks (see :func:`edge_lrp`).
+    Returns ``[(R_in_b, edge_b)]`` per branch and the absorbed relevance: ``[N_out, C]``
+    for ``want_absorbed=True``, its sum (a 0-d tensor) for ``"total"``, else None.
+    ``ratio=True`` (proportional rules) returns ``R_in_b / x_b`` (0 where ``x_b = 0``)
+    in place of ``R_in_b``. No input checks (see :func:`edge_lrp`).
     """
     strategy = _resolve_strategy(strategy, relevance)
+    if ratio and not rule.proportional:
+        raise ValueError(f"{rule!r} is not proportional to its input: no ratio form")
     use_bias = bias is not None and not rule.zero_bias
     uses = {t.inp for g in rule.groups for t in g.terms}
 
@@ -148,10 +208,13 @@ def propagate_branches(
             skip.add("pos")
         prepared.append((b, skip, {}))
 
-    results: list[list] = [[None, None] for _ in branches]
-    flowed = torch.zeros_like(relevance) if want_absorbed else None
+    # Per branch and input transform, the sum over groups and terms of g(W)ᵀ s.
+    acc: list[dict[str, Tensor]] = [{} for _ in branches]
+    edges: list[Tensor | None] = [None for _ in branches]
+    flowed = None  # relevance that reached the inputs ("total": a running R minus that)
+    extra = 0.0
     for group in rule.groups:
-        terms = []  # (branch position, f, g(w))
+        terms = []  # (branch position, input name, f, g(w))
         for pos, (b, skip, inputs) in enumerate(prepared):
             for term in group.terms:
                 if term.inp in skip:
@@ -161,18 +224,23 @@ def propagate_branches(
                     continue
                 if term.inp not in inputs:
                     inputs[term.inp] = rule.input(term.inp, b.x)
-                terms.append((pos, inputs[term.inp], gw))
+                terms.append((pos, term.inp, inputs[term.inp], gw))
         products = _products(prepared, terms, strategy, max_memory)
 
+        # d: the denominator before stabilising; `contrib` the contributions alone, or
+        # None where they are d minus the (full) bias, which the absorbed sum then
+        # subtracts by a dot product instead of forming z - b.
+        contrib = None
         if group.plain and z is not None:
-            d_nobias = z - bias if bias is not None else z
-            d = z if use_bias else d_nobias
+            if use_bias:
+                d = z
+            else:
+                d = contrib = z if bias is None else z - bias
         else:
             d = None
             for _, forward, _ in products:
-                d = forward() if d is None else d + forward()
-            d = relevance.new_zeros(relevance.shape) if d is None else d
-            d_nobias = d
+                d = forward() if d is None else d.add_(forward())
+            d = contrib = relevance.new_zeros(relevance.shape) if d is None else d
             if use_bias:
                 d = d + group.bias(bias)
         # With eps > 0 the stabilised denominator is never zero: skip the zero test.
@@ -181,23 +249,37 @@ def propagate_branches(
             s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
         if group.coef != 1.0:
             s = s * group.coef
-        if flowed is not None:
-            flowed = flowed + s * d_nobias
+        if want_absorbed == "total":
+            # One running R - sum_g s_g contrib_g, in place; its elementwise differences
+            # are small where conservation is good, so summing them loses no accuracy
+            # (a difference of two large sums would).
+            if flowed is None:
+                flowed = relevance.clone()
+            flowed.addcmul_(s, contrib if contrib is not None else z, value=-1)
+            if contrib is None:
+                extra = extra + _dot(s, bias)
+        elif want_absorbed:
+            part = s * (contrib if contrib is not None else z - bias)
+            flowed = part if flowed is None else flowed + part
         for pos, _, backward in products:
-            part, part_edge = backward(s, want_edge)
-            slot = results[pos]
-            slot[0] = part if slot[0] is None else slot[0] + part
+            parts, part_edge = backward(s, want_edge)
+            for name, c in parts:
+                acc[pos][name] = c if name not in acc[pos] else acc[pos][name].add_(c)
             if part_edge is not None:
-                slot[1] = part_edge if slot[1] is None else slot[1] + part_edge
-    for b, slot in zip(branches, results):
-        if slot[0] is None:  # every term of this branch vanished
-            slot[0] = torch.zeros_like(b.x)
-    if want_edge:
-        for b, slot in zip(branches, results):
-            if slot[1] is None:
-                slot[1] = b.weight.new_zeros(b.weight.shape)
-    absorbed = relevance - flowed if flowed is not None else None
-    return [tuple(slot) for slot in results], absorbed
+                edges[pos] = part_edge if edges[pos] is None else edges[pos] + part_edge
+
+    results = []
+    for b, (_, _, inputs), a, edge in zip(branches, prepared, acc, edges):
+        r_in = _combine(a, inputs, b.x, ratio) if a else torch.zeros_like(b.x)
+        if want_edge and edge is None:
+            edge = b.weight.new_zeros(b.weight.shape)
+        results.append((r_in, edge))
+    absorbed = None
+    if want_absorbed == "total":
+        absorbed = (flowed.sum() if flowed is not None else relevance.sum()) + extra
+    elif want_absorbed:
+        absorbed = relevance - flowed if flowed is not None else relevance.clone()
+    return results, absorbed
 
 
 def propagate(

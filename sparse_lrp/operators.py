@@ -5,8 +5,10 @@ the second dimension) and offers the three primitives every rule needs, for a we
 transformed by a rule term (``g(w)``, applied to stored values only):
 
 * ``forward(gw, f)``: ``g(W) f``, the denominators;
-* ``backward(gw, f, s)``: ``f ⊙ (g(W)ᵀ s)``, the input relevance of one term, and with
-  ``want_edge`` the per-connection relevance ``g(w_ji) * sum_c f_ic s_jc``;
+* ``backward(gw, f, s)``: ``g(W)ᵀ s``, the factor that multiplies ``f`` in the input
+  relevance of one term (the kernel multiplies, so that terms sharing an input
+  transform multiply once), and with ``want_edge`` the per-connection relevance
+  ``g(w_ji) * sum_c f_ic s_jc``;
 * ``transform(fn)``: the stored weights mapped by ``fn``.
 
 :class:`EdgeOperator` is a sparse operator given as an edge list; it runs either as
@@ -147,30 +149,25 @@ class EdgeOperator:
         self, gw: EdgeValues, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
     ) -> tuple[Tensor, Tensor | None]:
         if strategy == "spmm":
-            r_in = self.csr_t(gw) @ s
-            r_in *= f
-            return r_in, (gw.edge * self.sampled_dot(f, s, max_memory) if want_edge else None)
+            return self.csr_t(gw) @ s, (gw.edge * self.sampled_dot(f, s, max_memory) if want_edge else None)
         # The literal message-passing view: message_e = f(x_i) g(w_e) s_j on every edge.
+        # f(x_i) is constant over the edges that leave i, so the node part sums
+        # g(w_e) s_j alone; the edge part multiplies the same chunk by f(x_i) afterwards.
         w = gw.edge
         if not want_edge:
-            # f(x_i) is constant over the edges that leave i: sum g(w_e) s_j first, then
-            # multiply once per input (one [chunk, C] gather less per chunk).
-            r_in = self.forward_t(w, s, max_memory)
-            r_in *= f
-            return r_in, None
-        r_in = f.new_zeros(self.num_in, f.shape[1])
-        edge = w.new_zeros(self.num_edges) if want_edge else None
-        step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 3)
+            return self.forward_t(w, s, max_memory), None
+        c = s.new_zeros(self.num_in, s.shape[1])
+        edge = w.new_zeros(self.num_edges)
+        step = _chunk_size(self.num_edges, s.shape[1], s.element_size(), max_memory, 3)
         for a in range(0, self.num_edges, step):
             src = self.src[a : a + step]
-            msg = f[src]
-            msg *= s[self.dst[a : a + step]]
+            msg = s[self.dst[a : a + step]]
             msg *= w[a : a + step, None]
-            scatter_add(msg, src, self.num_in, out=r_in)
-            if edge is not None:
-                torch.sum(msg, 1, out=edge[a : a + step])
+            scatter_add(msg, src, self.num_in, out=c)
+            msg *= f[src]
+            torch.sum(msg, 1, out=edge[a : a + step])
             del msg  # free before the next chunk allocates: at most 3 chunk tensors live
-        return r_in, edge
+        return c, edge
 
     def sampled_dot(self, f: Tensor, s: Tensor, max_memory: int = DEFAULT_MAX_MEMORY) -> Tensor:
         """:meth:`edge_dot` as a sampled dense-dense product (SDDMM) on the CSR pattern."""
@@ -272,16 +269,13 @@ class FusedTerms:
         a = torch.sparse_csr_tensor(crow, col, vals, (op.num_out, self.k * op.num_in), check_invariants=False)
         return a @ self.stacked
 
-    def backward(self, s: Tensor, want_edge: bool) -> tuple[Tensor, Tensor | None]:
+    def backward(self, s: Tensor, want_edge: bool) -> tuple[list[Tensor], Tensor | None]:
+        """``[g_k(W)ᵀ s for each term k]`` (from one product) and the edge relevance."""
         op, n_in = self.op, self.op.num_in
         crow_t, col_t, vals_t = self.bwd
         at = torch.sparse_csr_tensor(crow_t, col_t, vals_t, (self.k * n_in, op.num_out), check_invariants=False)
         out = at @ s
-        r_in = None
-        for k, f in enumerate(self.fs):
-            part = out[k * n_in : (k + 1) * n_in]
-            part *= f
-            r_in = part if r_in is None else r_in + part
+        parts = [out[k * n_in : (k + 1) * n_in] for k in range(self.k)]
         edge = None
         if want_edge:
             crow, col, perm, _ = self.fwd
@@ -295,7 +289,7 @@ class FusedTerms:
             except (RuntimeError, NotImplementedError):
                 edge = sum(op.edge_dot(f, s) * (self.term == k) for k, f in enumerate(self.fs))
             edge = edge * self.values
-        return r_in, edge
+        return parts, edge
 
 
 class EdgeValues:
@@ -348,7 +342,7 @@ class DenseOperator:
         self, gw: Tensor, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
     ) -> tuple[Tensor, Tensor | None]:
         # Connection relevance of a dense map is the full [out, in] matrix, summed over rows.
-        return f * (s @ gw), (gw * (s.T @ f) if want_edge else None)
+        return s @ gw, (gw * (s.T @ f) if want_edge else None)
 
 
 def prepare(edge_index: Tensor, num_in: int | None = None, num_out: int | None = None) -> EdgeOperator:

@@ -174,6 +174,8 @@ class _MapFunction(torch.autograd.Function):
         rule = call.rule(reads_input=any(k is not None for k in keys))
         r_out = z * grad
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
+        # A proportional rule hands back the ratio R_in / x itself: what flows on.
+        ratio = rule.proportional
         results, absorbed = propagate_branches(
             [Branch(b.op, x, b.weight) for b, x in zip(branches, xs)],
             r_out,
@@ -182,23 +184,28 @@ class _MapFunction(torch.autograd.Function):
             z=z,
             strategy=ctx.strategy,
             want_edge=want_edge,
-            want_absorbed=True,
+            want_absorbed="total",
             max_memory=ctx.max_memory,
+            ratio=ratio,
         )
-        ctx.absorbed += float(absorbed.sum())
+        ctx.absorbed += float(absorbed)
         grads = []
         for b, x, key, (r_in, edge) in zip(branches, xs, keys, results):
             if b.record_edges and edge is not None:
                 ctx.record_edges(call.name, b.edge_ids, edge)
             if b.rows_are_edges and ctx.want_edges:
-                ctx.record_edges(call.name, b.edge_ids, r_in.reshape(r_in.shape[0], -1).sum(1))
-            if key is not None and not rule.proportional:
+                flat = r_in.reshape(r_in.shape[0], -1)
+                rows = torch.linalg.vecdot(x.reshape(x.shape[0], -1), flat) if ratio else flat.sum(1)
+                ctx.record_edges(call.name, b.edge_ids, rows)
+            if ratio:
+                grads.append(r_in)
+                continue
+            if key is not None:
                 # Exact side channel for input-independent rules on the model's input.
                 ctx.side[key] = ctx.side.get(key, 0) + r_in
                 grads.append(torch.zeros_like(x))
                 continue
-            if not rule.proportional:
-                ctx.lost += float(r_in[x == 0].sum())
+            ctx.lost += float(r_in[x == 0].sum())
             grads.append(_ratio(r_in, x))
         return (None, None, *grads)
 
