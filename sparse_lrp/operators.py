@@ -31,7 +31,7 @@ DEFAULT_MAX_MEMORY = 256 * 2**20
 
 # CSR products are the point of this module; torch's "beta" notice says nothing actionable.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-# We build the CSR index structures ourselves (sorted, in range) and opt out of re-checking.
+# We build the CSR index structures ourselves (rows grouped, indices in range) and opt out of re-checking.
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
@@ -72,9 +72,14 @@ class EdgeOperator:
     # -- CSR structures -------------------------------------------------------------
     @staticmethod
     def _csr_index(rows: Tensor, cols: Tensor, num_rows: int, num_cols: int) -> tuple[Tensor, Tensor, Tensor]:
-        # Sort by (row, col) so the CSR is canonical; a stable sort on the combined key
-        # keeps duplicates (multi-edges) in input order.
-        key = rows.to(torch.int64) * num_cols + cols.to(torch.int64)
+        # A stable sort keeps duplicates (multi-edges) in input order. On CPU, sort by row
+        # only: MKL's products need rows grouped, not columns ordered within a row, and
+        # a stable radix sort on a narrow int32 row key is about twice as fast as on a
+        # (row, col) key. cuSPARSE assumes canonical CSR, so CUDA gets the full key.
+        if rows.device.type == "cpu":
+            key = rows.to(torch.int32) if num_rows < 2**31 else rows
+        else:
+            key = rows.to(torch.int64) * num_cols + cols.to(torch.int64)
         perm = torch.argsort(key, stable=True)
         counts = torch.bincount(rows, minlength=num_rows)
         crow = torch.zeros(num_rows + 1, dtype=torch.int64, device=rows.device)
