@@ -217,30 +217,39 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
 
 
 # -- subgraphs ----------------------------------------------------------------------
-def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int):
+def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, out_edges: bool = False):
     """Disjoint union of the targets' computation subgraphs, vectorised over targets.
 
     Keeps every edge whose target node is within ``hops`` of a target, so that the nodes
     the prediction depends on see all of their incoming edges (exact degrees for GCN
-    normalisation, complete attention softmax). Returns the union's node and edge maps
-    ``(node_t, node_v)``, ``(edge_t, edge_e)`` and its ``edge_index``.
+    normalisation, complete attention softmax). ``out_edges`` also keeps every edge that
+    leaves such a node, for layers normalised by out-degree (ChebConv's Laplacian).
+    Returns the union's node and edge maps ``(node_t, node_v)``, ``(edge_t, edge_e)``
+    and its ``edge_index``.
     """
     device = edge_index.device
     src, dst = edge_index[0].long(), edge_index[1].long()
-    order = torch.argsort(dst, stable=True)
-    indeg = torch.bincount(dst, minlength=num_nodes)
-    start = torch.zeros(num_nodes + 1, dtype=torch.long, device=device)
-    torch.cumsum(indeg, 0, out=start[1:])
     t_ids = torch.arange(targets.numel(), device=device)
 
-    def in_edges(pt: Tensor, pv: Tensor) -> tuple[Tensor, Tensor]:
-        counts = indeg[pv]
-        total = int(counts.sum())
-        owner = torch.repeat_interleave(torch.arange(pv.numel(), device=device), counts)
-        offset = torch.arange(total, device=device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-        pos = order[start[pv][owner] + offset]
-        return pt[owner], pos
+    def incidence(by: Tensor):
+        """For nodes ``pv`` (of targets ``pt``), the edges whose ``by`` end is the node."""
+        order = torch.argsort(by, stable=True)
+        deg = torch.bincount(by, minlength=num_nodes)
+        start = torch.zeros(num_nodes + 1, dtype=torch.long, device=device)
+        torch.cumsum(deg, 0, out=start[1:])
 
+        def edges(pt: Tensor, pv: Tensor) -> tuple[Tensor, Tensor]:
+            counts = deg[pv]
+            total = int(counts.sum())
+            owner = torch.repeat_interleave(torch.arange(pv.numel(), device=device), counts)
+            offset = torch.arange(total, device=device) - torch.repeat_interleave(
+                torch.cumsum(counts, 0) - counts, counts
+            )
+            return pt[owner], order[start[pv][owner] + offset]
+
+        return edges
+
+    in_edges = incidence(dst)
     key = t_ids * num_nodes + targets.to(device)
     seen = key
     frontier = key
@@ -251,12 +260,22 @@ def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int):
         seen = torch.cat([seen, fresh])
         frontier = fresh
     edge_t, edge_e = in_edges(seen // num_nodes, seen % num_nodes)
-    node_keys = torch.unique(torch.cat([seen, edge_t * num_nodes + src[edge_e]]))
+    if out_edges:
+        ot, oe = incidence(src)(seen // num_nodes, seen % num_nodes)
+        # An edge between two kept nodes is both an in- and an out-edge: keep it once.
+        both = torch.unique(torch.cat([edge_t * edge_index.shape[1] + edge_e, ot * edge_index.shape[1] + oe]))
+        edge_t, edge_e = both // edge_index.shape[1], both % edge_index.shape[1]
+    node_keys = torch.unique(torch.cat([seen, edge_t * num_nodes + src[edge_e], edge_t * num_nodes + dst[edge_e]]))
     node_t, node_v = node_keys // num_nodes, node_keys % num_nodes
     new_src = torch.searchsorted(node_keys, edge_t * num_nodes + src[edge_e])
     new_dst = torch.searchsorted(node_keys, edge_t * num_nodes + dst[edge_e])
     centers = torch.searchsorted(node_keys, key)
     return node_t, node_v, edge_t, edge_e, torch.stack([new_src, new_dst]), centers
+
+
+def _out_degree_layers(model: nn.Module) -> bool:
+    """Whether a layer normalises by out-degree (row sums), which a subgraph must keep exact."""
+    return any(type(m).__name__ == "ChebConv" for m in model.modules())
 
 
 # -- the explanation ----------------------------------------------------------------
@@ -519,7 +538,7 @@ def _explain_many_nodes(
         target = target.to(x.device)[rows]
     per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
     budget = int(max_union) if max_union is not None else max(n + num_edges, 2**20)
-    union = _khop_union(edge_index, n, rows, k)  # once; chunks are slices of it
+    union = _khop_union(edge_index, n, rows, k, _out_degree_layers(model))  # once; chunks are slices of it
 
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
     values, classes, conservation = [], [], {"out": 0.0, "in": 0.0, "absorbed": 0.0, "lost": 0.0}

@@ -75,6 +75,18 @@ class APPNPModel(nn.Module):
         return self.prop(self.lin2(torch.relu(self.lin1(x))), edge_index)
 
 
+class ChebTag(nn.Module):
+    """Multi-hop layers: ChebConv (Laplacian normalised by out-degree) then TAGConv (K=2)."""
+
+    def __init__(self, bias=True):
+        super().__init__()
+        self.conv1 = gnn.ChebConv(F, H, K=3, bias=bias)
+        self.conv2 = gnn.TAGConv(H, C, K=2, bias=bias)
+
+    def forward(self, x, edge_index):
+        return self.conv2(torch.relu(self.conv1(x, edge_index)), edge_index)
+
+
 class Pooled(nn.Module):
     """Graph-level: two convs, a global pooling, a Linear head."""
 
@@ -129,6 +141,7 @@ NODE_MODELS = {
         else _bn_bias_free(zero_biases(_bn_stats(GraphSAGE(F, H, 3, C, norm="batch_norm", bias=False))))
     ),
     "appnp": lambda bias: APPNPModel(bias),
+    "cheb_tag": lambda bias: ChebTag(bias),
 }
 # models whose LRP-0 is plain gradient × input (no attention)
 GRAD_MODELS = ["gcn", "gin", "sage", "gine", "residual", "jk_cat", "jk_max", "batch_norm", "appnp"]
@@ -312,7 +325,8 @@ def test_graph_level_task_level_graph_all_graphs(graph_batch):
 # Batched per-target results == single-target calls
 # --------------------------------------------------------------------------------------
 
-BATCH_MODELS = ["gcn", "gat", "gin", "sage", "gine", "appnp", "jk_cat"]
+# cheb_tag: k-hop subgraphs must keep out-degrees exact (ChebConv) and span K hops per layer.
+BATCH_MODELS = ["gcn", "gat", "gin", "sage", "gine", "appnp", "jk_cat", "cheb_tag"]
 INDICES = [3, 7, 11, N - 1]
 
 
