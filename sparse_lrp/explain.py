@@ -14,6 +14,7 @@ subgraphs' size.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -407,10 +408,13 @@ def explain(
 
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:
-        if many and not is_graph and edge_index is not None:
-            return _explain_many_nodes(
+        if rows is not None and not is_graph and edge_index is not None:
+            # Node targets, even a single one, run on their k-hop computation subgraphs:
+            # on a large graph that is a small fraction of the full pass, and exact.
+            res = _explain_many_nodes(
                 model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output, max_union
             )
+            return res if many else _only_target(res)
         level = "graph" if is_graph else task_level
         node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
     finally:
@@ -421,6 +425,18 @@ def explain(
     if many and is_graph and batch is not None:
         res = _split_graphs(res, rows, batch, edge_index)
     return res
+
+
+def _only_target(res: ExplainResult) -> ExplainResult:
+    """A one-target result without its leading ``[T]`` dimension."""
+    return dataclasses.replace(
+        res,
+        node_feat=res.node_feat[0],
+        node=res.node[0],
+        edge=None if res.edge is None else res.edge[0],
+        edge_attr=None if res.edge_attr is None else res.edge_attr[0],
+        layers={name: {k: v[0] for k, v in rec.items()} for name, rec in res.layers.items()},
+    )
 
 
 def _conservation(ctx: Context, out_value: Tensor, node_feat: Tensor, ea_rel: Tensor | None) -> dict[str, float]:

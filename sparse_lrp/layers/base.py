@@ -121,7 +121,7 @@ class Context:
     def record_node(self, name: str, x: Tensor, ratio: Tensor) -> None:
         """Add the relevance ``x * ratio`` reaching a layer's input, summed per row."""
         if x.dim() > 1:
-            node = torch.linalg.vecdot(x.detach().reshape(x.shape[0], -1), ratio.reshape(x.shape[0], -1))
+            node = torch.linalg.vecdot(x.detach().flatten(1), ratio.flatten(1))
         else:
             node = x.detach() * ratio
         rec = self.records.setdefault(name, {})
@@ -194,8 +194,8 @@ class _MapFunction(torch.autograd.Function):
             if b.record_edges and edge is not None:
                 ctx.record_edges(call.name, b.edge_ids, edge)
             if b.rows_are_edges and ctx.want_edges:
-                flat = r_in.reshape(r_in.shape[0], -1)
-                rows = torch.linalg.vecdot(x.reshape(x.shape[0], -1), flat) if ratio else flat.sum(1)
+                flat = r_in.flatten(1)  # (also with zero rows, where reshape(0, -1) fails)
+                rows = torch.linalg.vecdot(x.flatten(1), flat) if ratio else flat.sum(1)
                 ctx.record_edges(call.name, b.edge_ids, rows)
             if ratio:
                 grads.append(r_in)
