@@ -221,16 +221,27 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
 def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, out_edges: bool = False):
     """Disjoint union of the targets' computation subgraphs, vectorised over targets.
 
-    Keeps every edge whose target node is within ``hops`` of a target, so that the nodes
-    the prediction depends on see all of their incoming edges (exact degrees for GCN
-    normalisation, complete attention softmax). ``out_edges`` also keeps every edge that
-    leaves such a node, for layers normalised by out-degree (ChebConv's Laplacian).
-    Returns the union's node and edge maps ``(node_t, node_v)``, ``(edge_t, edge_e)``
-    and its ``edge_index``.
+    Keeps every node within ``hops`` of a target and every edge into one, so that the
+    nodes the prediction depends on see all of their incoming edges (complete
+    aggregations and attention softmax, exact in-degrees for GCN normalisation).
+    ``out_edges`` also keeps every edge that leaves a kept node, for layers normalised
+    by out-degree (ChebConv's Laplacian).
+
+    An edge from (or, with ``out_edges``, to) a node outside that set matters only as
+    one count in a kept node's degree: the outside node's features reach nothing the
+    targets depend on. Such endpoints become one *ghost* node per target instead of
+    the (many) outside nodes, which keeps every degree exact while the union holds only
+    the nodes within ``hops``. A ghost carries its target's features and receives no
+    relevance; results drop it.
+
+    Returns ``(node_t, node_v, ghost)`` per union node (target, original node, ghost
+    flag), ``(edge_t, edge_e)`` per union edge, the union's ``edge_index`` and the
+    targets' rows in it.
     """
     device = edge_index.device
     src, dst = edge_index[0].long(), edge_index[1].long()
     t_ids = torch.arange(targets.numel(), device=device)
+    targets = targets.to(device)
 
     def incidence(by: Tensor):
         """For nodes ``pv`` (of targets ``pt``), the edges whose ``by`` end is the node."""
@@ -251,7 +262,7 @@ def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, 
         return edges
 
     in_edges = incidence(dst)
-    key = t_ids * num_nodes + targets.to(device)
+    key = t_ids * num_nodes + targets
     seen = key
     frontier = key
     for _ in range(hops):
@@ -266,12 +277,22 @@ def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, 
         # An edge between two kept nodes is both an in- and an out-edge: keep it once.
         both = torch.unique(torch.cat([edge_t * edge_index.shape[1] + edge_e, ot * edge_index.shape[1] + oe]))
         edge_t, edge_e = both // edge_index.shape[1], both % edge_index.shape[1]
-    node_keys = torch.unique(torch.cat([seen, edge_t * num_nodes + src[edge_e], edge_t * num_nodes + dst[edge_e]]))
-    node_t, node_v = node_keys // num_nodes, node_keys % num_nodes
-    new_src = torch.searchsorted(node_keys, edge_t * num_nodes + src[edge_e])
-    new_dst = torch.searchsorted(node_keys, edge_t * num_nodes + dst[edge_e])
-    centers = torch.searchsorted(node_keys, key)
-    return node_t, node_v, edge_t, edge_e, torch.stack([new_src, new_dst]), centers
+
+    # Keys (target, node) with room for the ghost, node id num_nodes, after each target's nodes.
+    width = num_nodes + 1
+    node_keys = torch.sort(torch.cat([(seen // num_nodes) * width + seen % num_nodes, t_ids * width + num_nodes]))[0]
+    node_t, node_v = node_keys // width, node_keys % width
+    ghost = node_v == num_nodes
+    node_v = torch.where(ghost, targets[node_t], node_v)
+
+    def rows(ends: Tensor) -> Tensor:
+        k = edge_t * width + ends[edge_e]
+        at = torch.searchsorted(node_keys, k)
+        kept = node_keys[at.clamp(max=node_keys.numel() - 1)] == k
+        return torch.where(kept, at, torch.searchsorted(node_keys, edge_t * width + num_nodes))
+
+    centers = torch.searchsorted(node_keys, t_ids * width + targets)
+    return node_t, node_v, ghost, edge_t, edge_e, torch.stack([rows(src), rows(dst)]), centers
 
 
 def _out_degree_layers(model: nn.Module) -> bool:
@@ -513,10 +534,10 @@ def _target_chunks(union: tuple, t_count: int, budget: int):
     The union grows with the number of targets (T subgraphs), so one pass over all of
     them could exceed memory that a single full-graph pass fits in; chunks keep every
     pass about the size of the graph itself. Yields each chunk's slice of the union,
-    renumbered from zero: ``(first target, count, node_t, node_v, edge_t, edge_e,
+    renumbered from zero: ``(first target, count, node_t, node_v, ghost, edge_t, edge_e,
     edge_index, centers)`` (targets are contiguous, nodes are sorted by target).
     """
-    node_t, node_v, edge_t, edge_e, union_ei, centers = union
+    node_t, node_v, ghost, edge_t, edge_e, union_ei, centers = union
     size = torch.bincount(node_t, minlength=t_count) + torch.bincount(edge_t, minlength=t_count)
     chunk_id = torch.div(torch.cumsum(size, 0) - size, max(budget, 1), rounding_mode="floor")
     bounds = torch.cumsum(torch.bincount(chunk_id), 0).tolist()
@@ -531,6 +552,7 @@ def _target_chunks(union: tuple, t_count: int, budget: int):
             hi - lo,
             node_t[n_lo:n_hi] - lo,
             node_v[n_lo:n_hi],
+            ghost[n_lo:n_hi],
             edge_t[keep] - lo,
             edge_e[keep],
             union_ei[:, keep] - n_lo,
@@ -558,7 +580,8 @@ def _explain_many_nodes(
 
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
     values, classes, conservation = [], [], {"out": 0.0, "in": 0.0, "absorbed": 0.0, "lost": 0.0}
-    for offset, count, node_t, node_v, edge_t, edge_e, union_ei, centers in _target_chunks(union, t_count, budget):
+    chunks = _target_chunks(union, t_count, budget)
+    for offset, count, node_t, node_v, ghost, edge_t, edge_e, union_ei, centers in chunks:
         cctx = Context(ctx.composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
         sub_kwargs = {}
         for name, value in kwargs.items():
@@ -576,8 +599,10 @@ def _explain_many_nodes(
         feat_u, ea_u, value, cls, _, _ = _run(model, cctx, x[node_v], union_ei, sub_kwargs, centers, tgt, "node")
         node_t, edge_t = node_t + offset, edge_t + offset
         feat = feat_u.detach()
-        pieces.setdefault("node_feat", []).append((node_t, node_v, feat, n))
-        pieces.setdefault("node", []).append((node_t, node_v, feat.reshape(feat.shape[0], -1).sum(1), n))
+        real = ~ghost  # ghosts stand in for outside nodes (relevance 0) and alias their target's id
+        node_t_r, node_v_r, feat_r = node_t[real], node_v[real], feat[real]
+        pieces.setdefault("node_feat", []).append((node_t_r, node_v_r, feat_r, n))
+        pieces.setdefault("node", []).append((node_t_r, node_v_r, feat_r.flatten(1).sum(1), n))
         edge_u = feat.new_zeros(edge_e.numel())
         for name, rec in cctx.records.items():
             if "edge" in rec:
@@ -586,7 +611,7 @@ def _explain_many_nodes(
             if "node" in rec:  # relevance reaching the layer's input: rows are nodes or edges
                 r = rec["node"]
                 if r.shape[0] == node_v.numel():
-                    pieces.setdefault(f"layer:{name}:node", []).append((node_t, node_v, r, n))
+                    pieces.setdefault(f"layer:{name}:node", []).append((node_t_r, node_v_r, r[real], n))
                 elif r.shape[0] == edge_e.numel():
                     pieces.setdefault(f"layer:{name}:node", []).append((edge_t, edge_e, r, num_edges))
         pieces.setdefault("edge", []).append((edge_t, edge_e, edge_u, num_edges))

@@ -144,7 +144,7 @@ NODE_MODELS = {
     "cheb_tag": lambda bias: ChebTag(bias),
 }
 # models whose LRP-0 is plain gradient × input (no attention)
-GRAD_MODELS = ["gcn", "gin", "sage", "gine", "residual", "jk_cat", "jk_max", "batch_norm", "appnp"]
+GRAD_MODELS = ["gcn", "gin", "sage", "gine", "residual", "jk_cat", "jk_max", "batch_norm", "appnp", "cheb_tag"]
 POOLS = {"add": gnn.global_add_pool, "mean": gnn.global_mean_pool, "max": gnn.global_max_pool}
 
 

@@ -96,3 +96,19 @@ def test_chunked_targets_equal_one_pass(max_union):
     for t, i in enumerate(idx):
         single = sparse_lrp.explain(model, x, ei, index=i, target=int(cls[t]))
         torch.testing.assert_close(a.node_feat[t], single.node_feat)
+
+
+def test_khop_union_keeps_degrees_with_one_ghost_per_target():
+    from sparse_lrp.explain import _khop_union
+
+    # A path 5 -> 4 -> 3 -> 2 -> 1 -> 0 plus a second in-edge 6 -> 2; target 0, two hops.
+    ei = torch.tensor([[5, 4, 3, 2, 1, 6], [4, 3, 2, 1, 0, 2]])
+    _, node_v, ghost, _, edge_e, sub_ei, centers = _khop_union(ei, 7, torch.tensor([0]), hops=2)
+    # Nodes within two hops (0, 1, 2) and one ghost; the edges into them all stay.
+    assert node_v[~ghost].tolist() == [0, 1, 2] and int(ghost.sum()) == 1
+    assert sorted(edge_e.tolist()) == [2, 3, 4, 5]
+    # 3 -> 2 and 6 -> 2 now leave the ghost: node 2 keeps its in-degree of 2.
+    g = int(torch.nonzero(ghost)[0])
+    into_2 = sub_ei[:, sub_ei[1] == int(torch.nonzero(node_v == 2)[0])]
+    assert into_2.shape[1] == 2 and (into_2[0] == g).all()
+    assert int(node_v[centers[0]]) == 0
