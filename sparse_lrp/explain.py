@@ -251,13 +251,15 @@ def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, 
         torch.cumsum(deg, 0, out=start[1:])
 
         def edges(pt: Tensor, pv: Tensor) -> tuple[Tensor, Tensor]:
-            counts = deg[pv]
+            counts = deg.index_select(0, pv)
             total = int(counts.sum())
             owner = torch.repeat_interleave(torch.arange(pv.numel(), device=device), counts)
             offset = torch.arange(total, device=device) - torch.repeat_interleave(
                 torch.cumsum(counts, 0) - counts, counts
             )
-            return pt[owner], order[start[pv][owner] + offset]
+            return pt.index_select(0, owner), order.index_select(
+                0, start.index_select(0, pv).index_select(0, owner) + offset
+            )
 
         return edges
 
@@ -267,7 +269,7 @@ def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, 
     frontier = key
     for _ in range(hops):
         et, pos = in_edges(frontier // num_nodes, frontier % num_nodes)
-        new = torch.unique(et * num_nodes + src[pos])
+        new = torch.unique(et * num_nodes + src.index_select(0, pos))
         fresh = new[~torch.isin(new, seen)]
         seen = torch.cat([seen, fresh])
         frontier = fresh
@@ -286,7 +288,7 @@ def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, 
     node_v = torch.where(ghost, targets[node_t], node_v)
 
     def rows(ends: Tensor) -> Tensor:
-        k = edge_t * width + ends[edge_e]
+        k = edge_t * width + ends.index_select(0, edge_e)
         at = torch.searchsorted(node_keys, k)
         kept = node_keys[at.clamp(max=node_keys.numel() - 1)] == k
         return torch.where(kept, at, torch.searchsorted(node_keys, edge_t * width + num_nodes))
@@ -590,13 +592,15 @@ def _explain_many_nodes(
                 and value.dim() > 0
                 and (name in _EDGE_KWARGS or (value.shape[0] == num_edges and name not in _NODE_KWARGS))
             ):
-                sub_kwargs[name] = value[edge_e]
+                sub_kwargs[name] = value.index_select(0, edge_e)
             elif isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-                sub_kwargs[name] = value[node_v]
+                sub_kwargs[name] = value.index_select(0, node_v)
             else:
                 sub_kwargs[name] = value
         tgt = target[offset : offset + count] if per_target_target else target
-        feat_u, ea_u, value, cls, _, _ = _run(model, cctx, x[node_v], union_ei, sub_kwargs, centers, tgt, "node")
+        feat_u, ea_u, value, cls, _, _ = _run(
+            model, cctx, x.index_select(0, node_v), union_ei, sub_kwargs, centers, tgt, "node"
+        )
         node_t, edge_t = node_t + offset, edge_t + offset
         feat = feat_u.detach()
         real = ~ghost  # ghosts stand in for outside nodes (relevance 0) and alias their target's id

@@ -84,13 +84,13 @@ class EdgeOperator:
         counts = torch.bincount(rows, minlength=num_rows)
         crow = torch.zeros(num_rows + 1, dtype=torch.int64, device=rows.device)
         torch.cumsum(counts, 0, out=crow[1:])
-        return crow, cols[perm].to(torch.int64), perm
+        return crow, cols.index_select(0, perm).to(torch.int64), perm
 
     def permuted(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """``weight`` in CSR order of ``W`` and of ``Wᵀ``; cached for the last weight seen."""
         key = (weight.data_ptr(), weight.shape, weight._version, weight.dtype)
         if self._perm_key != key:
-            self._perm = (weight[self._csr_by_dst()[2]], weight[self._csr_by_src()[2]])
+            self._perm = (weight.index_select(0, self._csr_by_dst()[2]), weight.index_select(0, self._csr_by_src()[2]))
             self._perm_key = key
         return self._perm
 
@@ -113,13 +113,13 @@ class EdgeOperator:
     def csr(self, values: Tensor | EdgeValues) -> Tensor:
         """``W`` as a ``[N_out, N_in]`` CSR tensor with per-edge ``values [E]``."""
         crow, col, perm = self._csr_by_dst()
-        vals = values.by_dst if isinstance(values, EdgeValues) else values[perm]
+        vals = values.by_dst if isinstance(values, EdgeValues) else values.index_select(0, perm)
         return torch.sparse_csr_tensor(crow, col, vals, (self.num_out, self.num_in), check_invariants=False)
 
     def csr_t(self, values: Tensor | EdgeValues) -> Tensor:
         """``Wᵀ`` as a ``[N_in, N_out]`` CSR tensor with per-edge ``values [E]``."""
         crow, col, perm = self._csr_by_src()
-        vals = values.by_src if isinstance(values, EdgeValues) else values[perm]
+        vals = values.by_src if isinstance(values, EdgeValues) else values.index_select(0, perm)
         return torch.sparse_csr_tensor(crow, col, vals, (self.num_in, self.num_out), check_invariants=False)
 
     # -- primitives -----------------------------------------------------------------
@@ -133,7 +133,7 @@ class EdgeOperator:
         w = gw.edge if isinstance(gw, EdgeValues) else gw
         step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 2)
         for a in range(0, self.num_edges, step):
-            msg = f[self.src[a : a + step]]
+            msg = f.index_select(0, self.src[a : a + step])
             msg *= w[a : a + step, None]
             scatter_add(msg, self.dst[a : a + step], self.num_out, out=out)
             del msg  # free before the next chunk allocates: at most 2 chunk tensors live
@@ -144,7 +144,7 @@ class EdgeOperator:
         out = s.new_zeros(self.num_in, s.shape[1])
         step = _chunk_size(self.num_edges, s.shape[1], s.element_size(), max_memory, 2)
         for a in range(0, self.num_edges, step):
-            msg = s[self.dst[a : a + step]]
+            msg = s.index_select(0, self.dst[a : a + step])
             msg *= w[a : a + step, None]
             scatter_add(msg, self.src[a : a + step], self.num_in, out=out)
             del msg
@@ -166,10 +166,10 @@ class EdgeOperator:
         step = _chunk_size(self.num_edges, s.shape[1], s.element_size(), max_memory, 3)
         for a in range(0, self.num_edges, step):
             src = self.src[a : a + step]
-            msg = s[self.dst[a : a + step]]
+            msg = s.index_select(0, self.dst[a : a + step])
             msg *= w[a : a + step, None]
             scatter_add(msg, src, self.num_in, out=c)
-            msg *= f[src]
+            msg *= f.index_select(0, src)
             torch.sum(msg, 1, out=edge[a : a + step])
             del msg  # free before the next chunk allocates: at most 3 chunk tensors live
         return c, edge
@@ -185,7 +185,7 @@ class EdgeOperator:
         except (RuntimeError, NotImplementedError):  # dtype/device without an SDDMM kernel
             return self.edge_dot(f, s, max_memory)
         out = torch.empty_like(vals)
-        out[perm] = vals
+        out.index_copy_(0, perm, vals)
         return out
 
     def edge_dot(self, f: Tensor, s: Tensor, max_memory: int = DEFAULT_MAX_MEMORY) -> Tensor:
@@ -193,8 +193,8 @@ class EdgeOperator:
         out = f.new_empty(self.num_edges)
         step = _chunk_size(self.num_edges, f.shape[1], f.element_size(), max_memory, 2)
         for a in range(0, self.num_edges, step):
-            prod = f[self.src[a : a + step]]
-            prod *= s[self.dst[a : a + step]]
+            prod = f.index_select(0, self.src[a : a + step])
+            prod *= s.index_select(0, self.dst[a : a + step])
             torch.sum(prod, 1, out=out[a : a + step])
             del prod
         return out
@@ -244,7 +244,7 @@ class FusedTerms:
         # W: rows stay, columns shift by term; keep columns sorted within rows by placing
         # earlier terms' entries first (a counting step per term instead of a sort).
         crow, col, perm = op._csr_by_dst()
-        t = term[perm]
+        t = term.index_select(0, perm)
         row = torch.repeat_interleave(torch.arange(op.num_out, device=crow.device), crow[1:] - crow[:-1])
         slot = crow[row].clone()
         for k in range(k_terms):
@@ -257,15 +257,17 @@ class FusedTerms:
         perm_f[slot] = perm
         col_f = torch.empty_like(col)
         col_f[slot] = col + n_in * t
-        fwd = (crow, col_f, perm_f, values[perm_f])
+        fwd = (crow, col_f, perm_f, values.index_select(0, perm_f))
         # Wᵀ: rows src + t N_in; a stable partition of the Wᵀ order by term keeps them sorted.
         _, _, perm_t = op._csr_by_src()
-        t = term[perm_t]
+        t = term.index_select(0, perm_t)
         order = torch.cat([perm_t[t == k] for k in range(k_terms)])
-        counts = torch.bincount(op.src[order] + n_in * term[order], minlength=k_terms * n_in)
+        counts = torch.bincount(
+            op.src.index_select(0, order) + n_in * term.index_select(0, order), minlength=k_terms * n_in
+        )
         crow_t = torch.zeros(k_terms * n_in + 1, dtype=torch.int64, device=crow.device)
         torch.cumsum(counts, 0, out=crow_t[1:])
-        bwd = (crow_t, op.dst[order].to(torch.int64), values[order])
+        bwd = (crow_t, op.dst.index_select(0, order).to(torch.int64), values.index_select(0, order))
         return fwd, bwd, values, term
 
     def forward(self) -> Tensor:
@@ -290,7 +292,7 @@ class FusedTerms:
             try:
                 vals = torch.sparse.sampled_addmm(pattern, s, self.stacked.T, beta=0.0).values()
                 edge = torch.empty_like(vals)
-                edge[perm] = vals
+                edge.index_copy_(0, perm, vals)
             except (RuntimeError, NotImplementedError):
                 edge = sum(op.edge_dot(f, s) * (self.term == k) for k, f in enumerate(self.fs))
             edge = edge * self.values

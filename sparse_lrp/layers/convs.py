@@ -91,7 +91,7 @@ def _aggregate(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tens
     if aggr == "mean":
         count = torch.bincount(edge_index[1], minlength=x.shape[0]).clamp(min=1).to(x.dtype)
         w = x.new_ones(edge_index.shape[1]) if edge_weight is None else edge_weight.detach()
-        return call.edges(x, edge_index, w / count[edge_index[1]])
+        return call.edges(x, edge_index, w / count.index_select(0, edge_index[1]))
     raise ValueError(f"{call.name} ({type(call.module).__name__}): aggr={aggr!r} is not supported (use add/sum/mean)")
 
 
@@ -150,7 +150,7 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
     if edge_attr is None:
         raise ValueError(f"{call.name}: GINEConv needs edge_attr")
     e = m.lin(edge_attr) if m.lin is not None else edge_attr
-    msg = torch.relu(x[edge_index[0]] + e)
+    msg = torch.relu(x.index_select(0, edge_index[0]) + e)
     num_edges = edge_index.shape[1]
     rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
     ids = call.ctx.edge_ids(edge_index)
