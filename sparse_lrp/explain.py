@@ -218,14 +218,23 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
 
 
 # -- subgraphs ----------------------------------------------------------------------
-def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, out_edges: bool = False):
+def _khop_union(
+    edge_index: Tensor,
+    num_nodes: int,
+    targets: Tensor,
+    hops: int,
+    out_edges: bool = False,
+    boundary_degrees: bool = True,
+):
     """Disjoint union of the targets' computation subgraphs, vectorised over targets.
 
     Keeps every node within ``hops`` of a target and every edge into one, so that the
     nodes the prediction depends on see all of their incoming edges (complete
     aggregations and attention softmax, exact in-degrees for GCN normalisation).
     ``out_edges`` also keeps every edge that leaves a kept node, for layers normalised
-    by out-degree (ChebConv's Laplacian).
+    by out-degree (ChebConv's Laplacian). Without ``boundary_degrees`` (no layer
+    normalises by degree) the nodes ``hops`` away keep only their features: their own
+    incoming edges feed outputs nothing depends on.
 
     An edge from (or, with ``out_edges``, to) a node outside that set matters only as
     one count in a kept node's degree: the outside node's features reach nothing the
@@ -267,13 +276,16 @@ def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, 
     key = t_ids * num_nodes + targets
     seen = key
     frontier = key
+    inner = key[:0]  # nodes closer than `hops`: their outputs matter
     for _ in range(hops):
+        inner = seen
         et, pos = in_edges(frontier // num_nodes, frontier % num_nodes)
         new = torch.unique(et * num_nodes + src.index_select(0, pos))
         fresh = new[~torch.isin(new, seen)]
         seen = torch.cat([seen, fresh])
         frontier = fresh
-    edge_t, edge_e = in_edges(seen // num_nodes, seen % num_nodes)
+    ends = seen if boundary_degrees else inner
+    edge_t, edge_e = in_edges(ends // num_nodes, ends % num_nodes)
     if out_edges:
         ot, oe = incidence(src)(seen // num_nodes, seen % num_nodes)
         # An edge between two kept nodes is both an in- and an out-edge: keep it once.
@@ -300,6 +312,18 @@ def _khop_union(edge_index: Tensor, num_nodes: int, targets: Tensor, hops: int, 
 def _out_degree_layers(model: nn.Module) -> bool:
     """Whether a layer normalises by out-degree (row sums), which a subgraph must keep exact."""
     return any(type(m).__name__ == "ChebConv" for m in model.modules())
+
+
+# Message-passing layers whose output at a node reads only that node's own in-edges (no
+# neighbour's degree): a subgraph then needs no edges into its outermost nodes. Any
+# other layer (GCN-style normalisation, custom handlers) keeps them, to stay exact.
+_DEGREE_FREE = frozenset({"GINConv", "GINEConv", "GraphConv", "SAGEConv", "GATConv", "GATv2Conv"})
+
+
+def _needs_boundary_degrees(model: nn.Module) -> bool:
+    from torch_geometric.nn.conv import MessagePassing
+
+    return any(isinstance(m, MessagePassing) and type(m).__name__ not in _DEGREE_FREE for m in model.modules())
 
 
 # -- the explanation ----------------------------------------------------------------
@@ -578,12 +602,18 @@ def _explain_many_nodes(
         target = target.to(x.device)[rows]
     per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
     budget = int(max_union) if max_union is not None else max(n + num_edges, 2**20)
-    union = _khop_union(edge_index, n, rows, k, _out_degree_layers(model))  # once; chunks are slices of it
+    # Once; chunks are slices of it.
+    union = _khop_union(edge_index, n, rows, k, _out_degree_layers(model), _needs_boundary_degrees(model))
 
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
     values, classes, conservation = [], [], {"out": 0.0, "in": 0.0, "absorbed": 0.0, "lost": 0.0}
     chunks = _target_chunks(union, t_count, budget)
     for offset, count, node_t, node_v, ghost, edge_t, edge_e, union_ei, centers in chunks:
+        if node_v.numel() == edge_e.numel():
+            # Per-layer records are placed as node rows or edge rows by their length; an
+            # extra isolated ghost node (no edges, dropped from results) breaks the tie.
+            node_t, node_v = torch.cat([node_t, node_t[-1:]]), torch.cat([node_v, node_v[-1:]])
+            ghost = torch.cat([ghost, ghost.new_ones(1)])
         cctx = Context(ctx.composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
         sub_kwargs = {}
         for name, value in kwargs.items():
