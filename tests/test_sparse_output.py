@@ -112,3 +112,20 @@ def test_khop_union_keeps_degrees_with_one_ghost_per_target():
     into_2 = sub_ei[:, sub_ei[1] == int(torch.nonzero(node_v == 2)[0])]
     assert into_2.shape[1] == 2 and (into_2[0] == g).all()
     assert int(node_v[centers[0]]) == 0
+
+
+def test_edge_grouping_is_reused_per_graph_and_renewed_when_it_changes():
+    torch.manual_seed(0)
+    x, ei = _graph()
+    model = GCN(5, 16, 3, 3).eval()
+    first = sparse_lrp.explain(model, x, ei, index=4)
+    again = sparse_lrp.explain(model, x, ei, index=4)  # cached grouping of ei's edges
+    torch.testing.assert_close(again.node_feat, first.node_feat)
+    # An in-place change of the same tensor must not reuse the old grouping.
+    flipped = ei.flip(0)
+    ei.copy_(flipped)
+    changed = sparse_lrp.explain(model, x, ei, index=4)
+    fresh = sparse_lrp.explain(model, x, flipped.clone(), index=4)
+    torch.testing.assert_close(changed.node_feat, fresh.node_feat)
+    torch.testing.assert_close(changed.edge, fresh.edge)
+    assert not torch.allclose(changed.node_feat, first.node_feat)
