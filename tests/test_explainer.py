@@ -367,7 +367,7 @@ def test_groundtruth_metrics_against_receptive_field(x):
     assert precision == pytest.approx(1.0)
     assert recall == pytest.approx(float(pred.sum()) / float(truth.sum()))
     assert 0.0 <= accuracy <= 1.0
-    (edge_precision,) = groundtruth_metrics(edge_pred.to(DT), edge_truth, ["precision"], threshold=0.5)
+    edge_precision = groundtruth_metrics(edge_pred.to(DT), edge_truth, "precision", threshold=0.5)
     assert edge_precision == pytest.approx(1.0)
 
 

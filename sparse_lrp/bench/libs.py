@@ -42,12 +42,13 @@ def _torchvision_stub() -> None:
 def zennit():
     if "zennit" in sys.modules and hasattr(sys.modules["zennit"], "rules"):
         return sys.modules["zennit"]
+    stub = False
     try:
         importlib.import_module("torchvision")
     except Exception:  # missing, or installed for another torch build
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
+        _drop_torchvision()
         _torchvision_stub()
+        stub = True
         _notes["zennit"] = "zennit imported with a torchvision stand-in (its torchvision canonizers are unused here)"
     try:
         z = importlib.import_module("zennit")
@@ -57,6 +58,14 @@ def zennit():
     except Exception as err:
         why_missing["zennit"] = f"zennit not available ({type(err).__name__}: {err}); install the 'bench' extra"
         return None
+    finally:
+        if stub:  # zennit holds what it needs; other libraries must not find a fake torchvision
+            _drop_torchvision()
+
+
+def _drop_torchvision() -> None:
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
 
 
 def captum():
