@@ -132,12 +132,15 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return torch.linalg.vecdot(a.reshape(-1), b.reshape(-1))
 
 
-def _combine(acc: dict[str, Tensor], inputs: dict[str, Tensor], x: Tensor, ratio: bool) -> Tensor:
+def _combine(acc: dict[str, Tensor], inputs: dict[str, Tensor], x: Tensor, ratio: bool, skip: set) -> Tensor:
     """Input relevance ``sum_k f_k ⊙ c_k`` from the per-input-transform sums ``c_k``.
 
     With ``ratio`` (proportional rules only) it returns ``R_in / x`` instead, which is
-    ``sum_k m_k ⊙ c_k`` for ``f_k = x ⊙ m_k`` (``m = 1``, ``[x > 0]`` or ``[x < 0]``), and 0
-    where ``x = 0``: no product with ``x`` and no division by it.
+    ``sum_k m_k ⊙ c_k`` for ``f_k = x ⊙ m_k`` (``m = 1``, ``[x > 0]`` or ``[x < 0]``): no
+    product with ``x`` and no division by it. Where ``x = 0`` the relevance ``x ⊙ ratio``
+    is 0 whatever the ratio, so no mask is spent there; the ratio is then what a
+    gradient would carry on (LRP-0 stays gradient × input through sums that cancel).
+    ``skip`` names sign-restricted inputs that vanish (``"neg"``: ``x >= 0`` throughout).
     """
     if not ratio:
         out = None
@@ -151,18 +154,14 @@ def _combine(acc: dict[str, Tensor], inputs: dict[str, Tensor], x: Tensor, ratio
     if pos is not None and neg is not None:
         signed = torch.where(x > 0, pos, neg)
     elif pos is not None:
-        signed = pos.masked_fill_(x <= 0, 0)
+        signed = pos if "neg" in skip else pos.masked_fill_(x < 0, 0)
     elif neg is not None:
-        signed = neg.masked_fill_(x >= 0, 0)
+        signed = neg if "pos" in skip else neg.masked_fill_(x > 0, 0)
     else:
         signed = None
     if out is None:
-        out = signed
-    elif signed is not None:
-        out = out.add_(signed)
-    if out is not pos and out is not neg:
-        out = out.masked_fill_(x == 0, 0)
-    return out
+        return signed
+    return out if signed is None else out.add_(signed)
 
 
 def propagate_branches(
@@ -184,8 +183,8 @@ def propagate_branches(
     sharing the denominator applies the rule to that joint map, not to each summand.
     Returns ``[(R_in_b, edge_b)]`` per branch and the absorbed relevance: ``[N_out, C]``
     for ``want_absorbed=True``, its sum (a 0-d tensor) for ``"total"``, else None.
-    ``ratio=True`` (proportional rules) returns ``R_in_b / x_b`` (0 where ``x_b = 0``)
-    in place of ``R_in_b``. No input checks (see :func:`edge_lrp`).
+    ``ratio=True`` (proportional rules) returns ``R_in_b / x_b`` (any finite value where
+    ``x_b = 0``) in place of ``R_in_b``. No input checks (see :func:`edge_lrp`).
     """
     strategy = _resolve_strategy(strategy, relevance)
     if ratio and not rule.proportional:
@@ -269,8 +268,8 @@ def propagate_branches(
                 edges[pos] = part_edge if edges[pos] is None else edges[pos] + part_edge
 
     results = []
-    for b, (_, _, inputs), a, edge in zip(branches, prepared, acc, edges):
-        r_in = _combine(a, inputs, b.x, ratio) if a else torch.zeros_like(b.x)
+    for b, (_, skip, inputs), a, edge in zip(branches, prepared, acc, edges):
+        r_in = _combine(a, inputs, b.x, ratio, skip) if a else torch.zeros_like(b.x)
         if want_edge and edge is None:
             edge = b.weight.new_zeros(b.weight.shape)
         results.append((r_in, edge))
