@@ -45,16 +45,17 @@ class Propagated(NamedTuple):
     absorbed: Tensor | None
 
 
-def stabilize(d: Tensor, eps: float) -> Tensor:
-    """``d + eps * sign(d)`` with ``sign(0) = +1``."""
+def stabilize(d: Tensor, eps: float, return_shift: bool = False):
+    """``d + eps * sign(d)`` with ``sign(0) = +1`` (and the added ``eps * sign(d)`` if asked)."""
     if eps == 0:
-        return d
+        return (d, torch.zeros_like(d)) if return_shift else d
     # copysign is one cheap pass where torch.where over d ± eps costs five; adding +0.0
     # first turns -0.0 into +0.0 so that sign(0) = +1 holds for both zeros. eps is taken
     # in d's own dtype (a float64 scalar would upcast half inputs).
     out = d + 0.0
-    out += torch.copysign(out.new_full((), eps), out)
-    return out
+    shift = torch.copysign(out.new_full((), eps), out)
+    out += shift
+    return (out, shift) if return_shift else out
 
 
 def _safe_divide(r: Tensor, d: Tensor) -> Tensor:
@@ -212,6 +213,9 @@ def propagate_branches(
     edges: list[Tensor | None] = [None for _ in branches]
     flowed = None  # relevance that reached the inputs ("total": a running R minus that)
     extra = 0.0
+    # A single stabilised group over all outputs absorbs exactly s * (bias share + shift).
+    g0 = rule.groups[0]
+    direct = len(rule.groups) == 1 and g0.coef == 1.0 and g0.where is None and rule.stabilizer > 0
     for group in rule.groups:
         terms = []  # (branch position, input name, f, g(w))
         for pos, (b, skip, inputs) in enumerate(prepared):
@@ -243,12 +247,22 @@ def propagate_branches(
             if use_bias:
                 d = d + group.bias(bias)
         # With eps > 0 the stabilised denominator is never zero: skip the zero test.
-        s = relevance / stabilize(d, rule.stabilizer) if rule.stabilizer > 0 else _safe_divide(relevance, d)
+        if rule.stabilizer > 0:
+            stab, shift = stabilize(d, rule.stabilizer, return_shift=True)
+            s = relevance / stab
+        else:
+            s = _safe_divide(relevance, d)
         if group.where is not None:
             s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
         if group.coef != 1.0:
             s = s * group.coef
-        if want_absorbed == "total":
+        if want_absorbed == "total" and direct:
+            # One group over all outputs: R - s contrib = s (stab(d) - contrib), the bias
+            # share and the stabiliser's shift, summed as dot products without temporaries.
+            flowed = torch.linalg.vecdot(s.reshape(-1), shift.reshape(-1))
+            if use_bias:
+                extra = extra + _dot(s, bias if contrib is None else group.bias(bias))
+        elif want_absorbed == "total":
             # One running R - sum_g s_g contrib_g, in place; its elementwise differences
             # are small where conservation is good, so summing them loses no accuracy
             # (a difference of two large sums would).
@@ -274,7 +288,9 @@ def propagate_branches(
             edge = b.weight.new_zeros(b.weight.shape)
         results.append((r_in, edge))
     absorbed = None
-    if want_absorbed == "total":
+    if want_absorbed == "total" and direct:
+        absorbed = flowed + extra
+    elif want_absorbed == "total":
         absorbed = (flowed.sum() if flowed is not None else relevance.sum()) + extra
     elif want_absorbed:
         absorbed = relevance - flowed if flowed is not None else relevance.clone()
