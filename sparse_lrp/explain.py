@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .composites import Composite, resolve
-from .layers import find_handler, supported_types
+from .layers import find_handler, is_builtin, supported_types
 from .layers.base import Context, LayerCall, record_input
 from .operators import DEFAULT_MAX_MEMORY
 from .rules import Rule
@@ -444,8 +444,10 @@ def explain(
         task_level: ``"node"`` or ``"graph"``; by default ``"node"`` when the output
             has one row per node.
         edges: record edge relevance (a little extra work per graph layer).
-        hops: receptive field for many node targets (default: counted from the
-            model's message-passing layers).
+        hops: receptive field of node targets (default: counted from the model's
+            message-passing layers). Node targets, one or many, run on their k-hop
+            computation subgraphs (exact for the supported layers; a custom layer that
+            reads beyond its in-edges needs ``hops`` set accordingly).
         strategy, max_memory: passed to the edge kernel.
         sparse_output: for many node targets, return ``[T, N, ...]``/``[T, E]`` results as
             sparse COO tensors holding only each target's computation subgraph. None (the
@@ -476,11 +478,19 @@ def explain(
     if task_level is None and edge_index is None:
         is_graph = True  # a plain model: rows are samples, explained jointly in one pass
 
+    on_subgraphs = (
+        rows is not None
+        and not is_graph
+        and edge_index is not None
+        and (many or all(is_builtin(m) for _, m, _ in _collect(model)))
+    )
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:
-        if rows is not None and not is_graph and edge_index is not None:
-            # Node targets, even a single one, run on their k-hop computation subgraphs:
-            # on a large graph that is a small fraction of the full pass, and exact.
+        if on_subgraphs:
+            # Node targets run on their k-hop computation subgraphs: on a large graph a
+            # small fraction of the full pass, and exact for the built-in layers. A single
+            # target under a user's handler keeps the full graph (its layer might read
+            # more than its in-edges).
             res = _explain_many_nodes(
                 model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output, max_union
             )

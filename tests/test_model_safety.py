@@ -548,3 +548,38 @@ def test_register_handler_rejects_non_modules():
 
 def test_handlers_are_clean_between_tests():
     assert MyLinear not in _HANDLERS
+
+
+class OutDegreeConv(nn.Module):
+    """A user's layer that reads beyond in-edges: ``out_j = sum_{i->j} (x_i W) / outdeg(i)``."""
+
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.lin = nn.Linear(c_in, c_out, bias=False)
+
+    def forward(self, x, edge_index):
+        src, dst = edge_index
+        out_deg = torch.bincount(src, minlength=x.shape[0]).clamp(min=1).to(x.dtype)
+        msg = self.lin(x)[src] / out_deg[src, None]
+        return torch.zeros(x.shape[0], msg.shape[1], dtype=x.dtype).index_add_(0, dst, msg)
+
+
+def out_degree_handler(call, x, edge_index):
+    src = edge_index[0]
+    out_deg = torch.bincount(src, minlength=x.shape[0]).clamp(min=1).to(x.dtype)
+    return call.edges(call.module.lin(x), edge_index, 1.0 / out_deg[src])
+
+
+def test_single_target_under_a_custom_graph_handler_reads_the_whole_graph(clean_handlers, x):
+    # Node targets of built-in layers run on k-hop subgraphs; that would cut the
+    # out-degrees this user layer reads, so a single target keeps the full graph.
+    sparse_lrp.register_handler(OutDegreeConv, out_degree_handler, children=("lin",))
+    model = nn.ModuleDict({"a": OutDegreeConv(F, H), "b": OutDegreeConv(H, 3)}).double().eval()
+
+    def forward(x_, ei):
+        return model["b"](torch.relu(model["a"](x_, ei)), ei)
+
+    model.forward = forward
+    res = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=Epsilon(0.0))
+    (gx,) = grad_x_input(lambda x_: forward(x_, EI)[3, 1], x)
+    assert_close(res.node_feat, gx)

@@ -13,7 +13,7 @@ from torch import nn
 
 from .base import Context, LayerCall, MapBranch
 
-__all__ = ["Context", "LayerCall", "MapBranch", "find_handler", "register_handler", "supported_types"]
+__all__ = ["Context", "LayerCall", "MapBranch", "find_handler", "is_builtin", "register_handler", "supported_types"]
 
 Handler = Callable[..., object]
 _HANDLERS: dict[type, tuple[Handler, tuple[str, ...]]] = {}
@@ -39,8 +39,18 @@ def find_handler(module: nn.Module) -> tuple[Handler, tuple[str, ...]] | None:
     return None
 
 
+def is_builtin(module: nn.Module) -> bool:
+    """Whether ``module`` runs through a handler this library ships (not a user's)."""
+    for kind in type(module).__mro__:
+        if kind in _HANDLERS:
+            return _BUILTIN.get(kind) is _HANDLERS[kind]
+    return False
+
+
 def supported_types() -> list[str]:
     return sorted(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in _HANDLERS)
 
 
 from . import convs, torch_nn  # noqa: E402,F401 - registers the built-in handlers
+
+_BUILTIN = dict(_HANDLERS)
