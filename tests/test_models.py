@@ -483,3 +483,46 @@ def test_binary_one_logit_classes(data):
     assert_close(neg.node_feat, -pos.node_feat)
     with pytest.raises(ValueError, match="classes 0 or 1"):
         sparse_lrp.explain(model, x, EI, index=3, target=2)
+
+
+class Activations(nn.Module):
+    """Bias-free GCN layers joined by LeakyReLU, PReLU and an in-place ReLU, then Tanh."""
+
+    def __init__(self, last):
+        super().__init__()
+        self.c1 = gnn.GCNConv(F, H, bias=False)
+        self.a1 = nn.LeakyReLU(0.2)
+        self.c2 = gnn.GCNConv(H, H, bias=False)
+        self.a2 = nn.PReLU(H, init=0.3)
+        self.lin = nn.Linear(H, H, bias=False)
+        self.a3 = nn.ReLU(inplace=True)
+        self.head = nn.Linear(H, C, bias=False)
+        self.last = last
+
+    def forward(self, x, edge_index):
+        h = self.a2(self.c2(self.a1(self.c1(x, edge_index)), edge_index))
+        return self.head(self.last(self.a3(self.lin(h))))
+
+
+def test_homogeneous_activations_keep_lrp0_equal_to_gradient_times_input(data):
+    # LeakyReLU, PReLU and ReLU (even in place) are positively homogeneous: LRP-0 on a
+    # bias-free network of them is gradient x input, and sums to the logit.
+    x, _ = data
+    model = randomise(Activations(nn.Identity()).double(), seed=8).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    res = sparse_lrp.explain(model, x, EI, index=6, target=2, composite=LRP0)
+    (gx,) = grad_x_input(lambda x_: model(x_, EI)[6, 2], x)
+    assert_close(res.node_feat, gx)
+    assert_close(res.node_feat.sum(), model(x, EI)[6, 2].detach())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_non_homogeneous_activation_passes_relevance_unchanged(data):
+    # Tanh is not homogeneous: the Pass rule hands R_y to x as is, so relevance is still
+    # conserved end to end (bias-free LRP-0), though it is no longer gradient x input.
+    x, _ = data
+    model = randomise(Activations(nn.Tanh()).double(), seed=8).eval()
+    res = sparse_lrp.explain(model, x, EI, index=6, target=2, composite=LRP0)
+    c = res.conservation
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-9, abs=1e-12)
+    assert c["out"] == pytest.approx(float(model(x, EI)[6, 2]), rel=1e-12)

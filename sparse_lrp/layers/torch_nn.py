@@ -33,6 +33,16 @@ def batch_norm(call: LayerCall, x: Tensor) -> Tensor:
 
 def activation(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
     """Element-wise activations pass relevance unchanged."""
+    m = call.module
+    # Positively homogeneous maps (y = a(x) x with a piecewise constant): autograd's own
+    # backward multiplies the ratio by a(x), which is exactly R_x = R_y. Out of place, as
+    # the forward's saved outputs must stay intact.
+    if isinstance(m, nn.ReLU):
+        return torch.relu(x)
+    if isinstance(m, nn.LeakyReLU):
+        return torch.nn.functional.leaky_relu(x, m.negative_slope)
+    if isinstance(m, nn.PReLU):
+        return torch.nn.functional.prelu(x, m.weight.detach())
     return call.passthrough(lambda t: call.original(t, *args, **kwargs), x)
 
 
