@@ -94,6 +94,13 @@ class EdgeOperator:
             self._perm_key = key
         return self._perm
 
+    def identity_pattern(self) -> EdgeOperator:
+        """Declare the edges to be ``i -> i`` in order: their CSR needs no sort."""
+        if self._by_dst is None:
+            ids = torch.arange(self.num_in, device=self.device)
+            self._by_dst = self._by_src = (torch.arange(self.num_in + 1, device=self.device), ids, ids)
+        return self
+
     def build(self) -> EdgeOperator:
         """Build both CSR index structures now (otherwise built on first use)."""
         self._csr_by_dst()

@@ -334,7 +334,7 @@ class LayerCall:
         # One loop operator per size and device, so its CSR is built once per explanation.
         loop = self.ctx.memo(("self_loops", n, str(x.device)), lambda: torch.arange(n, device=x.device).expand(2, n))
         w = torch.as_tensor(weight, dtype=x.dtype, device=x.device).expand(n).contiguous()
-        return MapBranch(self.ctx.operator(loop, n, n), w, x)
+        return MapBranch(self.ctx.operator(loop, n, n).identity_pattern(), w, x)
 
     def passthrough(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         """An element-wise ``fn(x)`` under the Pass rule."""
