@@ -102,10 +102,11 @@ def _collect(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
 def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
     """Route handled modules through their handlers; restore everything afterwards."""
     modules = _collect(model)
-    training = {m: m.training for m in model.modules()}
+    training = [m for m in model.modules() if m.training]  # usually none: skip the toggles then
     saved = []
     try:
-        model.eval()
+        if training:
+            model.eval()
         for name, module, handler in modules:
             had = "forward" in module.__dict__
             original = module.__dict__.get("forward", module.forward)
@@ -118,8 +119,8 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
                 module.forward = original
             else:
                 module.__dict__.pop("forward", None)
-        for m, flag in training.items():
-            m.training = flag
+        for m in training:
+            m.training = True
 
 
 def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, *args, **kwargs):
