@@ -202,10 +202,14 @@ def propagate_branches(
     prepared = []
     for b in branches:
         skip = set()
-        if "neg" in uses and bool((b.x >= 0).all()):
-            skip.add("neg")
-        if "pos" in uses and bool((b.x <= 0).all()):
-            skip.add("pos")
+        if ("neg" in uses or "pos" in uses) and b.x.numel():
+            lo, hi = torch.aminmax(b.x)  # one pass (and one sync) for both signs
+            if lo >= 0:
+                skip.add("neg")
+            if hi <= 0:
+                skip.add("pos")
+        elif "neg" in uses or "pos" in uses:  # no inputs at all: nothing to skip on
+            skip.update({"neg", "pos"} & uses)
         prepared.append((b, skip, {}))
 
     # Per branch and input transform, the sum over groups and terms of g(W)ᵀ s.
