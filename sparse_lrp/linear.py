@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -24,6 +26,26 @@ def sparse_weight_edges(weight: Tensor) -> tuple[Tensor, Tensor]:
     coo = coo.coalesce()
     rows, cols = coo.indices()
     return torch.stack([cols, rows]), coo.values()
+
+
+# Sparse weights as edge operators, per weight tensor: a pruned layer explained batch after
+# batch coalesces its weight and builds its CSR structures once. Keyed by the tensor's
+# identity and version (an in-place change rebuilds), held only while the weight lives.
+_OPERATORS: dict[int, tuple[weakref.ref, int, tuple[EdgeOperator, Tensor]]] = {}
+
+
+def _operator(weight: Tensor) -> tuple[EdgeOperator, Tensor]:
+    hit = _OPERATORS.get(id(weight))
+    if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+        return hit[2]
+    for k in [k for k, v in _OPERATORS.items() if v[0]() is None]:
+        del _OPERATORS[k]
+    edge_index, values = sparse_weight_edges(weight)
+    entry = (EdgeOperator(edge_index, weight.shape[1], weight.shape[0]), values)
+    if len(_OPERATORS) >= 64:
+        _OPERATORS.pop(next(iter(_OPERATORS)))
+    _OPERATORS[id(weight)] = (weakref.ref(weight), weight._version, entry)
+    return entry
 
 
 def linear_lrp(
@@ -87,8 +109,7 @@ def linear_lrp(
         raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
     # The edge kernel works on [N_in, C]: inputs are rows, the batch is the channels.
     rule = rule.map_inputs(lambda t: torch.broadcast_to(t.to(x), x.shape).T)
-    edge_index, values = sparse_weight_edges(weight)
-    op = EdgeOperator(edge_index, n_in, n_out)
+    op, values = _operator(weight)
     b = bias[:, None] if bias is not None else None
     res = propagate(
         op,

@@ -386,3 +386,23 @@ def test_half_precision_runs_and_keeps_dtype(layout, dtype, backend):
     assert r.dtype == dtype and e.dtype == dtype
     torch.testing.assert_close(r.double(), r64, rtol=3e-2, atol=3e-2)
     torch.testing.assert_close(e.double(), e64, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+@pytest.mark.parametrize("change", ["tensor", "values"])
+def test_linear_lrp_reuses_a_sparse_weight_until_it_changes(layout, change):
+    g = torch.Generator().manual_seed(5)
+    dense = torch.randn(6, 9, generator=g, dtype=torch.float64) * (torch.rand(6, 9, generator=g) < 0.4)
+    weight = dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()
+    x = torch.rand(4, 9, generator=g, dtype=torch.float64)
+    r = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    first = linear_lrp(x, weight, r, ZPlus())
+    torch.testing.assert_close(linear_lrp(x, weight, r, ZPlus()), first)  # cached operator
+    # An in-place change of the same weight tensor must be seen (dense reference below).
+    if change == "tensor":
+        weight.mul_(-2.0)
+    else:
+        weight.values().mul_(-2.0)
+    changed = linear_lrp(x, weight, r, ZPlus())
+    torch.testing.assert_close(changed, linear_lrp(x, dense * -2.0, r, ZPlus()))
+    assert not torch.allclose(changed, first)
