@@ -215,8 +215,8 @@ def propagate_branches(
     # Per branch and input transform, the sum over groups and terms of g(W)ᵀ s.
     acc: list[dict[str, Tensor]] = [{} for _ in branches]
     edges: list[Tensor | None] = [None for _ in branches]
-    flowed = None  # relevance that reached the inputs ("total": a running R minus that)
-    extra = 0.0
+    flowed = None  # want_absorbed=True: the relevance that reached the inputs, per output
+    left, extra = None, 0.0  # "total": what did not (a tensor to sum, or already a sum) + bias dots
     # A single stabilised group over all outputs absorbs exactly s * (bias share + shift).
     g0 = rule.groups[0]
     direct = len(rule.groups) == 1 and g0.coef == 1.0 and g0.where is None and rule.stabilizer > 0
@@ -263,16 +263,16 @@ def propagate_branches(
         if want_absorbed == "total" and direct:
             # One group over all outputs: R - s contrib = s (stab(d) - contrib), the bias
             # share and the stabiliser's shift, summed as dot products without temporaries.
-            flowed = torch.linalg.vecdot(s.reshape(-1), shift.reshape(-1))
+            left = torch.linalg.vecdot(s.reshape(-1), shift.reshape(-1))
             if use_bias:
                 extra = extra + _dot(s, bias if contrib is None else group.bias(bias))
         elif want_absorbed == "total":
             # One running R - sum_g s_g contrib_g, in place; its elementwise differences
             # are small where conservation is good, so summing them loses no accuracy
             # (a difference of two large sums would).
-            if flowed is None:
-                flowed = relevance.clone()
-            flowed.addcmul_(s, contrib if contrib is not None else z, value=-1)
+            if left is None:
+                left = relevance.clone()
+            left.addcmul_(s, contrib if contrib is not None else z, value=-1)
             if contrib is None:
                 extra = extra + _dot(s, bias)
         elif want_absorbed:
@@ -293,9 +293,9 @@ def propagate_branches(
         results.append((r_in, edge))
     absorbed = None
     if want_absorbed == "total" and direct:
-        absorbed = flowed + extra
+        absorbed = left + extra
     elif want_absorbed == "total":
-        absorbed = (flowed.sum() if flowed is not None else relevance.sum()) + extra
+        absorbed = (left.sum() if left is not None else relevance.sum()) + extra
     elif want_absorbed:
         absorbed = relevance - flowed if flowed is not None else relevance.clone()
     return results, absorbed
