@@ -44,7 +44,9 @@ def gated_conv_handler(call: LayerCall, x, edge_index, edge_attr):
     return call.edges(h, edge_index, gates, bias=m.bias)
 
 
-sparse_lrp.register_handler(GatedConv, gated_conv_handler)
+# subgraph=(): the layer reads nothing beyond its nodes' incoming edges (no degrees), so
+# node targets may run on their k-hop computation subgraphs (see register_handler).
+sparse_lrp.register_handler(GatedConv, gated_conv_handler, subgraph=())
 
 
 class Net(nn.Module):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,9 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from .composites import Composite, resolve
-from .layers import find_handler, is_builtin, supported_types
+from .layers import find_handler, subgraph_needs, supported_types
 from .layers.base import Context, LayerCall, record_input
-from .operators import DEFAULT_MAX_MEMORY
+from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed
 from .rules import Rule
 from .validation import check_edge_index, check_finite, check_tensor
 
@@ -220,29 +219,10 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
 
 
 # -- subgraphs ----------------------------------------------------------------------
-# Edges grouped by one end, per graph: explaining node after node on one graph (as PyG's
-# Explainer does) sorts its edges once. Keyed by the tensor's identity and version, held
-# only while the edge_index tensor lives.
-_GROUPED: dict[tuple[int, int, int], tuple[weakref.ref, int, tuple[Tensor, Tensor, Tensor]]] = {}
-
-
-def _grouped_edges(edge_index: Tensor, end: int, num_nodes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(order, degree, start)``: edges sorted by ``edge_index[end]``, and per-node offsets."""
-    key = (id(edge_index), end, num_nodes)
-    hit = _GROUPED.get(key)
-    if hit is not None and hit[0]() is edge_index and hit[1] == edge_index._version:
-        return hit[2]
-    for k in [k for k, v in _GROUPED.items() if v[0]() is None]:
-        del _GROUPED[k]
-    by = edge_index[end].long()
-    order = torch.argsort(by, stable=True)
-    deg = torch.bincount(by, minlength=num_nodes)
-    start = torch.zeros(num_nodes + 1, dtype=torch.long, device=by.device)
-    torch.cumsum(deg, 0, out=start[1:])
-    if len(_GROUPED) >= 8:
-        _GROUPED.pop(next(iter(_GROUPED)))
-    _GROUPED[key] = (weakref.ref(edge_index), edge_index._version, (order, deg, start))
-    return order, deg, start
+# Each graph's edges grouped by source and by target (the edge kernel's own CSR
+# structures): explaining node after node on one graph (as PyG's Explainer does) sorts
+# them once.
+_GRAPHS = TensorKeyed(8)
 
 
 def _khop_union(
@@ -279,9 +259,12 @@ def _khop_union(
     t_ids = torch.arange(targets.numel(), device=device)
     targets = targets.to(device)
 
+    graph = _GRAPHS.get(edge_index, lambda: EdgeOperator(edge_index, num_nodes, num_nodes), num_nodes)
+
     def incidence(end: int):
         """For nodes ``pv`` (of targets ``pt``), the edges whose ``end`` (0 src, 1 dst) is the node."""
-        order, deg, start = _grouped_edges(edge_index, end, num_nodes)
+        start, order = graph.grouped(end)
+        deg = start[1:] - start[:-1]
 
         def edges(pt: Tensor, pv: Tensor) -> tuple[Tensor, Tensor]:
             counts = deg.index_select(0, pv)
@@ -331,23 +314,6 @@ def _khop_union(
 
     centers = torch.searchsorted(node_keys, t_ids * width + targets)
     return node_t, node_v, ghost, edge_t, edge_e, torch.stack([rows(src), rows(dst)]), centers
-
-
-def _out_degree_layers(model: nn.Module) -> bool:
-    """Whether a layer normalises by out-degree (row sums), which a subgraph must keep exact."""
-    return any(type(m).__name__ == "ChebConv" for m in model.modules())
-
-
-# Message-passing layers whose output at a node reads only that node's own in-edges (no
-# neighbour's degree): a subgraph then needs no edges into its outermost nodes. Any
-# other layer (GCN-style normalisation, custom handlers) keeps them, to stay exact.
-_DEGREE_FREE = frozenset({"GINConv", "GINEConv", "GraphConv", "SAGEConv", "GATConv", "GATv2Conv"})
-
-
-def _needs_boundary_degrees(model: nn.Module) -> bool:
-    from torch_geometric.nn.conv import MessagePassing
-
-    return any(isinstance(m, MessagePassing) and type(m).__name__ not in _DEGREE_FREE for m in model.modules())
 
 
 # -- the explanation ----------------------------------------------------------------
@@ -479,12 +445,9 @@ def explain(
     if task_level is None and edge_index is None:
         is_graph = True  # a plain model: rows are samples, explained jointly in one pass
 
-    on_subgraphs = (
-        rows is not None
-        and not is_graph
-        and edge_index is not None
-        and (many or all(is_builtin(m) for _, m, _ in _collect(model)))
-    )
+    needs = subgraph_needs(m for _, m, _ in _collect(model)) if edge_index is not None else None
+    # A single target whose layers did not all declare what they read keeps the graph.
+    on_subgraphs = rows is not None and not is_graph and edge_index is not None and (many or needs is not None)
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:
         if on_subgraphs:
@@ -493,7 +456,7 @@ def explain(
             # target under a user's handler keeps the full graph (its layer might read
             # more than its in-edges).
             res = _explain_many_nodes(
-                model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output, max_union
+                model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output, max_union, needs
             )
             return res if many else _only_target(res)
         level = "graph" if is_graph else task_level
@@ -622,7 +585,7 @@ def _target_chunks(union: tuple, t_count: int, budget: int):
 
 
 def _explain_many_nodes(
-    model, ctx, x, edge_index, rows, target, hops, kwargs, sparse_output, max_union=None
+    model, ctx, x, edge_index, rows, target, hops, kwargs, sparse_output, max_union=None, needs=None
 ) -> ExplainResult:
     """T node targets over the disjoint union of their computation subgraphs.
 
@@ -637,7 +600,9 @@ def _explain_many_nodes(
     per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
     budget = int(max_union) if max_union is not None else max(n + num_edges, 2**20)
     # Once; chunks are slices of it.
-    union = _khop_union(edge_index, n, rows, k, _out_degree_layers(model), _needs_boundary_degrees(model))
+    # Undeclared layers (None) get every degree kept.
+    in_deg, out_deg = (needs is None or "in_degrees" in needs), (needs is None or "out_degrees" in needs)
+    union = _khop_union(edge_index, n, rows, k, out_edges=out_deg, boundary_degrees=in_deg)
 
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
     values, classes, conservation = [], [], {"out": 0.0, "in": 0.0, "absorbed": 0.0, "lost": 0.0}

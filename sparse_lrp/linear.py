@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import Tensor
 
 from .kernel import STRATEGIES, propagate
-from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
+from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, TensorKeyed
 from .rules import Pass, Rule
 from .validation import check_finite, check_same, check_tensor
 
@@ -28,24 +26,17 @@ def sparse_weight_edges(weight: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack([cols, rows]), coo.values()
 
 
-# Sparse weights as edge operators, per weight tensor: a pruned layer explained batch after
-# batch coalesces its weight and builds its CSR structures once. Keyed by the tensor's
-# identity and version (an in-place change rebuilds), held only while the weight lives.
-_OPERATORS: dict[int, tuple[weakref.ref, int, tuple[EdgeOperator, Tensor]]] = {}
+# A pruned layer explained batch after batch coalesces its weight and builds its CSR
+# structures once.
+_OPERATORS = TensorKeyed(64)
 
 
 def _operator(weight: Tensor) -> tuple[EdgeOperator, Tensor]:
-    hit = _OPERATORS.get(id(weight))
-    if hit is not None and hit[0]() is weight and hit[1] == weight._version:
-        return hit[2]
-    for k in [k for k, v in _OPERATORS.items() if v[0]() is None]:
-        del _OPERATORS[k]
-    edge_index, values = sparse_weight_edges(weight)
-    entry = (EdgeOperator(edge_index, weight.shape[1], weight.shape[0]), values)
-    if len(_OPERATORS) >= 64:
-        _OPERATORS.pop(next(iter(_OPERATORS)))
-    _OPERATORS[id(weight)] = (weakref.ref(weight), weight._version, entry)
-    return entry
+    def build():
+        edge_index, values = sparse_weight_edges(weight)
+        return EdgeOperator(edge_index, weight.shape[1], weight.shape[0]), values
+
+    return _OPERATORS.get(weight, build)
 
 
 def linear_lrp(

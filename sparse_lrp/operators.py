@@ -19,13 +19,14 @@ sparse (CSR) matrix products or as explicit edge messages with ``scatter_add``.
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 from torch import Tensor
 
 from .backend import scatter_add
 
-__all__ = ["EdgeOperator", "DenseOperator", "prepare"]
+__all__ = ["EdgeOperator", "DenseOperator", "TensorKeyed", "prepare"]
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
 
@@ -38,6 +39,32 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitl
 def _chunk_size(num_edges: int, channels: int, itemsize: int, max_memory: int, temporaries: int) -> int:
     per_edge = max(1, channels * itemsize * temporaries)
     return max(1, min(num_edges, int(max_memory) // per_edge))
+
+
+class TensorKeyed:
+    """Values derived from a tensor, reused while it lives and until it changes in place.
+
+    Keyed by the tensor's identity and ``_version`` and held by weak reference, so a
+    graph or weight explained call after call pays its sorts once, and a freed or
+    modified tensor is never served stale structures.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: dict[tuple, tuple[weakref.ref, int, object]] = {}
+
+    def get(self, t: Tensor, build, *extra):
+        key = (id(t), *extra)
+        hit = self._entries.get(key)
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            return hit[2]
+        for k in [k for k, v in self._entries.items() if v[0]() is None]:
+            del self._entries[k]
+        value = build()
+        if len(self._entries) >= self.limit:
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (weakref.ref(t), t._version, value)
+        return value
 
 
 class EdgeOperator:
@@ -93,6 +120,12 @@ class EdgeOperator:
             self._perm = (weight.index_select(0, self._csr_by_dst()[2]), weight.index_select(0, self._csr_by_src()[2]))
             self._perm_key = key
         return self._perm
+
+    def grouped(self, end: int) -> tuple[Tensor, Tensor]:
+        """``(start, order)``: edges ordered by their source (``end=0``) or target (1)
+        node, and where each node's run begins (``start [N + 1]``): the CSR structure."""
+        crow, _, perm = self._csr_by_src() if end == 0 else self._csr_by_dst()
+        return crow, perm
 
     def identity_pattern(self) -> EdgeOperator:
         """Declare the edges to be ``i -> i`` in order: their CSR needs no sort."""

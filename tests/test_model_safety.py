@@ -12,7 +12,7 @@ from torch import nn
 
 import sparse_lrp
 from sparse_lrp import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
-from sparse_lrp.layers import _HANDLERS
+from sparse_lrp.layers import _HANDLERS, _SUBGRAPH
 
 N, F, H, C = 14, 4, 6, 3
 EI = make_graph(N, extra=12, seed=6)
@@ -465,10 +465,12 @@ class WithCustom(nn.Module):
 @pytest.fixture
 def clean_handlers():
     """Registrations made by a test must not leak into other tests."""
-    saved = dict(_HANDLERS)
+    saved, declared = dict(_HANDLERS), dict(_SUBGRAPH)
     yield
     _HANDLERS.clear()
     _HANDLERS.update(saved)
+    _SUBGRAPH.clear()
+    _SUBGRAPH.update(declared)
 
 
 def my_linear_handler(call, x):
@@ -583,3 +585,23 @@ def test_single_target_under_a_custom_graph_handler_reads_the_whole_graph(clean_
     res = sparse_lrp.explain(model, x, EI, index=3, target=1, composite=Epsilon(0.0))
     (gx,) = grad_x_input(lambda x_: forward(x_, EI)[3, 1], x)
     assert_close(res.node_feat, gx)
+
+
+def test_custom_graph_handler_that_declares_its_reads_runs_on_exact_subgraphs(clean_handlers, x):
+    # Declared, the out-degrees are kept in the k-hop subgraphs: single and batched
+    # targets stay exact on the subgraph path.
+    with pytest.raises(ValueError, match="subgraph needs"):
+        sparse_lrp.register_handler(OutDegreeConv, out_degree_handler, subgraph=("two_hops",))
+    sparse_lrp.register_handler(OutDegreeConv, out_degree_handler, children=("lin",), subgraph=("out_degrees",))
+    model = nn.ModuleDict({"a": OutDegreeConv(F, H), "b": OutDegreeConv(H, 3)}).double().eval()
+
+    def forward(x_, ei):
+        return model["b"](torch.relu(model["a"](x_, ei)), ei)
+
+    model.forward = forward
+    many = sparse_lrp.explain(model, x, EI, index=[3, 7], target=torch.tensor([1, 0]), composite=Epsilon(0.0))
+    for t, (i, c) in enumerate([(3, 1), (7, 0)]):
+        (gx,) = grad_x_input(lambda x_, i=i, c=c: forward(x_, EI)[i, c], x)
+        assert_close(many.node_feat[t], gx)
+        one = sparse_lrp.explain(model, x, EI, index=i, target=c, composite=Epsilon(0.0))
+        assert_close(one.node_feat, gx)

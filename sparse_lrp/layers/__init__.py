@@ -13,22 +13,55 @@ from torch import nn
 
 from .base import Context, LayerCall, MapBranch
 
-__all__ = ["Context", "LayerCall", "MapBranch", "find_handler", "is_builtin", "register_handler", "supported_types"]
+__all__ = ["Context", "LayerCall", "MapBranch", "find_handler", "register_handler", "subgraph_needs", "supported_types"]
 
 Handler = Callable[..., object]
 _HANDLERS: dict[type, tuple[Handler, tuple[str, ...]]] = {}
+_SUBGRAPH: dict[type, frozenset[str] | None] = {}
 
 
-def register_handler(module_type: type, handler: Handler, *, children: tuple[str, ...] = ()) -> None:
+# What a layer reads of the graph beyond its own nodes' incoming edges, so that a k-hop
+# computation subgraph keeps it exact: "in_degrees" (neighbours' in-degrees, as GCN
+# normalisation does), "out_degrees" (out-degrees, as ChebConv's Laplacian does).
+SUBGRAPH_NEEDS = ("in_degrees", "out_degrees")
+
+
+def register_handler(
+    module_type: type,
+    handler: Handler,
+    *,
+    children: tuple[str, ...] = (),
+    subgraph: tuple[str, ...] | None = None,
+) -> None:
     """Explain every module of ``module_type`` with ``handler``.
 
     ``children`` names submodules the handler *calls* (such as GIN's ``nn``): they are
     explained by their own handlers. Other submodules are only read (their weights).
-    A later registration for the same type replaces the earlier one.
+    ``subgraph`` declares what the layer reads of the graph beyond its nodes' incoming
+    edges (``()`` for nothing, or names from ``SUBGRAPH_NEEDS``); node targets then run
+    on k-hop subgraphs that keep exactly that. Left None, a single target keeps the
+    whole graph. A later registration for the same type replaces the earlier one.
     """
     if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
         raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+    if subgraph is not None and not set(subgraph) <= set(SUBGRAPH_NEEDS):
+        raise ValueError(f"subgraph needs must be among {SUBGRAPH_NEEDS}, got {subgraph!r}")
     _HANDLERS[module_type] = (handler, tuple(children))
+    _SUBGRAPH[module_type] = None if subgraph is None else frozenset(subgraph)
+
+
+def subgraph_needs(modules) -> frozenset[str] | None:
+    """What the handled ``modules`` read beyond in-edges; None if one did not declare it."""
+    needs: set[str] = set()
+    for module in modules:
+        for kind in type(module).__mro__:
+            if kind in _HANDLERS:
+                declared = _SUBGRAPH.get(kind)
+                if declared is None:
+                    return None
+                needs |= declared
+                break
+    return frozenset(needs)
 
 
 def find_handler(module: nn.Module) -> tuple[Handler, tuple[str, ...]] | None:
@@ -39,18 +72,8 @@ def find_handler(module: nn.Module) -> tuple[Handler, tuple[str, ...]] | None:
     return None
 
 
-def is_builtin(module: nn.Module) -> bool:
-    """Whether ``module`` runs through a handler this library ships (not a user's)."""
-    for kind in type(module).__mro__:
-        if kind in _HANDLERS:
-            return _BUILTIN.get(kind) is _HANDLERS[kind]
-    return False
-
-
 def supported_types() -> list[str]:
     return sorted(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in _HANDLERS)
 
 
 from . import convs, torch_nn  # noqa: E402,F401 - registers the built-in handlers
-
-_BUILTIN = dict(_HANDLERS)

@@ -279,17 +279,19 @@ def cheb_conv(call: LayerCall, x, edge_index, edge_weight=None, batch=None, lamb
 def _register() -> None:
     import torch_geometric.nn as g
 
-    register_handler(g.GCNConv, gcn_conv)
-    register_handler(g.GraphConv, graph_conv)
-    register_handler(g.SAGEConv, sage_conv)
-    register_handler(g.GINConv, gin_conv, children=("nn",))
-    register_handler(g.GINEConv, gine_conv, children=("nn", "lin"))
-    register_handler(g.GATConv, gat_conv)
-    register_handler(g.GATv2Conv, gatv2_conv)
-    register_handler(g.SGConv, sg_conv)
-    register_handler(g.TAGConv, tag_conv)
-    register_handler(g.APPNP, appnp)
-    register_handler(g.ChebConv, cheb_conv)
+    # GCN-style normalisation reads the in-degree of every message's source.
+    deg = ("in_degrees",)
+    register_handler(g.GCNConv, gcn_conv, subgraph=deg)
+    register_handler(g.GraphConv, graph_conv, subgraph=())
+    register_handler(g.SAGEConv, sage_conv, subgraph=())
+    register_handler(g.GINConv, gin_conv, children=("nn",), subgraph=())
+    register_handler(g.GINEConv, gine_conv, children=("nn", "lin"), subgraph=())
+    register_handler(g.GATConv, gat_conv, subgraph=())
+    register_handler(g.GATv2Conv, gatv2_conv, subgraph=())
+    register_handler(g.SGConv, sg_conv, subgraph=deg)
+    register_handler(g.TAGConv, tag_conv, subgraph=deg)
+    register_handler(g.APPNP, appnp, subgraph=deg)
+    register_handler(g.ChebConv, cheb_conv, subgraph=("in_degrees", "out_degrees"))
 
 
 _register()

@@ -50,9 +50,9 @@ def identity(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
     return x
 
 
-register_handler(nn.Linear, linear)
+register_handler(nn.Linear, linear, subgraph=())
 for _bn in (nn.BatchNorm1d,):
-    register_handler(_bn, batch_norm)
+    register_handler(_bn, batch_norm, subgraph=())
 for _act in (
     nn.ReLU,
     nn.LeakyReLU,
@@ -69,13 +69,13 @@ for _act in (
     nn.Hardtanh,
     nn.ReLU6,
 ):
-    register_handler(_act, activation)
+    register_handler(_act, activation, subgraph=())
 for _ident in (nn.Identity, nn.Dropout):
-    register_handler(_ident, identity)
+    register_handler(_ident, identity, subgraph=())
 
 try:  # PyG's own Linear has the torch layout (weight [out, in], bias [out]).
     from torch_geometric.nn.dense.linear import Linear as _PygLinear
 
-    register_handler(_PygLinear, linear)
+    register_handler(_PygLinear, linear, subgraph=())
 except ImportError:  # pragma: no cover - torch_geometric is a dependency
     pass
