@@ -57,6 +57,7 @@ except ImportError:  # run from a checkout without installing: the repository ro
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import sparse_lrp
 from sparse_lrp import AlphaBeta, Epsilon, Flat, Gamma, WSquare, Z, ZBox, ZPlus, edge_lrp, prepare
+from sparse_lrp.bench.common import grid
 from sparse_lrp.operators import DEFAULT_MAX_MEMORY
 
 SIZES = {
@@ -503,23 +504,14 @@ def run(
         ratio = t / ref
         rows.append(_target(name, f"{ratio:.2f}x {ref_name}", f"<= {limit}x {ref_name}", ratio <= limit, note, ratio))
 
-    for rule_name in ("Epsilon", "Z"):
+    for rule_name, limit in (("Epsilon", 1.5), ("Z", 1.5), ("ZPlus", 3), ("AlphaBeta", 3), ("Gamma", 3)):
         if rule_name in rules:
             ratio_target(
                 f'"spmm" {rule_name}, operator prepared',
                 med((rule_name, "spmm", "prepared", False, False)),
                 t_a,
                 "(a)",
-                1.5,
-            )
-    for rule_name in ("ZPlus", "AlphaBeta", "Gamma"):
-        if rule_name in rules:
-            ratio_target(
-                f'"spmm" {rule_name}, operator prepared',
-                med((rule_name, "spmm", "prepared", False, False)),
-                t_a,
-                "(a)",
-                3,
+                limit,
             )
     if "Epsilon" in rules:
         t = med(("Epsilon", "auto", "plain", False, False))
@@ -607,16 +599,7 @@ def _fmt(v) -> str:
 
 
 def _table(rows: list[dict], columns: tuple[str, ...], markdown: bool) -> str:
-    cells = [[_fmt(r.get(k)) for k in columns] for r in rows]
-    if markdown:
-        lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in cells]
-        return "\n".join(lines)
-    widths = [max(len(col), *(len(row[i]) for row in cells)) if cells else len(col) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    return "\n".join(lines)
+    return grid(list(columns), [[_fmt(r.get(k)) for k in columns] for r in rows], markdown)
 
 
 MEMORY_NOTE = (

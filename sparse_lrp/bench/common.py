@@ -347,7 +347,8 @@ def fmt(v) -> str:
     return str(v)
 
 
-def _grid(header: list[str], cells: list[list[str]], markdown: bool) -> str:
+def grid(header: list[str], cells: list[list[str]], markdown: bool) -> str:
+    """A plain-text (aligned) or Markdown table of string cells."""
     if markdown:
         esc = [[c.replace("|", "\\|") for c in row] for row in [header, *cells]]
         lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
@@ -363,11 +364,11 @@ def _grid(header: list[str], cells: list[list[str]], markdown: bool) -> str:
 def render(table: Table, markdown: bool = False) -> str:
     cells = [[fmt(r.get(c)) for c in table.columns] for r in table.rows]
     parts = [("### " if markdown else "== ") + table.title + ("" if markdown else " =="), ""]
-    parts.append(_grid(table.columns, cells, markdown))
+    parts.append(grid(table.columns, cells, markdown))
     if table.targets:
         parts += ["", "Targets:" if not markdown else "**Targets**", ""]
         tcells = [[t["target"], t["measured"], t["status"]] for t in table.targets]
-        parts.append(_grid(["target", "measured", "status"], tcells, markdown))
+        parts.append(grid(["target", "measured", "status"], tcells, markdown))
     if table.notes:
         parts.append("")
         parts += [("- " if markdown else "* ") + n for n in table.notes]

@@ -84,15 +84,10 @@ def random_graph(num_nodes: int, num_edges: int, num_features: int, *, seed: int
     return x.to(device), edge_index.to(device)
 
 
-class GCN(nn.Module):
-    """``layers`` GCNConv layers (PyG, edge_index path, ReLU between them)."""
+class _ConvStack(nn.Module):
+    """``self.convs`` applied in turn, ReLU between them (not after the last)."""
 
-    def __init__(self, in_channels: int, hidden: int, out_channels: int, layers: int = 3) -> None:
-        from torch_geometric.nn import GCNConv
-
-        super().__init__()
-        dims = [in_channels] + [hidden] * (layers - 1) + [out_channels]
-        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in itertools.pairwise(dims))
+    convs: nn.ModuleList
 
     def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
         for i, conv in enumerate(self.convs):
@@ -102,7 +97,18 @@ class GCN(nn.Module):
         return x
 
 
-class GIN(nn.Module):
+class GCN(_ConvStack):
+    """``layers`` GCNConv layers (PyG, edge_index path, ReLU between them)."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, layers: int = 3) -> None:
+        from torch_geometric.nn import GCNConv
+
+        super().__init__()
+        dims = [in_channels] + [hidden] * (layers - 1) + [out_channels]
+        self.convs = nn.ModuleList(GCNConv(a, b) for a, b in itertools.pairwise(dims))
+
+
+class GIN(_ConvStack):
     """``layers`` GINConv layers, each with a 2-layer MLP; ReLU between the layers."""
 
     def __init__(self, in_channels: int, hidden: int, out_channels: int, layers: int = 3) -> None:
@@ -114,13 +120,6 @@ class GIN(nn.Module):
             GINConv(nn.Sequential(nn.Linear(a, hidden), nn.ReLU(), nn.Linear(hidden, b)))
             for a, b in itertools.pairwise(dims)
         )
-
-    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:
-        for i, conv in enumerate(self.convs):
-            x = conv(x, edge_index)
-            if i < len(self.convs) - 1:
-                x = x.relu()
-        return x
 
 
 GRAPH_MODELS = {"GCN": GCN, "GIN": GIN}
