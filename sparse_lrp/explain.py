@@ -100,7 +100,7 @@ def _collect(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
 @contextlib.contextmanager
 def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
     """Route handled modules through their handlers; restore everything afterwards."""
-    modules = _collect(model)
+    modules = ctx.handled if ctx.handled is not None else _collect(model)
     training = [m for m in model.modules() if m.training]  # usually none: skip the toggles then
     saved = []
     try:
@@ -445,7 +445,8 @@ def explain(
     if task_level is None and edge_index is None:
         is_graph = True  # a plain model: rows are samples, explained jointly in one pass
 
-    needs = subgraph_needs(m for _, m, _ in _collect(model)) if edge_index is not None else None
+    ctx.handled = _collect(model)  # once per call: also what _patched routes
+    needs = subgraph_needs(m for _, m, _ in ctx.handled) if edge_index is not None else None
     # A single target whose layers did not all declare what they read keeps the graph.
     on_subgraphs = rows is not None and not is_graph and edge_index is not None and (many or needs is not None)
     was_grad = {p: p.requires_grad for p in model.parameters()}
@@ -614,6 +615,7 @@ def _explain_many_nodes(
             node_t, node_v = torch.cat([node_t, node_t[-1:]]), torch.cat([node_v, node_v[-1:]])
             ghost = torch.cat([ghost, ghost.new_ones(1)])
         cctx = Context(ctx.composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
+        cctx.handled = ctx.handled
         sub_kwargs = {}
         for name, value in kwargs.items():
             if (

@@ -63,6 +63,7 @@ class Context:
     _operators: dict[tuple, EdgeOperator] = field(default_factory=dict)
     _memo: dict[tuple, Any] = field(default_factory=dict)
     _calls: int = 0
+    handled: list | None = None  # (name, module, handler) to route, once found for the model
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
