@@ -79,6 +79,21 @@ class Composite:
                 return rule
         return self.default
 
+    def map_inputs(self, fn) -> Composite:
+        """A copy whose rules have their input-shaped parameters (ZBox bounds) mapped by ``fn``."""
+
+        def m(rule: Rule | None) -> Rule | None:
+            return None if rule is None else rule.map_inputs(fn)
+
+        return Composite(
+            m(self.default),
+            by_name={k: m(r) for k, r in self.by_name.items()},
+            by_type={k: m(r) for k, r in self.by_type.items()},
+            first=m(self.first),
+            top=m(self.top),
+            activation=self.activation,
+        )
+
     def __repr__(self) -> str:
         return (
             f"Composite(default={self.default!r}, by_name={self.by_name!r}, by_type={self.by_type!r}, "

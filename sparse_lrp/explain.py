@@ -263,19 +263,10 @@ def _khop_union(
 
     def incidence(end: int):
         """For nodes ``pv`` (of targets ``pt``), the edges whose ``end`` (0 src, 1 dst) is the node."""
-        start, order = graph.grouped(end)
-        deg = start[1:] - start[:-1]
 
         def edges(pt: Tensor, pv: Tensor) -> tuple[Tensor, Tensor]:
-            counts = deg.index_select(0, pv)
-            total = int(counts.sum())
-            owner = torch.repeat_interleave(torch.arange(pv.numel(), device=device), counts)
-            offset = torch.arange(total, device=device) - torch.repeat_interleave(
-                torch.cumsum(counts, 0) - counts, counts
-            )
-            return pt.index_select(0, owner), order.index_select(
-                0, start.index_select(0, pv).index_select(0, owner) + offset
-            )
+            owner, positions = graph.incident(end, pv)
+            return pt.index_select(0, owner), positions
 
         return edges
 
@@ -291,29 +282,45 @@ def _khop_union(
         fresh = new[~torch.isin(new, seen)]
         seen = torch.cat([seen, fresh])
         frontier = fresh
-    ends = seen if boundary_degrees else inner
-    edge_t, edge_e = in_edges(ends // num_nodes, ends % num_nodes)
+    ends = seen if boundary_degrees else inner  # (inner is a prefix of seen)
+    num_edges = edge_index.shape[1]
+    owner, edge_e = graph.incident(1, ends % num_nodes)
+    edge_key = (ends // num_nodes).index_select(0, owner) * num_edges + edge_e
     if out_edges:
         ot, oe = incidence(0)(seen // num_nodes, seen % num_nodes)
         # An edge between two kept nodes is both an in- and an out-edge: keep it once.
-        both = torch.unique(torch.cat([edge_t * edge_index.shape[1] + edge_e, ot * edge_index.shape[1] + oe]))
-        edge_t, edge_e = both // edge_index.shape[1], both % edge_index.shape[1]
+        edge_key = torch.unique(torch.cat([edge_key, ot * num_edges + oe]))
+        owner = None
+    else:
+        # Sorted by (target, edge): chunks of targets are slices, results come out coalesced.
+        edge_key, order = torch.sort(edge_key)
+        owner = owner.index_select(0, order)
+    edge_t, edge_e = edge_key // num_edges, edge_key % num_edges
 
     # Keys (target, node) with room for the ghost, node id num_nodes, after each target's nodes.
     width = num_nodes + 1
-    node_keys = torch.sort(torch.cat([(seen // num_nodes) * width + seen % num_nodes, t_ids * width + num_nodes]))[0]
+    node_keys, sort_pos = torch.sort(
+        torch.cat([(seen // num_nodes) * width + seen % num_nodes, t_ids * width + num_nodes])
+    )
     node_t, node_v = node_keys // width, node_keys % width
     ghost = node_v == num_nodes
     node_v = torch.where(ghost, targets[node_t], node_v)
+    ghosts = torch.searchsorted(node_keys, t_ids * width + num_nodes)
 
     def rows(ends: Tensor) -> Tensor:
         k = edge_t * width + ends.index_select(0, edge_e)
         at = torch.searchsorted(node_keys, k)
         kept = node_keys[at.clamp(max=node_keys.numel() - 1)] == k
-        return torch.where(kept, at, torch.searchsorted(node_keys, edge_t * width + num_nodes))
+        return torch.where(kept, at, ghosts.index_select(0, edge_t))
 
+    if owner is None:
+        dst_rows = rows(dst)
+    else:  # an in-edge's target is the kept node it was gathered for: its rank among the keys
+        rank = torch.empty_like(sort_pos)
+        rank[sort_pos] = torch.arange(sort_pos.numel(), device=device)
+        dst_rows = rank.index_select(0, owner)
     centers = torch.searchsorted(node_keys, t_ids * width + targets)
-    return node_t, node_v, ghost, edge_t, edge_e, torch.stack([rows(src), rows(dst)]), centers
+    return node_t, node_v, ghost, edge_t, edge_e, torch.stack([rows(src), dst_rows]), centers
 
 
 # -- the explanation ----------------------------------------------------------------
@@ -569,17 +576,18 @@ def _target_chunks(union: tuple, t_count: int, budget: int):
     for hi in bounds:
         if hi == lo:
             continue
-        n_lo, n_hi = torch.searchsorted(node_t, torch.tensor([lo, hi], device=node_t.device)).tolist()
-        keep = (edge_t >= lo) & (edge_t < hi)
+        bounds_t = torch.tensor([lo, hi], device=node_t.device)
+        n_lo, n_hi = torch.searchsorted(node_t, bounds_t).tolist()
+        e_lo, e_hi = torch.searchsorted(edge_t, bounds_t).tolist()
         yield (
             lo,
             hi - lo,
             node_t[n_lo:n_hi] - lo,
             node_v[n_lo:n_hi],
             ghost[n_lo:n_hi],
-            edge_t[keep] - lo,
-            edge_e[keep],
-            union_ei[:, keep] - n_lo,
+            edge_t[e_lo:e_hi] - lo,
+            edge_e[e_lo:e_hi],
+            union_ei[:, e_lo:e_hi] - n_lo,
             centers[lo:hi] - n_lo,
         )
         lo = hi
@@ -614,7 +622,11 @@ def _explain_many_nodes(
             # extra isolated ghost node (no edges, dropped from results) breaks the tie.
             node_t, node_v = torch.cat([node_t, node_t[-1:]]), torch.cat([node_v, node_v[-1:]])
             ghost = torch.cat([ghost, ghost.new_ones(1)])
-        cctx = Context(ctx.composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
+        # Per-node rule parameters (ZBox bounds [N, F]) follow their nodes into the union.
+        composite = ctx.composite.map_inputs(
+            lambda t, rows=node_v: t.index_select(0, rows.to(t.device)) if t.dim() >= 2 and t.shape[0] == n else t
+        )
+        cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
         cctx.handled = ctx.handled
         sub_kwargs = {}
         for name, value in kwargs.items():
@@ -673,7 +685,10 @@ def _explain_many_nodes(
             out = vals.new_zeros(shape)
             out[t_idx, idx] = vals
             return out
-        return torch.sparse_coo_tensor(torch.stack([t_idx, idx]), vals, shape).coalesce()
+        # Rows come sorted by (target, node or edge) from the union, without repeats.
+        return torch.sparse_coo_tensor(
+            torch.stack([t_idx, idx]), vals, shape, is_coalesced=True, check_invariants=False
+        )
 
     layers: dict[str, dict[str, Tensor]] = {}
     for key in pieces:

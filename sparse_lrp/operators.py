@@ -127,6 +127,22 @@ class EdgeOperator:
         crow, _, perm = self._csr_by_src() if end == 0 else self._csr_by_dst()
         return crow, perm
 
+    def incident(self, end: int, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """The edges whose source (``end=0``) or target (1) is one of ``nodes``.
+
+        Returns ``(owner, positions)``: for each such edge, which entry of ``nodes`` it
+        belongs to and its position in ``edge_index``, grouped by entry in CSR order.
+        """
+        start, order = self.grouped(end)
+        first = start.index_select(0, nodes)
+        counts = start.index_select(0, nodes + 1) - first
+        owner = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
+        # Each edge's offset inside its node's run: its rank minus where the run starts.
+        offset = torch.arange(owner.numel(), device=nodes.device) - (torch.cumsum(counts, 0) - counts).index_select(
+            0, owner
+        )
+        return owner, order.index_select(0, first.index_select(0, owner) + offset)
+
     def identity_pattern(self) -> EdgeOperator:
         """Declare the edges to be ``i -> i`` in order: their CSR needs no sort."""
         if self._by_dst is None:

@@ -42,3 +42,21 @@ def _restore_backend():
 def _deterministic_seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(params=["all rows", "active rows"])
+def rows_mode(request, monkeypatch):
+    """Run a model test with the kernel on whole maps, then cut to relevant rows always.
+
+    By default only large maps with few relevant output rows are cut down; the test
+    graphs are small, so "active rows" lowers those thresholds to take that path on
+    every layer that has any row without relevance.
+    """
+    from sparse_lrp.layers import base
+
+    if request.param == "active rows":
+        monkeypatch.setattr(base, "RESTRICT_MIN_ROWS", 0)
+        monkeypatch.setattr(base, "RESTRICT_MAX_SHARE", 1.0)
+    else:
+        monkeypatch.setattr(base, "RESTRICT_MIN_ROWS", 2**62)
+    return request.param

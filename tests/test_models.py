@@ -173,7 +173,7 @@ def _assert_bias_free(model):
 
 @pytest.mark.parametrize("index", [4, None])
 @pytest.mark.parametrize("name", list(NODE_MODELS))
-def test_conservation_bias_free_lrp0(name, index, data):
+def test_conservation_bias_free_lrp0(name, index, data, rows_mode):
     x, ea = data
     model = _build(name, bias=False)
     _assert_bias_free(model)
@@ -193,7 +193,7 @@ def test_conservation_bias_free_lrp0(name, index, data):
 
 @pytest.mark.parametrize("composite", [Epsilon(0.05), "zplus", "gamma"])
 @pytest.mark.parametrize("name", list(NODE_MODELS))
-def test_conservation_with_biases(name, composite, data):
+def test_conservation_with_biases(name, composite, data, rows_mode):
     x, ea = data
     model = _build(name, bias=True)
     kw = _kw(name, ea)
@@ -250,7 +250,7 @@ def test_pyg_mlp_without_graph(bias):
 
 @pytest.mark.parametrize("index,target", [(4, 0), (N - 2, 2), (None, 1)])
 @pytest.mark.parametrize("name", GRAD_MODELS)
-def test_lrp0_is_gradient_times_input(name, index, target, data):
+def test_lrp0_is_gradient_times_input(name, index, target, data, rows_mode):
     x, ea = data
     model = _build(name, bias=False)
     kw = _kw(name, ea)
@@ -347,7 +347,7 @@ def _assert_same(batched, t, single, E_=E):
 
 @pytest.mark.parametrize("composite", ["zplus", "gamma"])
 @pytest.mark.parametrize("name", BATCH_MODELS)
-def test_batched_targets_equal_single_calls(name, composite, data):
+def test_batched_targets_equal_single_calls(name, composite, data, rows_mode):
     x, ea = data
     model = _build(name, bias=True)
     kw = _kw(name, ea)

@@ -76,6 +76,42 @@ def test_explainer_with_sparse_results(node_mask_type):
     torch.testing.assert_close(sparse.node_mask_per_target.to_dense(), dense.node_mask_per_target)
 
 
+def _strictly_sorted(t: torch.Tensor) -> bool:
+    """Indices in (target, row) order without repeats: what ``is_coalesced`` promises."""
+    idx = t._indices()
+    key = idx[0] * t.shape[1] + idx[1]
+    return bool((key[1:] > key[:-1]).all())
+
+
+@pytest.mark.parametrize("max_union", [None, 1])
+@pytest.mark.parametrize("conv", ["gcn", "cheb"])
+def test_sparse_results_are_coalesced(max_union, conv):
+    from torch_geometric.nn import ChebConv
+
+    torch.manual_seed(0)
+    x, ei = _graph()
+    if conv == "gcn":
+        model = GCN(5, 16, 3, 3).eval()
+    else:  # out-edges join the subgraphs (another path through the union)
+        model = _Cheb(ChebConv(5, 3, K=2)).eval()
+    idx = [7, 1, 30, 2]
+    sparse = sparse_lrp.explain(model, x, ei, index=idx, sparse_output=True, max_union=max_union)
+    dense = sparse_lrp.explain(model, x, ei, index=idx, sparse_output=False, max_union=max_union)
+    for field in ("node_feat", "node", "edge"):
+        got = getattr(sparse, field)
+        assert got.is_coalesced() and _strictly_sorted(got)
+        torch.testing.assert_close(got.to_dense(), getattr(dense, field))
+
+
+class _Cheb(torch.nn.Module):
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x, edge_index):
+        return self.conv(x, edge_index)
+
+
 @pytest.mark.parametrize("max_union", [1, 500])
 def test_chunked_targets_equal_one_pass(max_union):
     torch.manual_seed(0)

@@ -146,6 +146,71 @@ class MapBranch:
     rows_are_edges: bool = False
 
 
+# Below this many output rows, or above this share of them carrying relevance, the
+# kernel runs on the whole map (restricting costs a few gathers and small sorts).
+RESTRICT_MIN_ROWS = 2048
+RESTRICT_MAX_SHARE = 0.25
+
+
+class _Restricted:
+    """A linear map cut down to the output rows that carry relevance.
+
+    A node target's relevance reaches only its receptive field, which shrinks layer by
+    layer towards the target: most rows of a graph layer's output (of a subgraph
+    union's, even more) carry none. Those rows and every connection into them contribute
+    nothing to any rule's result, so the kernel runs on the sub-map from the inputs
+    those connections read into the active rows, and the results are scattered back:
+    exact, at a cost proportional to the active part.
+    """
+
+    def __init__(self, rows: Tensor, branches: list[MapBranch], xs: list[Tensor]) -> None:
+        self.rows = rows
+        self.parts = []  # (kernel branch, input rows it reads, positions of its edges)
+        for b, x in zip(branches, xs):
+            if isinstance(b.op, DenseOperator):  # row b of the output reads row b of x only
+                self.parts.append((Branch(b.op, x.index_select(0, rows), b.weight), rows, None))
+                continue
+            local, positions = b.op.incident(1, rows)
+            inputs, src = torch.unique(b.op.src.index_select(0, positions), return_inverse=True)
+            op = EdgeOperator(torch.stack([src, local]), inputs.numel(), rows.numel())
+            self.parts.append(
+                (Branch(op, x.index_select(0, inputs), b.weight.index_select(0, positions)), inputs, positions)
+            )
+
+    @classmethod
+    def find(cls, r_out: Tensor, branches: list[MapBranch], xs: list[Tensor], rule: Rule) -> _Restricted | None:
+        n = r_out.shape[0]
+        if n < RESTRICT_MIN_ROWS or r_out.dim() != 2 or _row_bounds(rule):
+            return None
+        rows = r_out.ne(0).any(1).nonzero().squeeze(1)
+        if rows.numel() == 0 or rows.numel() > RESTRICT_MAX_SHARE * n:
+            return None
+        return cls(rows, branches, xs)
+
+    def rows_of(self, t: Tensor | None, n: int) -> Tensor | None:
+        """``t`` at the active rows if it has one row per output (a bias may broadcast)."""
+        if t is None or t.dim() < 2 or t.shape[0] != n:
+            return t
+        return t.index_select(0, self.rows)
+
+    def expand(self, results: list[tuple[Tensor, Tensor | None]], branches, xs) -> list[tuple[Tensor, Tensor | None]]:
+        out = []
+        for (r_in, edge), (_, inputs, positions), b, x in zip(results, self.parts, branches, xs):
+            full = r_in.new_zeros(x.shape).index_copy_(0, inputs, r_in)
+            if edge is not None and positions is not None:
+                edge = edge.new_zeros(b.op.num_edges).index_copy_(0, positions, edge)
+            out.append((full, edge))
+        return out
+
+
+def _row_bounds(rule: Rule) -> bool:
+    """Whether a rule holds per-row tensors (ZBox bounds per node) that rows would cut."""
+    return any(
+        isinstance(v, Tensor) and v.dim() >= 2 and v.shape[0] > 1
+        for v in (getattr(rule, "low", None), getattr(rule, "high", None))
+    )
+
+
 class _MapFunction(torch.autograd.Function):
     """Forward: ``z = sum_b op_b(w_b) x_b + bias``. Backward: the LRP kernel."""
 
@@ -177,18 +242,22 @@ class _MapFunction(torch.autograd.Function):
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
         ratio = rule.proportional
+        sub = _Restricted.find(r_out, branches, xs, rule)
+        n = r_out.shape[0]
         results, absorbed = propagate_branches(
-            [Branch(b.op, x, b.weight) for b, x in zip(branches, xs)],
-            r_out,
+            [Branch(b.op, x, b.weight) for b, x in zip(branches, xs)] if sub is None else [p[0] for p in sub.parts],
+            r_out if sub is None else sub.rows_of(r_out, n),
             rule,
-            bias=bias,
-            z=z,
+            bias=bias if sub is None else sub.rows_of(bias, n),
+            z=z if sub is None else sub.rows_of(z, n),
             strategy=ctx.strategy,
             want_edge=want_edge,
             want_absorbed="total",
             max_memory=ctx.max_memory,
             ratio=ratio,
         )
+        if sub is not None:
+            results = sub.expand(results, branches, xs)
         ctx.absorbed += float(absorbed)
         grads = []
         for b, x, key, (r_in, edge) in zip(branches, xs, keys, results):
