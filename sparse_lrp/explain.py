@@ -673,22 +673,26 @@ def _explain_many_nodes(
     dense_bytes = t_count * (n * (width + 1) + 2 * num_edges * (1 + len(pieces))) * x.element_size()
     dense = not sparse_output if sparse_output is not None else dense_bytes <= DENSE_OUTPUT_BYTES
 
+    positions: dict[tuple, Tensor] = {}  # results over the same rows share one index tensor
+
     def place(key: str) -> Tensor | None:
         """Union rows of every chunk -> ``[T, size, ...]`` (dense, or sparse COO)."""
         if key not in pieces:
             return None
-        t_idx = torch.cat([p[0] for p in pieces[key]])
-        idx = torch.cat([p[1] for p in pieces[key]])
+        rows_id = tuple((id(p[0]), id(p[1])) for p in pieces[key])
+        if rows_id not in positions:
+            positions[rows_id] = torch.stack(
+                [torch.cat([p[0] for p in pieces[key]]), torch.cat([p[1] for p in pieces[key]])]
+            )
+        at = positions[rows_id]
         vals = torch.cat([p[2] for p in pieces[key]])
         shape = (t_count, pieces[key][0][3], *vals.shape[1:])
         if dense:
             out = vals.new_zeros(shape)
-            out[t_idx, idx] = vals
+            out[at[0], at[1]] = vals
             return out
         # Rows come sorted by (target, node or edge) from the union, without repeats.
-        return torch.sparse_coo_tensor(
-            torch.stack([t_idx, idx]), vals, shape, is_coalesced=True, check_invariants=False
-        )
+        return torch.sparse_coo_tensor(at, vals, shape, is_coalesced=True, check_invariants=False)
 
     layers: dict[str, dict[str, Tensor]] = {}
     for key in pieces:
