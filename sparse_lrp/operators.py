@@ -127,6 +127,11 @@ class EdgeOperator:
         crow, _, perm = self._csr_by_src() if end == 0 else self._csr_by_dst()
         return crow, perm
 
+    def in_degree(self, nodes: Tensor) -> Tensor:
+        """How many edges end at each of ``nodes``."""
+        start = self.grouped(1)[0]
+        return start.index_select(0, nodes + 1) - start.index_select(0, nodes)
+
     def incident(self, end: int, nodes: Tensor) -> tuple[Tensor, Tensor]:
         """The edges whose source (``end=0``) or target (1) is one of ``nodes``.
 

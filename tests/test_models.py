@@ -526,3 +526,75 @@ def test_non_homogeneous_activation_passes_relevance_unchanged(data):
     c = res.conservation
     assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-9, abs=1e-12)
     assert c["out"] == pytest.approx(float(model(x, EI)[6, 2]), rel=1e-12)
+
+
+# --------------------------------------------------------------------------------------
+# Subgraph borders: GCN normalisation reads in-degrees as weight sums, so the edges into
+# a border node travel as one merged edge (with its self-loops kept apart)
+# --------------------------------------------------------------------------------------
+
+
+class WeightedGCN(nn.Module):
+    def __init__(self, scale_inside: bool):
+        super().__init__()
+        self.scale_inside = scale_inside
+        self.conv1 = gnn.GCNConv(F, H, bias=False)
+        self.conv2 = gnn.GCNConv(H, C, bias=False)
+
+    def forward(self, x, edge_index, edge_weight=None):
+        # Weights computed inside the model are not the ones the subgraph summed.
+        w = edge_weight * 1.5 if self.scale_inside and edge_weight is not None else edge_weight
+        return self.conv2(torch.relu(self.conv1(x, edge_index, w)), edge_index, w)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("scale_inside", [False, True])
+def test_merged_border_edges_keep_gcn_exact(scale_inside, weighted, data, monkeypatch):
+    import importlib
+
+    explain_module = importlib.import_module("sparse_lrp.explain")
+    x, _ = data
+    g = torch.Generator().manual_seed(21)
+    # Weights far from 1 on every edge, self-loops included: a wrong degree shows.
+    ew = torch.rand(E, generator=g, dtype=DT) * 3 + 0.2 if weighted else None
+    model = randomise(WeightedGCN(scale_inside).double(), seed=5, scale=0.5).eval()
+    kw = {"edge_weight": ew} if weighted else {}
+    merges = []
+    real = explain_module._khop_union
+
+    def spy(*args, **kwargs):
+        merges.append(kwargs.get("merge", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(explain_module, "_khop_union", spy)
+    y = model(x, EI, **kw).detach()
+    many = sparse_lrp.explain(model, x, EI, index=INDICES, composite=LRP0, **kw)
+    for t, i in enumerate(INDICES):
+        cls = int(y[i].argmax())
+        (gx,) = grad_x_input(lambda x_, i=i, cls=cls: model(x_, EI, **kw)[i, cls], x)
+        assert_close(many.node_feat[t], gx)
+        one = sparse_lrp.explain(model, x, EI, index=i, composite=LRP0, **kw)
+        assert_close(one.node_feat, gx)
+        _assert_same(many, t, one)
+    # Merged first; weights the model computes itself send it back to every edge.
+    assert merges[0] is True
+    assert (False in merges) == (scale_inside and weighted)
+
+
+def test_merged_union_keeps_border_self_loops_and_counts():
+    from sparse_lrp.explain import _khop_union
+
+    # 0 -> 1 -> 2 (target 2, one hop): node 1 is the border; its in-edges are 0 -> 1,
+    # 3 -> 1, 3 -> 1 (a multi-edge) and a self-loop 1 -> 1.
+    ei = torch.tensor([[0, 1, 3, 1, 3, 2], [1, 2, 1, 1, 1, 2]])
+    node_t, node_v, ghost, edge_t, edge_e, union_ei, centers = _khop_union(
+        ei, 4, torch.tensor([2]), 1, boundary_degrees=True, merge=True
+    )
+    E_ = ei.shape[1]
+    kept = sorted(int(e) for e in edge_e if e < E_)
+    # 1 -> 2 and the self-loop 2 -> 2 (target's in-edges), the border's self-loop 1 -> 1.
+    assert kept == [1, 3, 5]
+    assert int((edge_e == E_).sum()) == 1  # one merged edge stands for 0 -> 1 and 3 -> 1 (x2)
+    m = int((edge_e == E_).nonzero())
+    src, dst = union_ei[:, m]
+    assert bool(ghost[src]) and int(node_v[dst]) == 1

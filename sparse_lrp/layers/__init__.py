@@ -11,9 +11,18 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .base import Context, LayerCall, MapBranch
+from .base import Context, LayerCall, MapBranch, MergedEdgesError
 
-__all__ = ["Context", "LayerCall", "MapBranch", "find_handler", "register_handler", "subgraph_needs", "supported_types"]
+__all__ = [
+    "Context",
+    "LayerCall",
+    "MapBranch",
+    "MergedEdgesError",
+    "find_handler",
+    "register_handler",
+    "subgraph_needs",
+    "supported_types",
+]
 
 Handler = Callable[..., object]
 _HANDLERS: dict[type, tuple[Handler, tuple[str, ...]]] = {}
@@ -21,9 +30,12 @@ _SUBGRAPH: dict[type, frozenset[str] | None] = {}
 
 
 # What a layer reads of the graph beyond its own nodes' incoming edges, so that a k-hop
-# computation subgraph keeps it exact: "in_degrees" (neighbours' in-degrees, as GCN
-# normalisation does), "out_degrees" (out-degrees, as ChebConv's Laplacian does).
-SUBGRAPH_NEEDS = ("in_degrees", "out_degrees")
+# computation subgraph keeps it exact: "in_degrees" (neighbours' in-degrees, counted
+# from their incoming edges), "out_degrees" (out-degrees, as ChebConv's Laplacian does),
+# "weighted_in_degrees" (in-degrees as sums of edge weights that the handler takes from
+# LayerCall.degree_weights, as GCN normalisation does: then the many edges into a node at
+# the subgraph's border travel as one edge carrying their total weight).
+SUBGRAPH_NEEDS = ("in_degrees", "out_degrees", "weighted_in_degrees")
 
 
 def register_handler(

@@ -36,7 +36,7 @@ from ..kernel import Branch, propagate_branches
 from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
 from ..rules import Rule
 
-__all__ = ["Context", "LayerCall", "MapBranch"]
+__all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError"]
 
 
 def _ratio(r: Tensor, x: Tensor) -> Tensor:
@@ -64,6 +64,10 @@ class Context:
     _memo: dict[tuple, Any] = field(default_factory=dict)
     _calls: int = 0
     handled: list | None = None  # (name, module, handler) to route, once found for the model
+    # On a subgraph whose border edges were merged: each edge's multiplicity (1, or how
+    # many edges a merged one stands for), and the edge inputs whose values were summed.
+    edge_counts: Tensor | None = None
+    edge_inputs: tuple[Tensor, ...] = ()
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
@@ -127,6 +131,11 @@ class Context:
             node = x.detach() * ratio
         rec = self.records.setdefault(name, {})
         rec["node"] = node if "node" not in rec else rec["node"] + node
+
+
+class MergedEdgesError(Exception):
+    """A layer read degrees of a subgraph with merged border edges in a way that does not
+    see the merge (another edge_index, computed weights): rerun on every edge."""
 
 
 @dataclass
@@ -314,6 +323,10 @@ class _RecordFunction(torch.autograd.Function):
         return None, grad
 
 
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
 def record_input(call: LayerCall, x: Tensor) -> Tensor:
     return _RecordFunction.apply(call, x)
 
@@ -333,6 +346,22 @@ class LayerCall:
         return self.ctx.composite.rule(
             self.name, self.module, reads_input=reads_input, is_top=self.index == self.ctx.top_call
         )
+
+    def degree_weights(self, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor | None:
+        """The edge weights a degree normalisation must sum (``weighted_in_degrees``).
+
+        ``edge_weight`` itself, except on a node target's subgraph whose border edges were
+        merged (each merged edge stands for all edges into one border node, and carries
+        their count, or their total weight when the model passes ``edge_weight``).
+        """
+        counts = self.ctx.edge_counts
+        if counts is None:
+            return edge_weight
+        if self.ctx.edge_ids(edge_index) is None or (
+            edge_weight is not None and not any(_same_tensor(edge_weight, t) for t in self.ctx.edge_inputs)
+        ):
+            raise MergedEdgesError(self.name)
+        return counts.to(self.ctx.inputs["x"].dtype) if edge_weight is None else edge_weight
 
     # -- primitives -------------------------------------------------------------------
     def map(self, branches: list[MapBranch], bias: Tensor | None = None) -> Tensor:

@@ -63,7 +63,12 @@ def _gcn_norm_now(call: LayerCall, edge_index, edge_weight, n, improved, add_sel
     from torch_geometric.nn.conv.gcn_conv import gcn_norm
     from torch_geometric.utils import add_remaining_self_loops
 
-    ei, w = gcn_norm(edge_index, edge_weight, n, improved, add_self_loops, "source_to_target", dtype)
+    weight = call.degree_weights(edge_index, edge_weight)
+    if edge_weight is None and weight is not None:
+        # Unweighted, gcn_norm gives every self-loop weight 1 (its fill value, 2 when
+        # improved, applies to weighted graphs only); the counts standing in keep that.
+        improved = False
+    ei, w = gcn_norm(edge_index, weight, n, improved, add_self_loops, "source_to_target", dtype)
     positions = torch.arange(edge_index.shape[1], device=edge_index.device)
     if add_self_loops:
         # Same re-ordering as gcn_norm, applied to edge positions (exact, multi-edges too).
@@ -279,8 +284,9 @@ def cheb_conv(call: LayerCall, x, edge_index, edge_weight=None, batch=None, lamb
 def _register() -> None:
     import torch_geometric.nn as g
 
-    # GCN-style normalisation reads the in-degree of every message's source.
-    deg = ("in_degrees",)
+    # GCN-style normalisation reads the in-degree of every message's source, as a sum of
+    # edge weights (gcn_norm gets them from LayerCall.degree_weights).
+    deg = ("weighted_in_degrees",)
     register_handler(g.GCNConv, gcn_conv, subgraph=deg)
     register_handler(g.GraphConv, graph_conv, subgraph=())
     register_handler(g.SAGEConv, sage_conv, subgraph=())
