@@ -486,6 +486,7 @@ def explain(
         is_graph = True  # a plain model: rows are samples, explained jointly in one pass
 
     ctx.handled = _collect(model)  # once per call: also what _patched routes
+    ctx.few_rows = rows is not None
     needs = subgraph_needs(m for _, m, _ in ctx.handled) if edge_index is not None else None
     # A single target whose layers did not all declare what they read keeps the graph.
     on_subgraphs = rows is not None and not is_graph and edge_index is not None and (many or needs is not None)
@@ -681,7 +682,7 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
             lambda t, rows=node_v: t.index_select(0, rows.to(t.device)) if t.dim() >= 2 and t.shape[0] == n else t
         )
         cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
-        cctx.handled = ctx.handled
+        cctx.handled, cctx.few_rows = ctx.handled, True
         merged = edge_e == num_edges  # edges standing for all edges into a border node
         is_real = None
         if bool(merged.any()):

@@ -587,7 +587,7 @@ def test_merged_union_keeps_border_self_loops_and_counts():
     # 0 -> 1 -> 2 (target 2, one hop): node 1 is the border; its in-edges are 0 -> 1,
     # 3 -> 1, 3 -> 1 (a multi-edge) and a self-loop 1 -> 1.
     ei = torch.tensor([[0, 1, 3, 1, 3, 2], [1, 2, 1, 1, 1, 2]])
-    node_t, node_v, ghost, edge_t, edge_e, union_ei, centers = _khop_union(
+    _, node_v, ghost, _, edge_e, union_ei, _ = _khop_union(
         ei, 4, torch.tensor([2]), 1, boundary_degrees=True, merge=True
     )
     E_ = ei.shape[1]

@@ -12,6 +12,7 @@ target class ``t`` (the predicted class unless given), zero elsewhere.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import NamedTuple
 
@@ -25,6 +26,7 @@ def has_explain() -> bool:
     return callable(getattr(sparse_lrp, "explain", None))
 
 
+@functools.cache  # timed loops call it: inspect once
 def explain_accepts(name: str) -> bool:
     """Whether ``sparse_lrp.explain`` takes keyword ``name`` (False where it does not exist)."""
     if not has_explain():

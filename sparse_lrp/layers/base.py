@@ -64,6 +64,7 @@ class Context:
     _memo: dict[tuple, Any] = field(default_factory=dict)
     _calls: int = 0
     handled: list | None = None  # (name, module, handler) to route, once found for the model
+    few_rows: bool = False  # some outputs explained, not all: maps may cut to active rows
     # On a subgraph whose border edges were merged: each edge's multiplicity (1, or how
     # many edges a merged one stands for), and the edge inputs whose values were summed.
     edge_counts: Tensor | None = None
@@ -251,7 +252,7 @@ class _MapFunction(torch.autograd.Function):
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
         ratio = rule.proportional
-        sub = _Restricted.find(r_out, branches, xs, rule)
+        sub = _Restricted.find(r_out, branches, xs, rule) if ctx.few_rows else None
         n = r_out.shape[0]
         results, absorbed = propagate_branches(
             [Branch(b.op, x, b.weight) for b, x in zip(branches, xs)] if sub is None else [p[0] for p in sub.parts],
