@@ -188,11 +188,11 @@ class _Restricted:
             )
 
     @classmethod
-    def find(cls, r_out: Tensor, branches: list[MapBranch], xs: list[Tensor], rule: Rule) -> _Restricted | None:
-        n = r_out.shape[0]
-        if n < RESTRICT_MIN_ROWS or r_out.dim() != 2 or _row_bounds(rule):
+    def find(cls, ratio: Tensor, branches: list[MapBranch], xs: list[Tensor], rule: Rule) -> _Restricted | None:
+        n = ratio.shape[0]
+        if n < RESTRICT_MIN_ROWS or ratio.dim() != 2 or _row_bounds(rule):
             return None
-        rows = r_out.ne(0).any(1).nonzero().squeeze(1)
+        rows = _rows_with_bits(ratio)
         if rows.numel() == 0 or rows.numel() > RESTRICT_MAX_SHARE * n:
             return None
         return cls(rows, branches, xs)
@@ -211,6 +211,22 @@ class _Restricted:
                 edge = edge.new_zeros(b.op.num_edges).index_copy_(0, positions, edge)
             out.append((full, edge))
         return out
+
+
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _rows_with_bits(t: Tensor) -> Tensor:
+    """Rows of ``t [N, C]`` with any nonzero bit (-0.0 counts too: harmless, just kept).
+
+    Reading the values as 8-byte integers halves the elements ``any`` scans for float32
+    (2x faster than ``t.ne(0).any(1)``, which also writes a bool tensor first).
+    """
+    if t.is_contiguous() and t.shape[1] * t.element_size() % 8 == 0:
+        words = t.view(torch.int64)
+    else:
+        words = t.view(_INT_OF_SIZE[t.element_size()])
+    return words.any(1).nonzero().squeeze(1)
 
 
 def _row_bounds(rule: Rule) -> bool:
@@ -252,7 +268,9 @@ class _MapFunction(torch.autograd.Function):
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
         ratio = rule.proportional
-        sub = _Restricted.find(r_out, branches, xs, rule) if ctx.few_rows else None
+        # The ratio flowing in marks the rows with relevance (its zeros are +0.0, unlike
+        # R = z * c, where a negative z makes -0.0).
+        sub = _Restricted.find(grad, branches, xs, rule) if ctx.few_rows else None
         n = r_out.shape[0]
         results, absorbed = propagate_branches(
             [Branch(b.op, x, b.weight) for b, x in zip(branches, xs)] if sub is None else [p[0] for p in sub.parts],
