@@ -91,6 +91,7 @@ class EdgeOperator:
         self._perm_key: tuple | None = None
         self._fused: dict[tuple, tuple] = {}
         self._perm: tuple[Tensor, Tensor] = ()
+        self._diagonal = False  # edge e is e -> e (identity_pattern): products are row scalings
 
     @property
     def device(self) -> torch.device:
@@ -153,6 +154,7 @@ class EdgeOperator:
         if self._by_dst is None:
             ids = torch.arange(self.num_in, device=self.device)
             self._by_dst = self._by_src = (torch.arange(self.num_in + 1, device=self.device), ids, ids)
+        self._diagonal = True
         return self
 
     def build(self) -> EdgeOperator:
@@ -188,6 +190,8 @@ class EdgeOperator:
         return EdgeValues(self, weight, fn)
 
     def forward(self, gw: EdgeValues | Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
+        if self._diagonal:  # a self-loop term: scaling rows beats any sparse product
+            return f * (gw.edge if isinstance(gw, EdgeValues) else gw)[:, None]
         if strategy == "spmm":
             return self.csr(gw) @ f
         out = f.new_zeros(self.num_out, f.shape[1])
@@ -214,6 +218,9 @@ class EdgeOperator:
     def backward(
         self, gw: EdgeValues, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
     ) -> tuple[Tensor, Tensor | None]:
+        if self._diagonal:
+            w = gw.edge
+            return s * w[:, None], (w * torch.linalg.vecdot(f, s) if want_edge else None)
         if strategy == "spmm":
             return self.csr_t(gw) @ s, (gw.edge * self.sampled_dot(f, s, max_memory) if want_edge else None)
         # The literal message-passing view: message_e = f(x_i) g(w_e) s_j on every edge.
