@@ -44,6 +44,11 @@ def _ratio(r: Tensor, x: Tensor) -> Tensor:
     return torch.nan_to_num_(r / x, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    """The same values: one storage, shape and strides (an alias passed through unchanged)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
 @dataclass
 class Context:
     """State of one explanation: rules, caches, and what the backward pass records."""
@@ -102,7 +107,7 @@ class Context:
     def input_key(self, t: Tensor) -> str | None:
         """Which model input ``t`` is (same storage, shape and strides), if any."""
         for key, inp in self.inputs.items():
-            if t.data_ptr() == inp.data_ptr() and t.shape == inp.shape and t.stride() == inp.stride():
+            if _same_tensor(t, inp):
                 return key
         return None
 
@@ -189,9 +194,9 @@ class _Restricted:
 
     @classmethod
     def find(cls, ratio: Tensor, branches: list[MapBranch], xs: list[Tensor], rule: Rule) -> _Restricted | None:
-        n = ratio.shape[0]
-        if n < RESTRICT_MIN_ROWS or ratio.dim() != 2 or _row_bounds(rule):
+        if ratio.dim() != 2 or ratio.shape[0] < RESTRICT_MIN_ROWS or _row_bounds(rule):
             return None
+        n = ratio.shape[0]
         rows = _rows_with_bits(ratio)
         if rows.numel() == 0 or rows.numel() > RESTRICT_MAX_SHARE * n:
             return None
@@ -340,10 +345,6 @@ class _RecordFunction(torch.autograd.Function):
         (x,) = fctx.saved_tensors
         fctx.call.ctx.record_node(fctx.call.name, x, grad)
         return None, grad
-
-
-def _same_tensor(a: Tensor, b: Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
 
 def record_input(call: LayerCall, x: Tensor) -> Tensor:
