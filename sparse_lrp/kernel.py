@@ -220,10 +220,11 @@ def propagate_branches(
     # A single stabilised group over all outputs absorbs exactly s * (bias share + shift).
     g0 = rule.groups[0]
     direct = len(rule.groups) == 1 and g0.coef == 1.0 and g0.where is None and rule.stabilizer > 0
-    for group in rule.groups:
+
+    def products_of(term_list):
         terms = []  # (branch position, input name, f, g(w))
         for pos, (b, skip, inputs) in enumerate(prepared):
-            for term in group.terms:
+            for term in term_list:
                 if term.inp in skip:
                     continue
                 gw = b.op.transform(b.weight, term.weight)
@@ -232,13 +233,56 @@ def propagate_branches(
                 if term.inp not in inputs:
                     inputs[term.inp] = rule.input(term.inp, b.x)
                 terms.append((pos, term.inp, inputs[term.inp], gw))
-        products = _products(prepared, terms, strategy, max_memory)
+        return _products(prepared, terms, strategy, max_memory)
+
+    def run_backward(products, s):
+        for pos, _, backward in products:
+            parts, part_edge = backward(s, want_edge)
+            for name, c in parts:
+                acc[pos][name] = c if name not in acc[pos] else acc[pos][name].add_(c)
+            if part_edge is not None:
+                edges[pos] = part_edge if edges[pos] is None else edges[pos] + part_edge
+
+    # Rules whose groups mix a few shared products (Gamma) compute each product once:
+    # forward values U_u, and backward once per product with s_u = sum_g mix_gu s_g.
+    shared = rule.shared
+    if shared is not None:
+        unit_products = [products_of(unit) for unit in shared.units]
+        unit_values: list[Tensor | None] = [None] * len(shared.units)
+        plain = None  # W x, the forward's contributions: z less its bias when z is known
+        if z is not None:
+            plain = z if bias is None else z - bias
+        for u, prods in enumerate(unit_products):
+            if plain is not None and u == len(unit_products) - 1:
+                # sum_u plain_u U_u = W x: the last unit follows from the others.
+                rest = plain.clone()
+                for v in range(u):
+                    rest.add_(unit_values[v], alpha=-shared.plain[v])
+                unit_values[u] = rest.div_(shared.plain[u])
+                continue
+            val = None
+            for _, forward, _ in prods:
+                val = forward() if val is None else val.add_(forward())
+            unit_values[u] = relevance.new_zeros(relevance.shape) if val is None else val
+        unit_s: list[Tensor | None] = [None] * len(shared.units)
+
+    for g, group in enumerate(rule.groups):
+        products = None if shared is not None else products_of(group.terms)
 
         # d: the denominator before stabilising; `contrib` the contributions alone, or
         # None where they are d minus the (full) bias, which the absorbed sum then
         # subtracts by a dot product instead of forming z - b.
         contrib = None
-        if group.plain and z is not None:
+        if shared is not None:
+            d = None
+            for u, value in enumerate(unit_values):
+                c = shared.mix[g][u]
+                if c:
+                    d = value * c if d is None else d.add_(value, alpha=c)
+            d = contrib = relevance.new_zeros(relevance.shape) if d is None else d
+            if use_bias:
+                d = d + group.bias(bias)
+        elif group.plain and z is not None:
             if use_bias:
                 d = z
             else:
@@ -278,12 +322,17 @@ def propagate_branches(
         elif want_absorbed:
             part = s * (contrib if contrib is not None else z - bias)
             flowed = part if flowed is None else flowed + part
-        for pos, _, backward in products:
-            parts, part_edge = backward(s, want_edge)
-            for name, c in parts:
-                acc[pos][name] = c if name not in acc[pos] else acc[pos][name].add_(c)
-            if part_edge is not None:
-                edges[pos] = part_edge if edges[pos] is None else edges[pos] + part_edge
+        if shared is None:
+            run_backward(products, s)
+            continue
+        for u in range(len(unit_s)):
+            c = shared.mix[g][u]
+            if c:
+                unit_s[u] = s * c if unit_s[u] is None else unit_s[u].add_(s, alpha=c)
+    if shared is not None:
+        for prods, s_u in zip(unit_products, unit_s):
+            if s_u is not None:
+                run_backward(prods, s_u)
 
     results = []
     for b, (_, skip, inputs), a, edge in zip(branches, prepared, acc, edges):

@@ -288,7 +288,14 @@ class FusedTerms:
                 op._fused.pop(next(iter(op._fused)))
             cached = op._fused[key] = self._structure(op, [v.edge for v in values])
         self.fwd, self.bwd, self.values, self.term = cached
-        self.stacked = torch.cat(fs)
+        self._stacked: Tensor | None = None
+
+    @property
+    def stacked(self) -> Tensor:
+        """The inputs stacked ``[f_1; f_2; ...]``: built when a forward or edge product needs it."""
+        if self._stacked is None:
+            self._stacked = torch.cat(self.fs)
+        return self._stacked
 
     @staticmethod
     def applies(op: EdgeOperator, values: list[EdgeValues]) -> bool:

@@ -88,6 +88,30 @@ class Term:
     may_vanish: bool = False
 
 
+# The sign-split products: P = w⁺x⁺ + w⁻x⁻ (signs agree: contributions >= 0) and
+# Q = w⁺x⁻ + w⁻x⁺ (signs oppose: <= 0), with P + Q = w x. Both list w⁺ first, so a sparse
+# operator runs them on one fused structure (see operators.FusedTerms).
+_AGREE = (Term("pos", _pos, True), Term("neg", _neg, True))
+_OPPOSE = (Term("neg", _pos, True), Term("pos", _neg, True))
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Groups whose contributions are combinations of a few shared products.
+
+    ``units``: term tuples, each one product (its terms split the weights' support, so
+    a sparse operator runs it as one fused product). Group ``g`` has contributions
+    ``sum_u mix[g][u] U_u``, and ``sum_u plain[u] U_u`` equals the plain forward ``W x``,
+    so with the forward output known the last unit needs no product. The kernel then
+    computes each unit once forwards, and once backwards with ``s_u = sum_g mix[g][u] s_g``.
+    The groups' own terms stay the rule's definition (and the reference it is tested against).
+    """
+
+    units: tuple[tuple[Term, ...], ...]
+    mix: tuple[tuple[float, ...], ...]
+    plain: tuple[float, ...]
+
+
 @dataclass(frozen=True)
 class Group:
     """Terms sharing one denominator.
@@ -114,6 +138,7 @@ class Rule:
     """
 
     groups: tuple[Group, ...] = ()
+    shared: Shared | None = None
 
     def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False) -> None:
         if not (stabilizer >= 0 and stabilizer < float("inf")):
@@ -191,7 +216,7 @@ class ZPlus(Rule):
 
     def __init__(self, stabilizer: float = 1e-6, zero_bias: bool = False) -> None:
         super().__init__(stabilizer, zero_bias)
-        self.groups = (Group((Term("pos", _pos, True), Term("neg", _neg, True)), bias=_pos),)
+        self.groups = (Group(_AGREE, bias=_pos),)
 
 
 class AlphaBeta(Rule):
@@ -214,8 +239,8 @@ class AlphaBeta(Rule):
             raise ValueError(f"AlphaBeta needs alpha - beta = 1, got alpha={alpha}, beta={beta}")
         self.alpha, self.beta = float(alpha), float(beta)
         self.groups = (
-            Group((Term("pos", _pos, True), Term("neg", _neg, True)), bias=_pos, coef=self.alpha),
-            Group((Term("pos", _neg, True), Term("neg", _pos, True)), bias=_neg, coef=-self.beta),
+            Group(_AGREE, bias=_pos, coef=self.alpha),
+            Group(_OPPOSE, bias=_neg, coef=-self.beta),
         )
 
     def _params(self) -> dict:
@@ -248,6 +273,11 @@ class Gamma(Rule):
             Group((Term("pos", up), Term("neg", down)), bias=up, where=">=0"),
             Group((Term("pos", down), Term("neg", up)), bias=down, where="<0"),
         )
+        # In the sign-split products P (_AGREE) and Q (_OPPOSE) the groups are (1+γ)P + Q
+        # and P + (1+γ)Q: two shared products instead of four per direction, and with the
+        # forward known, Q = w x - P. (Q alone is never a denominator here, so deriving
+        # it, and its rounding where it is exactly 0, is harmless.)
+        self.shared = Shared(units=(_AGREE, _OPPOSE), mix=((1.0 + g, 1.0), (1.0, 1.0 + g)), plain=(1.0, 1.0))
 
     def _params(self) -> dict:
         return {"gamma": self.gamma}
