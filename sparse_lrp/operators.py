@@ -18,6 +18,7 @@ sparse (CSR) matrix products or as explicit edge messages with ``scatter_add``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 import weakref
 
@@ -288,14 +289,11 @@ class FusedTerms:
                 op._fused.pop(next(iter(op._fused)))
             cached = op._fused[key] = self._structure(op, [v.edge for v in values])
         self.fwd, self.bwd, self.values, self.term = cached
-        self._stacked: Tensor | None = None
 
-    @property
+    @functools.cached_property
     def stacked(self) -> Tensor:
         """The inputs stacked ``[f_1; f_2; ...]``: built when a forward or edge product needs it."""
-        if self._stacked is None:
-            self._stacked = torch.cat(self.fs)
-        return self._stacked
+        return torch.cat(self.fs)
 
     @staticmethod
     def applies(op: EdgeOperator, values: list[EdgeValues]) -> bool:
@@ -383,13 +381,10 @@ class EdgeValues:
 
     def __init__(self, op: EdgeOperator, weight: Tensor, fn) -> None:
         self.op, self.weight, self.fn = op, weight, fn
-        self._edge: Tensor | None = None
 
-    @property
+    @functools.cached_property
     def edge(self) -> Tensor:
-        if self._edge is None:
-            self._edge = self.fn(self.weight)
-        return self._edge
+        return self.fn(self.weight)
 
     @property
     def by_dst(self) -> Tensor:
