@@ -8,6 +8,10 @@ For an operator ``z_j = sum_{i->j} w_ji x_i + b_j`` and a rule made of groups of
     R_i += sum_k f_k(x_i) (g_k(W)ᵀ s)_i               # input relevance
     R_e += sum_k g_k(w_e) sum_c f_k(x_i)_c s_jc       # relevance through edge e = (i -> j)
 
+Groups whose contributions are combinations of a few shared products (Gamma's, see
+:class:`~sparse_lrp.rules.Shared`) compute each product once forwards and once backwards,
+with ``s`` combined across the groups.
+
 The sums run over stored connections only. Two exact strategies evaluate them:
 ``"spmm"`` as CSR sparse-dense products (never an ``[E, C]`` tensor) and ``"scatter"``
 as explicit per-edge messages aggregated with ``scatter_add`` in memory-bounded edge
