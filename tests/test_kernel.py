@@ -406,3 +406,40 @@ def test_linear_lrp_reuses_a_sparse_weight_until_it_changes(layout, change):
     changed = linear_lrp(x, weight, r, ZPlus())
     torch.testing.assert_close(changed, linear_lrp(x, dense * -2.0, r, ZPlus()))
     assert not torch.allclose(changed, first)
+
+
+# --------------------------------------------------------------------------------------
+# Operator helpers the subgraph code and the model adapters build on
+# --------------------------------------------------------------------------------------
+
+
+def test_incident_edges_and_in_degree_against_a_loop():
+    g = torch.Generator().manual_seed(3)
+    ei = torch.randint(0, 9, (2, 40), generator=g)
+    op = EdgeOperator(ei, 9, 9)
+    nodes = torch.tensor([4, 0, 4, 8])  # repeats and any order
+    for end in (0, 1):
+        owner, pos = op.incident(end, nodes)
+        want = [(k, e) for k, v in enumerate(nodes.tolist()) for e in range(40) if int(ei[end, e]) == v]
+        got = sorted(zip(owner.tolist(), pos.tolist()))
+        assert got == sorted(want)
+        # grouped by entry, in CSR order (stable: input order within a node)
+        assert owner.tolist() == sorted(owner.tolist())
+    assert op.in_degree(nodes).tolist() == [int((ei[1] == v).sum()) for v in nodes.tolist()]
+
+
+@pytest.mark.parametrize("rule", [Epsilon(1e-3), ZPlus(), Gamma(0.3)], ids=["epsilon", "zplus", "gamma"])
+def test_identity_pattern_runs_as_row_scaling(rule, backend):
+    """Self-loop operators scale rows instead of running sparse products: same results."""
+    g = torch.Generator().manual_seed(4)
+    n, c = 30, 5
+    x = torch.randn(n, c, generator=g, dtype=torch.float64)
+    w = torch.randn(n, generator=g, dtype=torch.float64)
+    r = torch.randn(n, c, generator=g, dtype=torch.float64)
+    loops = torch.arange(n).expand(2, n)
+    diag = EdgeOperator(loops, n, n).identity_pattern()
+    for strategy in ("spmm", "scatter"):
+        got, got_e = edge_lrp(x, diag, w, r, rule, strategy=strategy, return_edge_relevance=True)
+        want, want_e = edge_lrp(x, loops.clone(), w, r, rule, strategy=strategy, return_edge_relevance=True)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_e, want_e, rtol=1e-12, atol=1e-12)
