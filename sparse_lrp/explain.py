@@ -239,6 +239,23 @@ def _self_loops(edge_index: Tensor, num_nodes: int) -> tuple[EdgeOperator, Tenso
     return _GRAPHS.get(edge_index, build, num_nodes, "self-loops")
 
 
+def _merged(edge_index: Tensor, num_nodes: int, nodes: Tensor, values: list[Tensor] = ()) -> list[Tensor]:
+    """What one merged edge into each of ``nodes`` stands for: its in-edges other than
+    self-loops (those stay real edges), counted, then each of ``values`` (one value per
+    edge of the graph) summed over them."""
+    loops, loop_ids = _self_loops(edge_index, num_nodes)
+    graph = _graph(edge_index, num_nodes)
+    out = [graph.in_degree(nodes) - loops.in_degree(nodes)]
+    if len(values):
+        owner, pos = graph.incident(1, nodes)
+        lo, lp = loops.incident(1, nodes)
+        lp = loop_ids.index_select(0, lp)
+    for v in values:
+        total = v.new_zeros((nodes.numel(), *v.shape[1:])).index_add_(0, owner, v.index_select(0, pos))
+        out.append(total.index_add_(0, lo, v.index_select(0, lp), alpha=-1))
+    return out
+
+
 def _khop_union(
     edge_index: Tensor,
     num_nodes: int,
@@ -281,23 +298,19 @@ def _khop_union(
 
     graph = _graph(edge_index, num_nodes)
 
-    def incidence(end: int):
-        """For nodes ``pv`` (of targets ``pt``), the edges whose ``end`` (0 src, 1 dst) is the node."""
+    def edges_at(end: int, keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Edges whose ``end`` (0 source, 1 target) is the node of a key ``target * N + node``:
+        their target ids, positions in ``edge_index`` and the keys' entries they belong to."""
+        owner, positions = graph.incident(end, keys % num_nodes)
+        return (keys // num_nodes).index_select(0, owner), positions, owner
 
-        def edges(pt: Tensor, pv: Tensor) -> tuple[Tensor, Tensor]:
-            owner, positions = graph.incident(end, pv)
-            return pt.index_select(0, owner), positions
-
-        return edges
-
-    in_edges = incidence(1)
     key = t_ids * num_nodes + targets
     seen = key
     frontier = key
     inner = key[:0]  # nodes closer than `hops`: their outputs matter
     for _ in range(hops):
         inner = seen
-        et, pos = in_edges(frontier // num_nodes, frontier % num_nodes)
+        et, pos, _ = edges_at(1, frontier)
         new = torch.unique(et * num_nodes + src.index_select(0, pos))
         fresh = new[~torch.isin(new, seen)]
         seen = torch.cat([seen, fresh])
@@ -305,22 +318,21 @@ def _khop_union(
     ends = seen if boundary_degrees and not merge else inner  # (inner is a prefix of seen)
     num_edges = edge_index.shape[1]
     span = num_edges + 1  # edge ids per target, with room for the merged edges' id E
-    owner, edge_e = graph.incident(1, ends % num_nodes)
-    edge_key = (ends // num_nodes).index_select(0, owner) * span + edge_e
+    et, edge_e, owner = edges_at(1, ends)
+    edge_key = et * span + edge_e
     if merge and boundary_degrees:
         # A border node's self-loops stay real edges: layers that add "remaining"
         # self-loops (gcn_norm) must still see which nodes have one.
         loops, loop_ids = _self_loops(edge_index, num_nodes)
-        border = seen[inner.numel() :] % num_nodes
-        lo, lp = loops.incident(1, border)
+        border = seen[inner.numel() :]
+        lo, lp = loops.incident(1, border % num_nodes)
         owner = torch.cat([owner, inner.numel() + lo])
-        edge_key = torch.cat([edge_key, (seen.index_select(0, inner.numel() + lo) // num_nodes) * span + loop_ids[lp]])
-        merged_count = graph.in_degree(border) - loops.in_degree(border)
-        at = inner.numel() + merged_count.nonzero().squeeze(1)  # their positions in seen
-        owner = torch.cat([owner, at])
-        edge_key = torch.cat([edge_key, (seen.index_select(0, at) // num_nodes) * span + num_edges])
+        edge_key = torch.cat([edge_key, (border.index_select(0, lo) // num_nodes) * span + loop_ids[lp]])
+        at = _merged(edge_index, num_nodes, border % num_nodes)[0].nonzero().squeeze(1)
+        owner = torch.cat([owner, inner.numel() + at])
+        edge_key = torch.cat([edge_key, (border.index_select(0, at) // num_nodes) * span + num_edges])
     if out_edges:
-        ot, oe = incidence(0)(seen // num_nodes, seen % num_nodes)
+        ot, oe, _ = edges_at(0, seen)
         # An edge between two kept nodes is both an in- and an out-edge: keep it once.
         edge_key = torch.unique(torch.cat([edge_key, ot * span + oe]))
         owner = None
@@ -684,14 +696,8 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
         cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
         cctx.handled, cctx.few_rows = ctx.handled, True
         merged = edge_e == num_edges  # edges standing for all edges into a border node
-        is_real = None
-        if bool(merged.any()):
-            border = node_v.index_select(0, union_ei[1][merged])
-            loops, loop_ids = _self_loops(edge_index, n)
-            cctx.edge_counts = torch.ones_like(edge_e)
-            cctx.edge_counts[merged] = _graph(edge_index, n).in_degree(border) - loops.in_degree(border)
-            is_real = ~merged
-        sub_kwargs = {}
+        is_real = None if not bool(merged.any()) else ~merged
+        sub_kwargs, summed = {}, []
         for name, value in kwargs.items():
             if (
                 isinstance(value, Tensor)
@@ -700,19 +706,21 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
             ):
                 sub_kwargs[name] = value.index_select(0, edge_e.clamp(max=max(num_edges - 1, 0)))
                 if is_real is not None and value.is_floating_point():
-                    # A merged edge carries the total of the edges it stands for (degrees
-                    # are sums of weights); other kinds keep an existing edge's value.
-                    owner, pos = _graph(edge_index, n).incident(1, border)
-                    total = value.new_zeros((border.numel(), *value.shape[1:]))
-                    total.index_add_(0, owner, value.index_select(0, pos))
-                    lo, lp = loops.incident(1, border)  # self-loops travel on their own
-                    total.index_add_(0, lo, value.index_select(0, loop_ids[lp]), alpha=-1)
-                    sub_kwargs[name][merged] = total
-                    cctx.edge_inputs += (sub_kwargs[name],)
+                    summed.append((name, value))
             elif isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
                 sub_kwargs[name] = value.index_select(0, node_v)
             else:
                 sub_kwargs[name] = value
+        if is_real is not None:
+            # A merged edge counts the edges it stands for and carries their float values'
+            # totals (degrees are sums of weights); other kinds keep an existing edge's value.
+            border = node_v.index_select(0, union_ei[1][merged])
+            counts, *totals = _merged(edge_index, n, border, [v for _, v in summed])
+            cctx.edge_counts = torch.ones_like(edge_e)
+            cctx.edge_counts[merged] = counts
+            for (name, _), total in zip(summed, totals):
+                sub_kwargs[name][merged] = total
+                cctx.edge_inputs += (sub_kwargs[name],)
         tgt = target[offset : offset + count] if per_target_target else target
         feat_u, ea_u, value, cls, _, _ = _run(
             model, cctx, x.index_select(0, node_v), union_ei, sub_kwargs, centers, tgt, "node"

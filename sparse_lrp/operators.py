@@ -150,6 +150,11 @@ class EdgeOperator:
         )
         return owner, order.index_select(0, first.index_select(0, owner) + offset)
 
+    @property
+    def is_diagonal(self) -> bool:
+        """Declared ``i -> i`` in order (:meth:`identity_pattern`)."""
+        return self._diagonal
+
     def identity_pattern(self) -> EdgeOperator:
         """Declare the edges to be ``i -> i`` in order: their CSR needs no sort."""
         if self._by_dst is None:

@@ -175,6 +175,11 @@ class Rule:
         """
         return self
 
+    @property
+    def per_row_inputs(self) -> bool:
+        """Whether input-shaped parameters differ by row (then rows cannot be cut apart)."""
+        return False
+
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self._params().items())
         return f"{type(self).__name__}(stabilizer={self.stabilizer!r}{extra})"
@@ -341,6 +346,10 @@ class ZBox(Rule):
 
     def map_inputs(self, fn: Callable[[Tensor], Tensor]) -> ZBox:
         return ZBox(fn(self.low), fn(self.high), self.stabilizer, self.zero_bias)
+
+    @property
+    def per_row_inputs(self) -> bool:
+        return any(b.dim() >= 2 and b.shape[0] > 1 for b in (self.low, self.high))
 
     def _params(self) -> dict:
         return {"low": self.low, "high": self.high}
