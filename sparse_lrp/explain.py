@@ -605,10 +605,10 @@ def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: T
     )
 
 
-# Rows (nodes + edges) of one pass over the union of node targets' subgraphs. Passes of
-# this size keep each layer's tensors near cache size: on 100k/1M and 1k/10k-edge graphs
-# with 1000 targets (2-core CPU) they ran 1.4-1.7x faster than graph-sized passes of 2^20
-# rows, and 2^16..2^18 measured alike.
+# Rows (nodes + edges) of one pass over the union of node targets' subgraphs: passes of
+# this size keep each layer's tensors small, where graph-sized ones run slower
+# (`python benchmarks/bench_many_targets.py --compare-max-union 1048576 131072` prints
+# the batched time with those budgets against this default).
 UNION_ROWS = 2**18
 
 
