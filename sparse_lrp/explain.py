@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .composites import Composite, resolve
 from .layers import find_handler, subgraph_needs, supported_types
 from .layers.base import Context, LayerCall, MergedEdgesError, record_input
-from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed
+from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints
 from .rules import Rule
 from .validation import check_edge_index, check_finite, check_tensor
 
@@ -338,14 +338,14 @@ def _khop_union(
         owner = None
     else:
         # Sorted by (target, edge): chunks of targets are slices, results come out coalesced.
-        edge_key, order = torch.sort(edge_key)
+        edge_key, order = sort_ints(edge_key, targets.numel() * span)
         owner = owner.index_select(0, order)
     edge_t, edge_e = edge_key // span, edge_key % span
 
     # Keys (target, node) with room for the ghost, node id num_nodes, after each target's nodes.
     width = num_nodes + 1
-    node_keys, sort_pos = torch.sort(
-        torch.cat([(seen // num_nodes) * width + seen % num_nodes, t_ids * width + num_nodes])
+    node_keys, sort_pos = sort_ints(
+        torch.cat([(seen // num_nodes) * width + seen % num_nodes, t_ids * width + num_nodes]), targets.numel() * width
     )
     node_t, node_v = node_keys // width, node_keys % width
     ghost = node_v == num_nodes

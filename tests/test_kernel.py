@@ -8,7 +8,7 @@ import torch
 from test_rules_reference import RULES, ZBox, make_rule, random_graph, ref_edge_lrp, ref_epsilon_multigraph
 
 from sparse_lrp import AlphaBeta, Epsilon, Gamma, WSquare, ZPlus, edge_lrp, linear_lrp, prepare
-from sparse_lrp.operators import EdgeOperator
+from sparse_lrp.operators import EdgeOperator, sort_ints
 
 RULE_IDS = [r[0] for r in RULES]
 DTYPES = [torch.float64, torch.float32]
@@ -443,3 +443,35 @@ def test_identity_pattern_runs_as_row_scaling(rule, backend):
         want, want_e = edge_lrp(x, loops.clone(), w, r, rule, strategy=strategy, return_edge_relevance=True)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got_e, want_e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5_999, 6_000, 20_000, 32_767, 32_768, 40_000])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
+def test_sort_ints_is_a_stable_sort(n, dtype):
+    """Keys padded up to torch's radix-sort length sort exactly as a stable sort would."""
+    g = torch.Generator().manual_seed(n)
+    bound = max(1, n // 7)  # many duplicates: stability is visible in the order
+    key = torch.randint(0, bound, (n,), generator=g).to(dtype)
+    values, order = sort_ints(key, bound)
+    assert values.dtype == dtype and values.shape == (n,) and order.shape == (n,)
+    assert torch.equal(values, key[order])
+    # stable: equal keys keep their input order, i.e. (key, position) increases
+    combined = key[order].long() * max(n, 1) + order
+    assert bool((combined[1:] > combined[:-1]).all())
+    assert sorted(order.tolist()) == list(range(n))
+
+
+def test_csr_in_the_padded_sort_range_equals_dense_product():
+    """An operator whose edge count falls in the padded range builds the same CSR map."""
+    g = torch.Generator().manual_seed(5)
+    n, e = 700, 9_000
+    ei = torch.randint(0, n, (2, e), generator=g)
+    w = torch.randn(e, generator=g, dtype=torch.float64)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    dense = torch.zeros(n, n, dtype=torch.float64).index_put_((ei[1], ei[0]), w, accumulate=True)
+    op = EdgeOperator(ei, n, n)
+    torch.testing.assert_close(op.csr(w) @ x, dense @ x, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(op.csr_t(w) @ x, dense.T @ x, rtol=1e-12, atol=1e-12)
+    crow, col, perm = op.grouped(1)[0], op._csr_by_dst()[1], op._csr_by_dst()[2]
+    assert torch.equal(ei[1][perm], torch.repeat_interleave(torch.arange(n), crow[1:] - crow[:-1]))
+    assert torch.equal(col, ei[0][perm])
