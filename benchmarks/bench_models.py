@@ -90,7 +90,7 @@ def large_graph(args, cfg: Config) -> Table:
         x, edge_index = random_graph(args.nodes, args.edges, args.features, seed=args.seed, device=cfg.device)
         model = graph_model(name, args.features, args.hidden, graphs.CLASSES, seed=args.seed, device=cfg.device)
         fns = graphs.methods(model, x, edge_index, RULE, cfg.memory_budget, which)
-        t = compare(fns, device=cfg.device, repeats=cfg.n_repeats(), warmup=cfg.warmup, max_seconds=cfg.time_cap())
+        t = compare(fns, device=cfg.device, **cfg.timing())
         ms = {k: v.ms for k, v in t.items()}
         row = {f"{k}_ms": v for k, v in ms.items()}
         row.update(
@@ -150,7 +150,7 @@ def small_graph(args, cfg: Config) -> Table:
 
             ig = pyg_explainer(model, CaptumExplainer("IntegratedGradients"))
             fns["CaptumExplainer IntegratedGradients"] = each(lambda n, e=ig, x=x, ei=edge_index: e(x, ei, index=n))
-        t = compare(fns, device=cfg.device, repeats=cfg.n_repeats(), warmup=cfg.warmup, max_seconds=cfg.time_cap())
+        t = compare(fns, device=cfg.device, **cfg.timing())
         per = {k: v.ms / len(nodes) for k, v in t.items()}
         for k, v in per.items():
             table.add(model=name, method=k, ms_per_explanation=v, **{"method/lrp": ratio(v, per["sparse_lrp"])})
@@ -171,9 +171,7 @@ def small_graph(args, cfg: Config) -> Table:
                 "single": lambda s=sample, m=model, x=x, ei=edge_index: [graph_lrp(m, x, ei, RULE, index=n) for n in s],
             },
             device=cfg.device,
-            repeats=cfg.n_repeats(),
-            warmup=cfg.warmup,
-            max_seconds=cfg.time_cap(),
+            **cfg.timing(),
         )
         single_each = tb["single"].ms / len(sample)
         batched_total = tb["batched"].ms

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sparse_lrp.bench import dense, explainers, graphs, libs, main, sparse
-from sparse_lrp.bench.common import Config, read_csv
+from sparse_lrp.bench.common import Config, compare, read_csv
 
 EXPECTED_COLUMNS = {
     "dense": dense.COLUMNS,
@@ -176,3 +176,45 @@ def test_graph_suite_on_cuda():
     (table,) = graphs.run(cfg)
     _check_ratios(table.to_dict())
     assert all(r["mem_lrp_mb"] is not None for r in table.rows)
+
+
+def test_compare_repeats_fast_calls_until_min_seconds_and_stays_interleaved():
+    """Calls too quick for a stable median are repeated, all in the same rounds."""
+    import time
+
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+        time.sleep(0.001)
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.002)
+
+    t = compare({"fast": fast, "slow": slow}, device="cpu", repeats=2, warmup=1, min_seconds=0.02, max_rounds=500)
+    # warm-up once each, then whole rounds: both ran equally often
+    assert calls["fast"] == calls["slow"] == len(t["fast"].times) + 1 == len(t["slow"].times) + 1
+    assert sum(t["fast"].times) >= 0.02  # the floor was reached by both...
+    assert 2 <= len(t["fast"].times) < 500  # ...well before the round cap
+    # without a floor: exactly `repeats` rounds
+    t = compare({"fast": fast}, device="cpu", repeats=3, warmup=0)
+    assert len(t["fast"].times) == 3
+
+
+def test_compare_stops_at_max_rounds_and_leaves_capped_calls_alone():
+    import time
+
+    t = compare({"fast": lambda: None}, device="cpu", repeats=1, warmup=0, min_seconds=10.0, max_rounds=7)
+    assert len(t["fast"].times) == 7  # the floor is out of reach: the round cap ends it
+    t = compare(
+        {"fast": lambda: None, "slow": lambda: time.sleep(0.01)},
+        device="cpu",
+        repeats=1,
+        warmup=0,
+        max_seconds=0.025,
+        min_seconds=0.05,
+        max_rounds=50,
+    )
+    # "slow" is over its time cap after 3 calls (>= 0.03 s); "fast" alone runs on to the round cap
+    assert len(t["slow"].times) == 3 and len(t["fast"].times) == 50

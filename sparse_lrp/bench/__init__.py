@@ -12,5 +12,6 @@ Suites (each a module with ``run(cfg) -> list[Table]``):
   (only from a source checkout).
 
 Every timing is a median over repeats after a warm-up, interleaved with its baseline in
-the same process, so ratios stay meaningful on a busy machine.
+the same process, so ratios stay meaningful on a busy machine; calls of a few
+milliseconds repeat until each has ``--min-seconds`` of samples (quick 0.3 s, full 1 s).
 """

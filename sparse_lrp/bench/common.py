@@ -44,6 +44,7 @@ class Config:
     plot: bool = True
     verbose: bool = True
     max_seconds: float | None = None  # per timed method: stop repeating after this (at least 3 repeats)
+    min_seconds: float | None = None  # per timed method: keep repeating until this much (None: the mode's)
 
     @property
     def tiny(self) -> bool:
@@ -62,6 +63,20 @@ class Config:
         if self.max_seconds is not None:
             return float(self.max_seconds)
         return {"tiny": 0.5, "quick": 3.0, "full": 30.0}[self.mode]
+
+    def time_floor(self) -> float:
+        if self.min_seconds is not None:
+            return float(self.min_seconds)
+        return {"tiny": 0.0, "quick": 0.3, "full": 1.0}[self.mode]
+
+    def timing(self) -> dict:
+        """The keyword arguments :func:`compare` takes from this run's settings."""
+        return {
+            "repeats": self.n_repeats(),
+            "warmup": self.warmup,
+            "max_seconds": self.time_cap(),
+            "min_seconds": self.time_floor(),
+        }
 
     def log(self, msg: str) -> None:
         if self.verbose:
@@ -97,6 +112,8 @@ def compare(
     repeats: int,
     warmup: int = 1,
     max_seconds: float | None = None,
+    min_seconds: float = 0.0,
+    max_rounds: int = 200,
 ) -> dict[str, Timing]:
     """Time several callables interleaved (A B C A B C ...) and return each one's timings.
 
@@ -105,18 +122,27 @@ def compare(
     is off inside each timed call (as in :mod:`timeit`). Each callable runs
     ``warmup`` times first. With ``max_seconds``, a callable stops repeating once its
     timed calls add up to that much (after at least 3 of them, or 1 if one call alone
-    exceeds it), so slow baselines do not dominate a run.
+    exceeds it), so slow baselines do not dominate a run. With ``min_seconds``, the rounds
+    go on past ``repeats`` (up to ``max_rounds``) until every callable's timed calls add up
+    to that much: a call of a few milliseconds gets a median of many samples, not of a
+    handful that one scheduler hiccup can move.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     sync(device)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
+
+    def capped(name: str) -> bool:
+        n, spent = len(times[name]), sum(times[name])
+        return max_seconds is not None and n > 0 and spent > max_seconds and (n >= 3 or spent > 3 * max_seconds)
+
+    for round_ in range(max(repeats, max_rounds if min_seconds > 0 else 0)):
+        if round_ >= repeats and all(capped(k) or sum(v) >= min_seconds for k, v in times.items()):
+            break
         active = False
         for name, fn in fns.items():
-            n, spent = len(times[name]), sum(times[name])
-            if max_seconds is not None and n and spent > max_seconds and (n >= 3 or spent > 3 * max_seconds):
+            if capped(name):
                 continue
             active = True
             sync(device)

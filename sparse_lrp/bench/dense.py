@@ -101,7 +101,7 @@ def run(cfg: Config) -> list[Table]:
                 cap = libs.CaptumLRP(model, cap_info[0])
                 fns["captum"] = partial(cap, x, target)
             try:
-                t = compare(fns, device=device, repeats=cfg.n_repeats(), warmup=cfg.warmup, max_seconds=cfg.time_cap())
+                t = compare(fns, device=device, **cfg.timing())
                 ours = mlp_lrp(model, x, rule, first=first)
                 row = {
                     "model": name,

@@ -115,9 +115,7 @@ def run(cfg: Config) -> list[Table]:
         t = compare(
             {label: fn for label, (fn, _) in fns.items()},
             device=device,
-            repeats=cfg.n_repeats(),
-            warmup=cfg.warmup,
-            max_seconds=cfg.time_cap(),
+            **cfg.timing(),
         )
         per = {label: t[label].ms / k for label in fns}
         for label, (_, what) in fns.items():

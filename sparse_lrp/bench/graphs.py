@@ -172,9 +172,7 @@ def run(cfg: Config, models: tuple[str, ...] = ("GCN", "GIN")) -> list[Table]:
             t = compare(
                 {k: fns[k] for k in timed if k in fns},
                 device=device,
-                repeats=cfg.n_repeats(),
-                warmup=max(0, cfg.warmup - 1),
-                max_seconds=cfg.time_cap(),
+                **{**cfg.timing(), "warmup": max(0, cfg.warmup - 1)},
             )
             ms = {k: v.ms for k, v in t.items()}
             mem = measure_memory(fns, device) if mem_ok else {}

@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-seconds", type=float, default=None, help="stop repeating a method after this much time (>= 3 repeats)"
     )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=None,
+        help="repeat a method until this much time is timed (quick 0.3, full 1; up to 200 rounds)",
+    )
     parser.add_argument("--memory-budget", type=_count, default=64, help="MiB for the edge-chunked path (64)")
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -96,6 +102,7 @@ def config_from_args(args: argparse.Namespace):
         plot=not args.no_plot,
         verbose=not args.quiet,
         max_seconds=args.max_seconds,
+        min_seconds=args.min_seconds,
     )
 
 

@@ -80,7 +80,7 @@ def run(cfg: Config) -> list[Table]:
             if zen is not None:
                 fns["zennit"] = partial(zen, x, target)
             try:
-                t = compare(fns, device=device, repeats=cfg.n_repeats(), warmup=cfg.warmup, max_seconds=cfg.time_cap())
+                t = compare(fns, device=device, **cfg.timing())
             finally:
                 if zen is not None:
                     zen.close()
