@@ -539,7 +539,12 @@ def _only_target(res: ExplainResult) -> ExplainResult:
 
 def _conservation(ctx: Context, out_value: Tensor, node_feat: Tensor, ea_rel: Tensor | None) -> dict[str, float]:
     rel_in = float(node_feat.sum()) + (float(ea_rel.sum()) if ea_rel is not None else 0.0)
-    return {"out": float(out_value.detach().sum()), "in": rel_in, "absorbed": ctx.absorbed, "lost": ctx.lost}
+    return {
+        "out": float(out_value.detach().sum()),
+        "in": rel_in,
+        "absorbed": float(ctx.absorbed),
+        "lost": float(ctx.lost),
+    }
 
 
 def _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index) -> ExplainResult:

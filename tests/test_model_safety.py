@@ -605,3 +605,20 @@ def test_custom_graph_handler_that_declares_its_reads_runs_on_exact_subgraphs(cl
         assert_close(many.node_feat[t], gx)
         one = sparse_lrp.explain(model, x, EI, index=i, target=c, composite=Epsilon(0.0))
         assert_close(one.node_feat, gx)
+
+
+def test_relevance_a_ratio_cannot_carry_is_reported_lost():
+    """An activation input so small that R / x overflows float32 cannot carry R on as
+    x * ratio: that relevance must show up as lost (not vanish), and nothing is NaN."""
+    model = nn.Sequential(nn.Linear(1, 1, bias=False), nn.Sigmoid(), nn.Linear(1, 1, bias=False)).eval()
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[2].weight.fill_(1.0)
+    x = torch.tensor([[1e-39]])  # a float32 subnormal: 0.5 / 1e-39 = 5e38 overflows
+    assert x.item() != 0
+    res = sparse_lrp.explain(model, x, composite=sparse_lrp.Epsilon(0.0))
+    c = res.conservation
+    assert c["out"] == pytest.approx(0.5)
+    assert torch.isfinite(res.node_feat).all()
+    assert c["lost"] == pytest.approx(0.5)  # the sigmoid's relevance, not carried past x
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-6)

@@ -39,9 +39,14 @@ from ..rules import Rule
 __all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError"]
 
 
-def _ratio(r: Tensor, x: Tensor) -> Tensor:
-    """``r / x`` with 0 where ``x == 0`` (there ``r`` is 0 for proportional rules, else lost)."""
-    return torch.nan_to_num_(r / x, nan=0.0, posinf=0.0, neginf=0.0)
+def _ratio(r: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(r / x, lost)``: the ratio that carries ``r`` on as ``x * ratio``, and the part of ``r``
+    it cannot carry, summed: where ``x == 0`` (non-proportional rules and activations give
+    such inputs relevance) or where ``r / x`` overflows (``|x|`` tiny against ``|r|``).
+    The ratio is 0 there."""
+    q = r / x
+    bad = ~torch.isfinite(q)
+    return q.masked_fill_(bad, 0.0), torch.where(bad, r, 0.0).sum()
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
@@ -62,8 +67,8 @@ class Context:
     top_call: int | None = None
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     side: dict[str, Tensor] = field(default_factory=dict)
-    absorbed: float = 0.0
-    lost: float = 0.0
+    absorbed: float | Tensor = 0.0  # sums over layers (0-d tensors once a layer added to them)
+    lost: float | Tensor = 0.0
     outputs: list[tuple[int, Tensor]] = field(default_factory=list)
     _operators: dict[tuple, EdgeOperator] = field(default_factory=dict)
     _memo: dict[tuple, Any] = field(default_factory=dict)
@@ -288,7 +293,7 @@ class _MapFunction(torch.autograd.Function):
         )
         if sub is not None:
             results = sub.expand(results, branches, xs)
-        ctx.absorbed += float(absorbed)
+        ctx.absorbed = ctx.absorbed + absorbed  # a tensor: read once at the end, no sync per layer
         grads = []
         for b, x, key, (r_in, edge) in zip(branches, xs, keys, results):
             if b.record_edges and edge is not None:
@@ -305,8 +310,9 @@ class _MapFunction(torch.autograd.Function):
                 ctx.side[key] = ctx.side.get(key, 0) + r_in
                 grads.append(torch.zeros_like(x))
                 continue
-            ctx.lost += float(r_in[x == 0].sum())
-            grads.append(_ratio(r_in, x))
+            ratio_in, lost = _ratio(r_in, x)
+            ctx.lost = ctx.lost + lost
+            grads.append(ratio_in)
         return (None, None, *grads)
 
 
@@ -323,9 +329,10 @@ class _PassFunction(torch.autograd.Function):
     @staticmethod
     def backward(fctx, grad: Tensor):
         x, y = fctx.saved_tensors
-        r = y * grad
-        fctx.call.ctx.lost += float(r[x == 0].sum())
-        return None, None, _ratio(r, x)
+        ratio, lost = _ratio(y * grad, x)
+        ctx = fctx.call.ctx
+        ctx.lost = ctx.lost + lost
+        return None, None, ratio
 
 
 class _RecordFunction(torch.autograd.Function):
