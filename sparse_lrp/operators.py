@@ -31,9 +31,9 @@ __all__ = ["EdgeOperator", "DenseOperator", "TensorKeyed", "prepare", "sort_ints
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
 
-# torch's CPU sort takes a radix sort (~8 ns per element here) only from 2^15 elements
-# on; shorter inputs get a comparison sort at ~65 ns per element, so 20k keys sort 4x
-# slower than 33k. Integer keys in that gap are padded up to the radix length.
+# torch's CPU sort of integers takes a radix sort only from 2^15 elements on; shorter
+# inputs get a comparison sort, several times slower per element, so keys a little short
+# of 2^15 take longer than 2^15 keys. Keys in that gap are padded up to the radix length.
 _RADIX_MIN = 2**15
 _PAD_FROM = 6_000
 
