@@ -127,7 +127,12 @@ class EdgeOperator:
             key, bound = (rows.to(torch.int32) if num_rows < 2**31 else rows), num_rows
         else:
             key, bound = rows.to(torch.int64) * num_cols + cols.to(torch.int64), num_rows * num_cols
-        perm = sort_ints(key, bound)[1]
+        # Edges often come grouped already (a coalesced edge_index by source, edges gathered
+        # per node): one comparison pass then replaces the sort.
+        if key.numel() < 2 or bool((key[1:] >= key[:-1]).all()):
+            perm = torch.arange(key.numel(), device=key.device)
+        else:
+            perm = sort_ints(key, bound)[1]
         counts = torch.bincount(rows, minlength=num_rows)
         crow = torch.zeros(num_rows + 1, dtype=torch.int64, device=rows.device)
         torch.cumsum(counts, 0, out=crow[1:])

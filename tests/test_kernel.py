@@ -475,3 +475,25 @@ def test_csr_in_the_padded_sort_range_equals_dense_product():
     crow, col, perm = op.grouped(1)[0], op._csr_by_dst()[1], op._csr_by_dst()[2]
     assert torch.equal(ei[1][perm], torch.repeat_interleave(torch.arange(n), crow[1:] - crow[:-1]))
     assert torch.equal(col, ei[0][perm])
+
+
+def test_csr_of_edges_already_grouped_skips_the_sort_and_equals_dense_product():
+    """Edges grouped by target (or by source, as in a coalesced edge_index) keep their
+    order as the CSR order; the maps equal the dense ones, multi-edges included."""
+    g = torch.Generator().manual_seed(6)
+    n, e = 50, 400
+    ei = torch.randint(0, n, (2, e), generator=g)
+    ei[:, :5] = ei[:, 5:10]  # some multi-edges
+    w = torch.randn(e, generator=g, dtype=torch.float64)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    for end in (1, 0):
+        order = torch.argsort(ei[end], stable=True)
+        sorted_ei, sorted_w = ei[:, order], w[order]
+        op = EdgeOperator(sorted_ei, n, n)
+        perm = (op._csr_by_dst if end == 1 else op._csr_by_src)()[2]
+        assert torch.equal(perm, torch.arange(e))  # no reordering needed
+        dense = torch.zeros(n, n, dtype=torch.float64).index_put_(
+            (sorted_ei[1], sorted_ei[0]), sorted_w, accumulate=True
+        )
+        torch.testing.assert_close(op.csr(sorted_w) @ x, dense @ x, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(op.csr_t(sorted_w) @ x, dense.T @ x, rtol=1e-12, atol=1e-12)
