@@ -129,11 +129,13 @@ def _fused_backward(fused, names, s, want_edge):
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
     """``sum(a * b)`` for ``b`` broadcasting against ``a``, without an ``a``-sized temporary."""
-    b = torch.broadcast_to(b, a.shape)
-    spread = tuple(i for i in range(a.dim()) if b.stride(i) == 0 and a.shape[i] > 1)
-    if spread:  # sum a over the dimensions b is constant along, then multiply
+    if b.dim() > a.dim():  # leading dimensions of size 1
+        b = b.reshape(b.shape[b.dim() - a.dim() :])
+    if a.dim() > b.dim():  # sum a over the dimensions b does not have...
+        a = a.sum(tuple(range(a.dim() - b.dim())))
+    spread = tuple(i for i, (n, m) in enumerate(zip(a.shape, b.shape)) if m == 1 and n > 1)
+    if spread:  # ...and over those b is constant along, then multiply
         a = a.sum(spread, keepdim=True)
-        b = b[tuple(slice(0, 1) if i in spread else slice(None) for i in range(b.dim()))]
     return torch.linalg.vecdot(a.reshape(-1), b.reshape(-1))
 
 

@@ -497,3 +497,28 @@ def test_csr_of_edges_already_grouped_skips_the_sort_and_equals_dense_product():
         )
         torch.testing.assert_close(op.csr(sorted_w) @ x, dense @ x, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(op.csr_t(sorted_w) @ x, dense.T @ x, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [
+        ((5, 3), (3,)),
+        ((5, 3), (5, 1)),
+        ((5, 3), (1, 3)),
+        ((5, 3), (5, 3)),
+        ((5, 3), ()),
+        ((4, 5, 3), (5, 1)),
+        ((4, 5, 3), (1, 1, 3)),
+        ((5, 3), (1, 1, 3)),
+        ((0, 3), (3,)),
+        ((5, 3), (1, 1)),
+    ],
+)
+def test_dot_of_a_broadcast_operand_equals_the_elementwise_sum(a_shape, b_shape):
+    """The absorbed-relevance helper: sum(a * b) for a bias b broadcasting against a."""
+    from sparse_lrp.kernel import _dot
+
+    g = torch.Generator().manual_seed(len(a_shape) * 10 + len(b_shape))
+    a = torch.randn(a_shape, generator=g, dtype=torch.float64)
+    b = torch.randn(b_shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(_dot(a, b), (a * b).sum(), rtol=1e-12, atol=1e-12)

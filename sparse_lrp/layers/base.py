@@ -23,7 +23,6 @@ relevance goes to a side channel instead, exactly.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -392,14 +391,19 @@ class LayerCall:
         """``sum_b op_b(w_b) x_b + bias`` as one linear map under this layer's rule."""
         # The inputs travel through apply() (autograd saves and frees them); the spec keeps
         # only operators and weights, so nothing outlives the backward pass through it.
-        spec = (tuple(dataclasses.replace(b, x=None) for b in branches), None if bias is None else bias.detach())
+        spec = (
+            tuple(MapBranch(b.op, b.weight, None, b.edge_ids, b.record_edges, b.rows_are_edges) for b in branches),
+            None if bias is None else bias.detach(),
+        )
         return _MapFunction.apply(self, spec, *[b.x for b in branches])
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``x Wᵀ + b`` over the last dimension of ``x`` (any leading shape)."""
-        lead = x.shape[:-1]
-        out = self.map([MapBranch(DenseOperator(weight.detach()), weight.detach(), x.reshape(-1, x.shape[-1]))], bias)
-        return out.reshape(*lead, out.shape[-1])
+        w = weight.detach()
+        if x.dim() == 2:  # (a reshape to the same shape would still add an autograd node)
+            return self.map([MapBranch(DenseOperator(w), w, x)], bias)
+        out = self.map([MapBranch(DenseOperator(w), w, x.reshape(-1, x.shape[-1]))], bias)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def edges(
         self,
