@@ -27,7 +27,7 @@ from torch import Tensor
 
 from .backend import scatter_add
 
-__all__ = ["EdgeOperator", "DenseOperator", "TensorKeyed", "prepare", "sort_ints"]
+__all__ = ["EdgeOperator", "DenseOperator", "TensorKeyed", "prepare", "rowdot", "sort_ints"]
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
 
@@ -53,6 +53,15 @@ def sort_ints(key: Tensor, bound: int) -> tuple[Tensor, Tensor]:
         values, order = torch.sort(padded, stable=True)
         return values[:n], order[:n]
     return torch.sort(key, stable=True)
+
+
+def rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_c a[i, c] * b[i, c]`` for every row of ``[N, C]`` tensors."""
+    if a.numel() >= 2**20:
+        # One small product per row (a batched matmul) instead of vecdot's full [N, C]
+        # product temporary, whose first touch dominates for large inputs.
+        return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
+    return torch.linalg.vecdot(a, b)
 
 
 def _chunk_size(num_edges: int, channels: int, itemsize: int, max_memory: int, temporaries: int) -> int:
@@ -249,7 +258,7 @@ class EdgeOperator:
     ) -> tuple[Tensor, Tensor | None]:
         if self._diagonal:
             w = gw.edge
-            return s * w[:, None], (w * torch.linalg.vecdot(f, s) if want_edge else None)
+            return s * w[:, None], (w * rowdot(f, s) if want_edge else None)
         if strategy == "spmm":
             return self.csr_t(gw) @ s, (gw.edge * self.sampled_dot(f, s, max_memory) if want_edge else None)
         # The literal message-passing view: message_e = f(x_i) g(w_e) s_j on every edge.

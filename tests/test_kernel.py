@@ -8,7 +8,7 @@ import torch
 from test_rules_reference import RULES, ZBox, make_rule, random_graph, ref_edge_lrp, ref_epsilon_multigraph
 
 from sparse_lrp import AlphaBeta, Epsilon, Gamma, WSquare, ZPlus, edge_lrp, linear_lrp, prepare
-from sparse_lrp.operators import EdgeOperator, sort_ints
+from sparse_lrp.operators import EdgeOperator, rowdot, sort_ints
 
 RULE_IDS = [r[0] for r in RULES]
 DTYPES = [torch.float64, torch.float32]
@@ -522,3 +522,14 @@ def test_dot_of_a_broadcast_operand_equals_the_elementwise_sum(a_shape, b_shape)
     a = torch.randn(a_shape, generator=g, dtype=torch.float64)
     b = torch.randn(b_shape, generator=g, dtype=torch.float64)
     torch.testing.assert_close(_dot(a, b), (a * b).sum(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows,cols", [(0, 4), (7, 3), (2**15, 64), (2**14 + 3, 70)])
+def test_rowdot_equals_the_rowwise_sum_of_products(rows, cols):
+    """Per-row dot products, on both sides of the size where the batched product takes over."""
+    g = torch.Generator().manual_seed(rows)
+    a = torch.randn(rows, 2 * cols, generator=g, dtype=torch.float64)[:, ::2]  # strided rows too
+    b = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    got = rowdot(a, b)
+    assert got.shape == (rows,)
+    torch.testing.assert_close(got, (a * b).sum(1), rtol=1e-12, atol=1e-12)

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..composites import Composite
 from ..kernel import Branch, propagate_branches
-from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator
+from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, rowdot
 from ..rules import Rule
 
 __all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError"]
@@ -136,7 +136,7 @@ class Context:
     def record_node(self, name: str, x: Tensor, ratio: Tensor) -> None:
         """Add the relevance ``x * ratio`` reaching a layer's input, summed per row."""
         if x.dim() > 1:
-            node = torch.linalg.vecdot(x.detach().flatten(1), ratio.flatten(1))
+            node = rowdot(x.detach().flatten(1), ratio.flatten(1))
         else:
             node = x.detach() * ratio
         rec = self.records.setdefault(name, {})
@@ -299,7 +299,7 @@ class _MapFunction(torch.autograd.Function):
                 ctx.record_edges(call.name, b.edge_ids, edge)
             if b.rows_are_edges and ctx.want_edges:
                 flat = r_in.flatten(1)  # (also with zero rows, where reshape(0, -1) fails)
-                rows = torch.linalg.vecdot(x.flatten(1), flat) if ratio else flat.sum(1)
+                rows = rowdot(x.flatten(1), flat) if ratio else flat.sum(1)
                 ctx.record_edges(call.name, b.edge_ids, rows)
             if ratio:
                 grads.append(r_in)
