@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +30,45 @@ from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints
 from .rules import Rule
 from .validation import check_edge_index, check_finite, check_tensor
 
-__all__ = ["ExplainResult", "explain"]
+__all__ = ["ExplainResult", "LazyRecords", "explain"]
 
 _EDGE_KWARGS = ("edge_weight", "edge_attr", "edge_type")
 DENSE_OUTPUT_BYTES = 512 * 2**20
 _NODE_KWARGS = ("batch", "pos")
+
+
+class LazyRecords(Mapping):
+    """One layer's records (``"edge"``, ``"node"``), each laid out on first access.
+
+    Node targets leave their per-layer records as rows of their subgraphs; placing them
+    into graph-sized tensors is most of a single call's cost on a large graph, and most
+    explanations never read them. Reads, iteration, pickling and ``repr`` see the values.
+    """
+
+    def __init__(self, build: dict[str, Callable[[], Tensor]]) -> None:
+        self._build = build
+        self._values: dict[str, Tensor] = {}
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self._values:
+            self._values[key] = self._build[key]()
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._build)
+
+    def __len__(self) -> int:
+        return len(self._build)
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> LazyRecords:
+        """The records with ``fn`` applied to each, still on access."""
+        return LazyRecords({k: functools.partial(lambda k: fn(self[k]), k) for k in self._build})
+
+    def __reduce__(self):
+        return (dict, (dict(self.items()),))
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
 
 
 @dataclass
@@ -48,7 +82,8 @@ class ExplainResult:
             (None without ``edge_index``).
         edge_attr: relevance of the edge features ``[E, D]`` where the model uses them.
         layers: per layer path, ``{"edge": [E], "node": [N]}`` (relevance through the
-            layer's edges, and reaching the layer's input).
+            layer's edges, and reaching the layer's input); for node targets a
+            read-only mapping that lays each record out when it is first read.
         output: the explained output value(s), e.g. the logit.
         target: the explained class(es).
         index: the explained rows (nodes or graphs), or None for all.
@@ -65,7 +100,7 @@ class ExplainResult:
     target: Tensor | None
     index: Tensor | None
     edge_attr: Tensor | None = None
-    layers: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+    layers: dict[str, Mapping[str, Tensor]] = field(default_factory=dict)
     conservation: dict[str, float] = field(default_factory=dict)
 
 
@@ -369,13 +404,21 @@ def _khop_union(
 
 
 # -- the explanation ----------------------------------------------------------------
+_CHECKED = TensorKeyed(8)
+
+
 def _validate(model, x, edge_index, kwargs) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_tensor("x", x)
     check_finite("x", x)
     if edge_index is not None:
-        check_edge_index(edge_index, x.shape[0], x.shape[0])
+        # A graph explained call after call (node after node) is range-checked once.
+        n = x.shape[0]
+        if isinstance(edge_index, Tensor):
+            _CHECKED.get(edge_index, lambda: check_edge_index(edge_index, n, n), n)
+        else:
+            check_edge_index(edge_index, n, n)  # (raises: not a tensor)
         if edge_index.device != x.device:
             raise ValueError(f"edge_index is on {edge_index.device} but x is on {x.device}")
     for name, value in kwargs.items():
@@ -533,7 +576,10 @@ def _only_target(res: ExplainResult) -> ExplainResult:
         node=res.node[0],
         edge=None if res.edge is None else res.edge[0],
         edge_attr=None if res.edge_attr is None else res.edge_attr[0],
-        layers={name: {k: v[0] for k, v in rec.items()} for name, rec in res.layers.items()},
+        layers={
+            name: rec.map(lambda v: v[0]) if isinstance(rec, LazyRecords) else {k: v[0] for k, v in rec.items()}
+            for name, rec in res.layers.items()
+        },
     )
 
 
@@ -788,11 +834,12 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
         # Rows come sorted by (target, node or edge) from the union, without repeats.
         return torch.sparse_coo_tensor(at, vals, shape, is_coalesced=True, check_invariants=False)
 
-    layers: dict[str, dict[str, Tensor]] = {}
+    records: dict[str, dict[str, Callable[[], Tensor]]] = {}
     for key in pieces:
         if key.startswith("layer:"):
             _, name, kind = key.split(":", 2)
-            layers.setdefault(name, {})[kind] = place(key)
+            records.setdefault(name, {})[kind] = functools.partial(place, key)
+    layers = {name: LazyRecords(build) for name, build in records.items()}
     return ExplainResult(
         node_feat=place("node_feat"),
         node=place("node"),

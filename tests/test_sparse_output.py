@@ -165,3 +165,32 @@ def test_edge_grouping_is_reused_per_graph_and_renewed_when_it_changes():
     torch.testing.assert_close(changed.node_feat, fresh.node_feat)
     torch.testing.assert_close(changed.edge, fresh.edge)
     assert not torch.allclose(changed.node_feat, first.node_feat)
+
+
+def test_per_layer_records_of_node_targets_are_laid_out_when_read():
+    """Node targets' per-layer records stay subgraph rows until read; then they equal
+    the full-graph records, and pickle / print as plain values."""
+    import importlib
+    import pickle
+
+    lazy_records = importlib.import_module("sparse_lrp.explain").LazyRecords
+    torch.manual_seed(0)
+    x, ei = _graph()
+    model = GCN(5, 16, 3, 3).eval()
+    one = sparse_lrp.explain(model, x, ei, index=7)
+    many = sparse_lrp.explain(model, x, ei, index=[7, 2])
+    # the full graph keeps every record as a tensor: the independent reference here
+    seed = torch.zeros(x.shape[0], 3)
+    seed[7, one.target] = one.output
+    full = sparse_lrp.explain(model, x, ei, target=seed)
+    assert set(one.layers) == set(full.layers) and set(many.layers) == set(full.layers)
+    for name, rec in one.layers.items():
+        assert isinstance(rec, lazy_records) and not rec._values  # nothing built yet
+        assert set(rec) == set(full.layers[name])
+        for key in rec:
+            torch.testing.assert_close(rec[key], full.layers[name][key], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(many.layers[name][key][0], rec[key])
+        assert set(rec._values) == set(rec)
+        copy = pickle.loads(pickle.dumps(rec))
+        assert type(copy) is dict and all(torch.equal(copy[k], rec[k]) for k in rec)
+        assert repr(rec) == repr(dict(rec.items()))

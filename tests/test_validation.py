@@ -459,3 +459,25 @@ def test_edge_lrp_isolated_output_is_dropped(backend):
         assert torch.isfinite(r).all()
         assert r[2, 0] == 0
         torch.testing.assert_close(absorbed[2], R[2])
+
+
+def test_explain_rechecks_an_edge_index_changed_in_place():
+    """The range check of a graph explained call after call is reused only while the
+    edge_index tensor is unchanged."""
+    from torch_geometric.nn import GCN
+
+    import sparse_lrp
+
+    torch.manual_seed(0)
+    model = GCN(3, 4, 2, 2).eval()
+    x = torch.randn(5, 3)
+    ei = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    sparse_lrp.explain(model, x, ei, index=1)
+    sparse_lrp.explain(model, x, ei, index=2)  # the cached check
+    ei[0, 0] = 7
+    with pytest.raises(ValueError, match="out of range for 5"):
+        sparse_lrp.explain(model, x, ei, index=1)
+    ok = torch.tensor([[0, 1], [1, 4]])
+    sparse_lrp.explain(model, x, ok, index=1)
+    with pytest.raises(ValueError, match="out of range for 4"):  # the same graph on fewer nodes
+        sparse_lrp.explain(model, x[:4], ok, index=1)
