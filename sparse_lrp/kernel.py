@@ -136,7 +136,7 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     spread = tuple(i for i, (n, m) in enumerate(zip(a.shape, b.shape)) if m == 1 and n > 1)
     if spread:  # ...and over those b is constant along, then multiply
         a = a.sum(spread, keepdim=True)
-    return torch.linalg.vecdot(a.reshape(-1), b.reshape(-1))
+    return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
 def _combine(acc: dict[str, Tensor], inputs: dict[str, Tensor], x: Tensor, ratio: bool, skip: set) -> Tensor:
@@ -313,7 +313,7 @@ def propagate_branches(
         if want_absorbed == "total" and direct:
             # One group over all outputs: R - s contrib = s (stab(d) - contrib), the bias
             # share and the stabiliser's shift, summed as dot products without temporaries.
-            left = torch.linalg.vecdot(s.reshape(-1), shift.reshape(-1))
+            left = torch.dot(s.reshape(-1), shift.reshape(-1))
             if use_bias:
                 extra = extra + _dot(s, bias if contrib is None else group.bias(bias))
         elif want_absorbed == "total":

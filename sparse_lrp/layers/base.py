@@ -135,7 +135,9 @@ class Context:
 
     def record_node(self, name: str, x: Tensor, ratio: Tensor) -> None:
         """Add the relevance ``x * ratio`` reaching a layer's input, summed per row."""
-        if x.dim() > 1:
+        if x.dim() == 2:
+            node = rowdot(x.detach(), ratio)
+        elif x.dim() > 2:
             node = rowdot(x.detach().flatten(1), ratio.flatten(1))
         else:
             node = x.detach() * ratio
