@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, EdgeValues, FusedTerms
+from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, EdgeValues, FusedTerms, has_nonzero
 from .rules import Pass, Rule
 from .validation import check_edge_index, check_finite, check_same, check_tensor
 
@@ -234,7 +234,7 @@ def propagate_branches(
                 if term.inp in skip:
                     continue
                 gw = b.op.transform(b.weight, term.weight)
-                if term.may_vanish and not (gw.any() if isinstance(gw, EdgeValues) else bool(gw.any())):
+                if term.may_vanish and not (gw.any() if isinstance(gw, EdgeValues) else has_nonzero(gw)):
                     continue
                 if term.inp not in inputs:
                     inputs[term.inp] = rule.input(term.inp, b.x)

@@ -533,3 +533,17 @@ def test_rowdot_equals_the_rowwise_sum_of_products(rows, cols):
     got = rowdot(a, b)
     assert got.shape == (rows,)
     torch.testing.assert_close(got, (a * b).sum(1), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_has_nonzero_matches_any(dtype):
+    """The vanishing-term check: True exactly where ``any`` is (also -0.0, NaN, empty)."""
+    from sparse_lrp.operators import has_nonzero
+
+    cases = [[], [0.0, -0.0], [0.0, 2.0], [-3.0, 0.0], [float("nan")], [0.0] * 1000 + [1e-3]]
+    for values in cases:
+        t = torch.tensor(values, dtype=dtype)
+        assert has_nonzero(t) == bool(t.any()), values
+    w = torch.randn(40, 30, dtype=torch.float64).to(dtype)
+    assert has_nonzero(w.clamp(min=0)) and has_nonzero(w.clamp(max=0))
+    assert not has_nonzero(w.abs().clamp(max=0))
