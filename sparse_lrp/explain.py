@@ -41,8 +41,9 @@ class LazyRecords(Mapping):
     """One layer's records (``"edge"``, ``"node"``), each laid out on first access.
 
     Node targets leave their per-layer records as rows of their subgraphs; placing them
-    into graph-sized tensors is most of a single call's cost on a large graph, and most
-    explanations never read them. Reads, iteration, pickling and ``repr`` see the values.
+    into zero-filled graph-sized tensors (an ``[E]`` and an ``[N]`` per layer) is a large part
+    of a single call's cost on a large graph, and most explanations never read them. Reads,
+    iteration, pickling and ``repr`` see the values.
     """
 
     def __init__(self, build: dict[str, Callable[[], Tensor]]) -> None:
