@@ -577,10 +577,7 @@ def _only_target(res: ExplainResult) -> ExplainResult:
         node=res.node[0],
         edge=None if res.edge is None else res.edge[0],
         edge_attr=None if res.edge_attr is None else res.edge_attr[0],
-        layers={
-            name: rec.map(lambda v: v[0]) if isinstance(rec, LazyRecords) else {k: v[0] for k, v in rec.items()}
-            for name, rec in res.layers.items()
-        },
+        layers={name: rec.map(lambda v: v[0]) for name, rec in res.layers.items()},
     )
 
 
