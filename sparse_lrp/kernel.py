@@ -234,7 +234,7 @@ def propagate_branches(
                 if term.inp in skip:
                     continue
                 gw = b.op.transform(b.weight, term.weight)
-                if term.may_vanish and not (gw.any() if isinstance(gw, EdgeValues) else has_nonzero(gw)):
+                if term.may_vanish and not has_nonzero(gw.edge if isinstance(gw, EdgeValues) else gw):
                     continue
                 if term.inp not in inputs:
                     inputs[term.inp] = rule.input(term.inp, b.x)

@@ -27,15 +27,27 @@ from torch import Tensor
 
 from .backend import scatter_add
 
-__all__ = ["EdgeOperator", "DenseOperator", "TensorKeyed", "has_nonzero", "prepare", "rowdot", "sort_ints"]
+__all__ = [
+    "EdgeOperator",
+    "DenseOperator",
+    "TensorKeyed",
+    "has_nonzero",
+    "nonzero_rows",
+    "prepare",
+    "rowdot",
+    "sort_ints",
+]
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
 
 # torch's CPU sort of integers takes a radix sort only from 2^15 elements on; shorter
-# inputs get a comparison sort, several times slower per element, so keys a little short
-# of 2^15 take longer than 2^15 keys. Keys in that gap are padded up to the radix length.
+# inputs get a comparison sort, slower per element, so keys a little short of 2^15 take
+# longer than 2^15 keys. Keys in that gap are padded up to the radix length
+# (`python benchmarks/bench_primitives.py` prints both sorts across the gap).
 _RADIX_MIN = 2**15
-_PAD_FROM = 6_000
+_PAD_FROM = 10_000
+# rowdot's batched product pays from this many elements on (see rowdot).
+_ROWDOT_BMM_FROM = 2**21
 
 # CSR products are the point of this module; torch's "beta" notice says nothing actionable.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
@@ -59,16 +71,23 @@ def has_nonzero(t: Tensor) -> bool:
     """Whether ``t`` has an entry other than zero (NaN counts as one)."""
     if t.numel() == 0:
         return False
-    # One min/max reduction: several times faster than `any` on float tensors on CPU.
+    # A min/max reduction instead of `any`, which is slower on float CPU tensors
+    # (`python benchmarks/bench_primitives.py` prints both).
     lo, hi = torch.aminmax(t)
     return bool((lo != 0) | (hi != 0))
 
 
+def nonzero_rows(t: Tensor) -> Tensor:
+    """Indices of the rows of ``t [N, C]`` with an entry other than zero (-0.0 is zero)."""
+    return ((t.amax(1) > 0) | (t.amin(1) < 0)).nonzero().squeeze(1)
+
+
 def rowdot(a: Tensor, b: Tensor) -> Tensor:
     """``sum_c a[i, c] * b[i, c]`` for every row of ``[N, C]`` tensors."""
-    if a.numel() >= 2**20:
+    if a.numel() >= _ROWDOT_BMM_FROM:
         # One small product per row (a batched matmul) instead of vecdot's full [N, C]
-        # product temporary, whose first touch dominates for large inputs.
+        # product temporary: slower for small inputs, faster from about this size on
+        # (`python benchmarks/bench_primitives.py` prints both around it).
         return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(a.shape[0])
     return torch.linalg.vecdot(a, b)
 
@@ -439,9 +458,6 @@ class EdgeValues:
     @property
     def by_src(self) -> Tensor:
         return self.fn(self.op.permuted(self.weight)[1])
-
-    def any(self) -> bool:
-        return has_nonzero(self.edge)
 
 
 class DenseOperator:

@@ -218,3 +218,23 @@ def test_compare_stops_at_max_rounds_and_leaves_capped_calls_alone():
     )
     # "slow" is over its time cap after 3 calls (>= 0.03 s); "fast" alone runs on to the round cap
     assert len(t["slow"].times) == 3 and len(t["fast"].times) == 50
+
+
+def test_primitives_benchmark_prints_every_primitive_with_a_positive_ratio(capsys):
+    """benchmarks/bench_primitives.py (the figures behind the operators' helpers) runs."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_primitives.py"
+    spec = importlib.util.spec_from_file_location("bench_primitives", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    primitives = ("sort_ints", "has_nonzero", "rowdot", "nonzero_rows")
+    rows = [line for line in lines if line.startswith(primitives)]
+    assert {line.split(" vs ")[0] for line in rows} == set(primitives)
+    assert len(rows) == sum(1 for _ in mod.cases(torch.Generator().manual_seed(0)))
+    for line in rows:
+        ratio = float(line.split()[-1].rstrip("x"))
+        assert ratio > 0 and math.isfinite(ratio)

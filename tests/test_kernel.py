@@ -8,7 +8,7 @@ import torch
 from test_rules_reference import RULES, ZBox, make_rule, random_graph, ref_edge_lrp, ref_epsilon_multigraph
 
 from sparse_lrp import AlphaBeta, Epsilon, Gamma, WSquare, ZPlus, edge_lrp, linear_lrp, prepare
-from sparse_lrp.operators import EdgeOperator, rowdot, sort_ints
+from sparse_lrp.operators import _PAD_FROM, _RADIX_MIN, _ROWDOT_BMM_FROM, EdgeOperator, rowdot, sort_ints
 
 RULE_IDS = [r[0] for r in RULES]
 DTYPES = [torch.float64, torch.float32]
@@ -445,7 +445,9 @@ def test_identity_pattern_runs_as_row_scaling(rule, backend):
         torch.testing.assert_close(got_e, want_e, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("n", [0, 1, 5_999, 6_000, 20_000, 32_767, 32_768, 40_000])
+@pytest.mark.parametrize(
+    "n", [0, 1, _PAD_FROM - 1, _PAD_FROM, (_PAD_FROM + _RADIX_MIN) // 2, _RADIX_MIN - 1, _RADIX_MIN, 40_000]
+)
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
 def test_sort_ints_is_a_stable_sort(n, dtype):
     """Keys padded up to torch's radix-sort length sort exactly as a stable sort would."""
@@ -461,14 +463,19 @@ def test_sort_ints_is_a_stable_sort(n, dtype):
     assert sorted(order.tolist()) == list(range(n))
 
 
+def _dense_map(ei, w, n):
+    """``W [n, n]`` with ``W[j, i]`` the summed weights of the edges ``i -> j``."""
+    return torch.zeros(n, n, dtype=w.dtype).index_put_((ei[1], ei[0]), w, accumulate=True)
+
+
 def test_csr_in_the_padded_sort_range_equals_dense_product():
     """An operator whose edge count falls in the padded range builds the same CSR map."""
     g = torch.Generator().manual_seed(5)
-    n, e = 700, 9_000
+    n, e = 700, (_PAD_FROM + _RADIX_MIN) // 2
     ei = torch.randint(0, n, (2, e), generator=g)
     w = torch.randn(e, generator=g, dtype=torch.float64)
     x = torch.randn(n, 3, generator=g, dtype=torch.float64)
-    dense = torch.zeros(n, n, dtype=torch.float64).index_put_((ei[1], ei[0]), w, accumulate=True)
+    dense = _dense_map(ei, w, n)
     op = EdgeOperator(ei, n, n)
     torch.testing.assert_close(op.csr(w) @ x, dense @ x, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(op.csr_t(w) @ x, dense.T @ x, rtol=1e-12, atol=1e-12)
@@ -492,9 +499,7 @@ def test_csr_of_edges_already_grouped_skips_the_sort_and_equals_dense_product():
         op = EdgeOperator(sorted_ei, n, n)
         perm = (op._csr_by_dst if end == 1 else op._csr_by_src)()[2]
         assert torch.equal(perm, torch.arange(e))  # no reordering needed
-        dense = torch.zeros(n, n, dtype=torch.float64).index_put_(
-            (sorted_ei[1], sorted_ei[0]), sorted_w, accumulate=True
-        )
+        dense = _dense_map(sorted_ei, sorted_w, n)
         torch.testing.assert_close(op.csr(sorted_w) @ x, dense @ x, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(op.csr_t(sorted_w) @ x, dense.T @ x, rtol=1e-12, atol=1e-12)
 
@@ -524,7 +529,7 @@ def test_dot_of_a_broadcast_operand_equals_the_elementwise_sum(a_shape, b_shape)
     torch.testing.assert_close(_dot(a, b), (a * b).sum(), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("rows,cols", [(0, 4), (7, 3), (2**15, 64), (2**14 + 3, 70)])
+@pytest.mark.parametrize("rows,cols", [(0, 4), (7, 3), (_ROWDOT_BMM_FROM // 64, 64), (_ROWDOT_BMM_FROM // 70 - 3, 70)])
 def test_rowdot_equals_the_rowwise_sum_of_products(rows, cols):
     """Per-row dot products, on both sides of the size where the batched product takes over."""
     g = torch.Generator().manual_seed(rows)
@@ -547,3 +552,21 @@ def test_has_nonzero_matches_any(dtype):
     w = torch.randn(40, 30, dtype=torch.float64).to(dtype)
     assert has_nonzero(w.clamp(min=0)) and has_nonzero(w.clamp(max=0))
     assert not has_nonzero(w.abs().clamp(max=0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nonzero_rows_are_the_rows_with_an_entry_other_than_zero(dtype):
+    """The active-row test of the row cut: rows holding only +-0.0 are not active."""
+    from sparse_lrp.operators import nonzero_rows
+
+    t = torch.zeros(7, 5, dtype=dtype)
+    t[1, 3] = 2.0
+    t[4, 0] = -1e-30
+    t[5] = -0.0
+    t[6, 4] = -3.0
+    assert nonzero_rows(t).tolist() == [1, 4, 6]
+    assert nonzero_rows(t[:0]).tolist() == []
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(300, 8, generator=g, dtype=torch.float64).to(dtype)
+    r[torch.randperm(300, generator=g)[:200]] = 0
+    assert torch.equal(nonzero_rows(r), (r != 0).any(1).nonzero().squeeze(1))

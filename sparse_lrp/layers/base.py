@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..composites import Composite
 from ..kernel import Branch, propagate_branches
-from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, rowdot
+from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, nonzero_rows, rowdot
 from ..rules import Rule
 
 __all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError"]
@@ -208,7 +208,7 @@ class _Restricted:
         if ratio.dim() != 2 or ratio.shape[0] < RESTRICT_MIN_ROWS or rule.per_row_inputs:
             return None
         n = ratio.shape[0]
-        rows = _rows_with_bits(ratio)
+        rows = nonzero_rows(ratio)
         if rows.numel() == 0 or rows.numel() > RESTRICT_MAX_SHARE * n:
             return None
         return cls(rows, branches, xs)
@@ -227,22 +227,6 @@ class _Restricted:
                 edge = edge.new_zeros(b.op.num_edges).index_copy_(0, positions, edge)
             out.append((full, edge))
         return out
-
-
-_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _rows_with_bits(t: Tensor) -> Tensor:
-    """Rows of ``t [N, C]`` with any nonzero bit (-0.0 counts too: harmless, just kept).
-
-    Reading the values as 8-byte integers halves the elements ``any`` scans for float32,
-    and no bool tensor is written first as ``t.ne(0).any(1)`` would.
-    """
-    if t.is_contiguous() and t.shape[1] * t.element_size() % 8 == 0:
-        words = t.view(torch.int64)
-    else:
-        words = t.view(_INT_OF_SIZE[t.element_size()])
-    return words.any(1).nonzero().squeeze(1)
 
 
 class _MapFunction(torch.autograd.Function):
@@ -276,8 +260,7 @@ class _MapFunction(torch.autograd.Function):
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
         ratio = rule.proportional
-        # The ratio flowing in marks the rows with relevance (its zeros are +0.0, unlike
-        # R = z * c, where a negative z makes -0.0).
+        # The ratio flowing in marks the rows with relevance.
         sub = _Restricted.find(grad, branches, xs, rule) if ctx.few_rows else None
         n = r_out.shape[0]
         results, absorbed = propagate_branches(
