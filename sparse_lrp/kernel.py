@@ -252,6 +252,21 @@ def propagate_branches(
     # Rules whose groups mix a few shared products (Gamma) compute each product once:
     # forward values U_u, and backward once per product with s_u = sum_g mix_gu s_g.
     shared = rule.shared
+    groups = rule.groups
+    if z is not None and len(groups) > 1 and all(g.where is not None for g in groups):
+        # Groups split the outputs by the sign of z. Below a ReLU no relevance reaches a
+        # z < 0 unit (and an explained logit has one sign), so one group is often dead:
+        # the live one alone needs fewer products than the shared form of all of them.
+        negative = z < 0
+
+        def has_relevance(g) -> bool:
+            return has_nonzero(relevance.masked_fill(negative if g.where == ">=0" else ~negative, 0))
+
+        rest = tuple(g for g in groups[1:] if has_relevance(g))
+        # (the first group is live unless all relevance sits in the others)
+        live = rest if rest and not has_relevance(groups[0]) else (groups[0], *rest)
+        if len(live) < len(groups):
+            groups, shared = live, None
     if shared is not None:
         unit_products = [products_of(unit) for unit in shared.units]
         unit_values: list[Tensor | None] = [None] * len(shared.units)
@@ -272,7 +287,7 @@ def propagate_branches(
             unit_values[u] = relevance.new_zeros(relevance.shape) if val is None else val
         unit_s: list[Tensor | None] = [None] * len(shared.units)
 
-    for g, group in enumerate(rule.groups):
+    for g, group in enumerate(groups):
         products = None if shared is not None else products_of(group.terms)
 
         # d: the denominator before stabilising; `contrib` the contributions alone, or

@@ -460,6 +460,10 @@ class EdgeValues:
         return self.fn(self.op.permuted(self.weight)[1])
 
 
+# Transformed layer weights, weakly keyed by the parameter (a weight per entry: bounded).
+_TRANSFORMS = TensorKeyed(32)
+
+
 class DenseOperator:
     """A dense ``W [out, in]`` applied to rows: ``z = x Wᵀ`` for ``x [B, in]``.
 
@@ -467,12 +471,19 @@ class DenseOperator:
     ZBox bound keep the user's layout; the primitives mirror :class:`EdgeOperator`'s.
     """
 
-    def __init__(self, weight: Tensor) -> None:
+    def __init__(self, weight: Tensor, source: Tensor | None = None) -> None:
         self.weight = weight
+        self.source = source
         self.num_out, self.num_in = weight.shape
 
     def transform(self, weight: Tensor, fn) -> Tensor:
-        return fn(weight)
+        """``fn(weight)``; a layer's own weight (``source``, its parameter) keeps its
+        transforms (w⁺, w + γw⁺, ...) until it changes, so explaining call after call
+        pays them once."""
+        if self.source is None or weight is not self.weight:
+            return fn(weight)
+        src = self.source
+        return _TRANSFORMS.get(src, lambda: fn(weight), fn, src.data_ptr(), src.dtype, tuple(src.shape))
 
     def forward(self, gw: Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
         return f @ gw.T

@@ -598,3 +598,24 @@ def test_merged_union_keeps_border_self_loops_and_counts():
     m = int((edge_e == E_).nonzero())
     src, dst = union_ei[:, m]
     assert bool(ghost[src]) and int(node_v[dst]) == 1
+
+
+def test_weight_transforms_follow_in_place_and_replaced_weights():
+    """A layer's transformed weights (w + γw⁺, w⁺, w⁻) are kept between calls: changing
+    the weight in place, or replacing its data, must give the fresh model's result."""
+    import copy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(F, H), nn.ReLU(), nn.Linear(H, C)).double().eval()
+    x = torch.randn(6, F, dtype=DT)
+    for rule in (sparse_lrp.Gamma(0.5), sparse_lrp.ZPlus(), sparse_lrp.AlphaBeta()):
+        sparse_lrp.explain(model, x, None, composite=rule)  # fills the cache
+        with torch.no_grad():
+            model[0].weight.mul_(-1.5)  # in place: a new version of the same tensor
+        after = sparse_lrp.explain(model, x, None, composite=rule, target=0).node_feat
+        fresh = sparse_lrp.explain(copy.deepcopy(model), x, None, composite=rule, target=0).node_feat
+        assert_close(after, fresh)
+        model[2].weight.data = torch.randn(C, H, dtype=DT)  # new storage, same version count
+        after = sparse_lrp.explain(model, x, None, composite=rule, target=0).node_feat
+        fresh = sparse_lrp.explain(copy.deepcopy(model), x, None, composite=rule, target=0).node_feat
+        assert_close(after, fresh)

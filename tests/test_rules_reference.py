@@ -525,3 +525,34 @@ def test_edge_lrp_without_edge_weight_means_weight_one(rule_id, spec, backend):
 def test_module_exports_all_rules():
     for name in ["Epsilon", "Z", "ZPlus", "AlphaBeta", "Gamma", "WSquare", "Flat", "ZBox", "Pass"]:
         assert getattr(sparse_lrp, name) is getattr(sparse_lrp.rules, name)
+
+
+@pytest.mark.parametrize("where", [">=0", "<0", "none"])
+def test_gamma_with_relevance_on_one_output_sign_matches_reference(where, backend):
+    """Relevance on outputs of one sign only (below a ReLU nothing reaches z < 0; an
+    explained logit has one sign): the kernel then runs the live group alone, which
+    must still equal the reference, absorbed relevance and edge relevance included."""
+    x, W, R, b = make_case("random", seed=3)
+    x[:, 1] = -x[:, 1].abs()  # negative inputs too: both input signs in the live group
+    z = x @ W.T + b
+    assert (z >= 0).any() and (z < 0).any()
+    keep = {">=0": z >= 0, "<0": z < 0, "none": torch.zeros_like(z, dtype=torch.bool)}[where]
+    R = torch.where(keep, R, 0.0)
+    rule = Gamma(0.5)
+    exp_r, exp_abs = ref_lrp(rule, x, W, R, b)
+    for layout, strategy in LAYOUT_STRATEGIES:
+        r_in, absorbed = linear_lrp(x, to_layout(W, layout), R, rule, b, strategy=strategy, return_absorbed=True)
+        assert_matches(r_in, exp_r, torch.float64, f"{where}/{layout}/{strategy} R_in")
+        assert_matches(absorbed, exp_abs, torch.float64, f"{where}/{layout}/{strategy} absorbed")
+    # The same operator as edges (channels = the batch), z given as a model would.
+    ei = W.T.nonzero().T  # (input i, output j) pairs
+    w = W[ei[1], ei[0]]
+    exp_r, exp_e, exp_a = ref_edge_lrp(rule, x.T, ei, w, R.T, b[:, None])
+    for strategy in ("spmm", "scatter"):
+        r_in, edge, absorbed = edge_lrp(
+            x.T, ei, w, R.T, rule, bias=b[:, None], z=z.T, strategy=strategy,
+            return_edge_relevance=True, return_absorbed=True,
+        )  # fmt: skip
+        assert_matches(r_in, exp_r, torch.float64, f"{where}/edges/{strategy} R_in")
+        assert_matches(edge, exp_e, torch.float64, f"{where}/edges/{strategy} edge")
+        assert_matches(absorbed, exp_a, torch.float64, f"{where}/edges/{strategy} absorbed")

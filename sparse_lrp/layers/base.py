@@ -385,9 +385,10 @@ class LayerCall:
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         """``x Wᵀ + b`` over the last dimension of ``x`` (any leading shape)."""
         w = weight.detach()
+        op = DenseOperator(w, source=weight)
         if x.dim() == 2:  # (a reshape to the same shape would still add an autograd node)
-            return self.map([MapBranch(DenseOperator(w), w, x)], bias)
-        out = self.map([MapBranch(DenseOperator(w), w, x.reshape(-1, x.shape[-1]))], bias)
+            return self.map([MapBranch(op, w, x)], bias)
+        out = self.map([MapBranch(op, w, x.reshape(-1, x.shape[-1]))], bias)
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def edges(
@@ -421,7 +422,7 @@ class LayerCall:
     def dense_branch(self, x: Tensor, weight: Tensor) -> MapBranch:
         """A branch ``x Wᵀ`` (rows of ``x`` are samples/nodes) to combine in :meth:`map`."""
         w = weight.detach()
-        return MapBranch(DenseOperator(w), w, x)
+        return MapBranch(DenseOperator(w, source=weight), w, x)
 
     def messages(
         self,
