@@ -16,12 +16,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn.conv import MessagePassing
 
 from .composites import Composite, resolve
 from .layers import find_handler, subgraph_needs, supported_types
@@ -160,6 +162,8 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
 
 def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, *args, **kwargs):
     call = LayerCall(ctx, name, module, original)
+    if isinstance(module, MessagePassing):
+        ctx.hops_run += _layer_hops(module)
     if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
         args = (record_input(call, args[0]), *args[1:])
     out = handler(call, *args, **kwargs)
@@ -168,18 +172,32 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
     return out
 
 
-def num_hops(model: nn.Module) -> int:
-    """Message-passing hops of a model: its receptive field in edges."""
-    from torch_geometric.nn.conv import MessagePassing
+def _layer_hops(m: nn.Module) -> int:
+    """Edges one call of a message-passing layer reaches across (K for K-step layers)."""
+    if type(m).__name__ == "ChebConv":
+        return len(m.lins) - 1
+    return int(getattr(m, "K", 1))
 
-    hops = 0
-    for m in model.modules():
-        if isinstance(m, MessagePassing):
-            if type(m).__name__ == "ChebConv":
-                hops += len(m.lins) - 1
-            else:
-                hops += int(getattr(m, "K", 1))
-    return hops
+
+def num_hops(model: nn.Module) -> int:
+    """Message-passing hops of a model counted over its layers, each called once.
+
+    A layer called several times (shared weights) reaches further: :func:`explain`
+    counts the calls as they happen and widens the subgraphs if they need it.
+    """
+    return sum(_layer_hops(m) for m in model.modules() if isinstance(m, MessagePassing))
+
+
+# Hops counted from a model's layer calls in its last explanation (a layer called in a
+# loop counts once per call), the starting receptive field of its next one.
+_HOPS_RUN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _MoreHopsError(Exception):
+    """The layer calls reached further than the subgraphs were built for."""
+
+    def __init__(self, hops: int) -> None:
+        self.hops = hops
 
 
 # -- targets ------------------------------------------------------------------------
@@ -508,7 +526,8 @@ def explain(
             has one row per node.
         edges: record edge relevance (a little extra work per graph layer).
         hops: receptive field of node targets (default: counted from the model's
-            message-passing layers). Node targets, one or many, run on their k-hop
+            message-passing layer calls, each call of a layer used in a loop
+            included; a larger value widens it). Node targets, one or many, run on their k-hop
             computation subgraphs (exact for the supported layers; a custom layer that
             reads beyond its in-edges needs ``hops`` set accordingly).
         strategy, max_memory: passed to the edge kernel.
@@ -704,7 +723,7 @@ def _explain_many_nodes(
     results equal single-target calls.
     """
     n = x.shape[0]
-    k = num_hops(model) if hops is None else int(hops)
+    k = max(num_hops(model) if hops is None else int(hops), _HOPS_RUN.get(model, 0))
     rows = rows.to(x.device)
     if isinstance(target, Tensor) and not target.is_floating_point() and target.numel() == n:
         target = target.to(x.device)[rows]
@@ -715,18 +734,25 @@ def _explain_many_nodes(
     in_deg = needs is None or bool({"in_degrees", "weighted_in_degrees"} & needs)
     out_deg = needs is None or "out_degrees" in needs
     merge = needs is not None and needs & {"in_degrees", "out_degrees"} == set() and "weighted_in_degrees" in needs
-    args = (model, ctx, x, edge_index, rows, target, k, kwargs, budget)
-    if merge:
+    # Parameter-free message passing without a handler runs as it is: counted per module.
+    routed = {id(m) for _, m, _ in ctx.handled}
+    unrouted = sum(_layer_hops(m) for m in model.modules() if isinstance(m, MessagePassing) and id(m) not in routed)
+    while True:
+        args = (model, ctx, x, edge_index, rows, target, k, kwargs, budget, unrouted)
         try:
-            union = _khop_union(edge_index, n, rows, k, boundary_degrees=True, merge=True)
+            if merge:
+                try:
+                    union = _khop_union(edge_index, n, rows, k, boundary_degrees=True, merge=True)
+                    return _many_nodes_pass(*args, union, sparse_output=sparse_output)
+                except MergedEdgesError:
+                    pass
+            union = _khop_union(edge_index, n, rows, k, out_edges=out_deg, boundary_degrees=in_deg)
             return _many_nodes_pass(*args, union, sparse_output=sparse_output)
-        except MergedEdgesError:
-            pass
-    union = _khop_union(edge_index, n, rows, k, out_edges=out_deg, boundary_degrees=in_deg)
-    return _many_nodes_pass(*args, union, sparse_output=sparse_output)
+        except _MoreHopsError as more:  # a layer called repeatedly: rebuild the subgraphs wider
+            k = _HOPS_RUN[model] = more.hops
 
 
-def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget, union, sparse_output=None):
+def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget, unrouted, union, sparse_output=None):
     n, num_edges, t_count = x.shape[0], edge_index.shape[1], rows.numel()
     per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
@@ -774,6 +800,8 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
         feat_u, ea_u, value, cls, _, _ = _run(
             model, cctx, x.index_select(0, node_v), union_ei, sub_kwargs, centers, tgt, "node"
         )
+        if cctx.hops_run + unrouted > k:
+            raise _MoreHopsError(cctx.hops_run + unrouted)
         node_t, edge_t = node_t + offset, edge_t + offset
         if is_real is not None:  # merged edges are no edges of the graph: results drop them
             edge_t, edge_e = edge_t[is_real], edge_e[is_real]

@@ -619,3 +619,48 @@ def test_weight_transforms_follow_in_place_and_replaced_weights():
         after = sparse_lrp.explain(model, x, None, composite=rule, target=0).node_feat
         fresh = sparse_lrp.explain(copy.deepcopy(model), x, None, composite=rule, target=0).node_feat
         assert_close(after, fresh)
+
+
+class SharedLayerLoop(nn.Module):
+    """One conv applied ``times`` times (shared weights): more hops than layers."""
+
+    def __init__(self, conv: nn.Module, times: int = 3):
+        super().__init__()
+        self.inp = nn.Linear(F, H, bias=False)
+        self.conv = conv
+        self.out = nn.Linear(H, C, bias=False)
+        self.times = times
+
+    def forward(self, x, edge_index):
+        h = self.inp(x)
+        for _ in range(self.times):
+            h = torch.relu(self.conv(h, edge_index))
+        return self.out(h)
+
+
+@pytest.mark.parametrize(
+    "conv,hops",
+    [
+        (lambda: gnn.GraphConv(H, H, bias=False), 3),
+        (lambda: gnn.GCNConv(H, H, bias=False), 3),
+        (lambda: gnn.SGConv(H, H, K=2, bias=False), 6),
+    ],
+    ids=["GraphConv", "GCNConv", "SGConv-K2"],
+)
+def test_layer_called_repeatedly_reaches_its_whole_receptive_field(conv, hops, data):
+    """Node targets run on k-hop subgraphs: a layer called three times reaches three
+    times its hops. LRP-0 of single and batched targets equals gradient × input of the
+    full graph (a chain graph, where a too-small subgraph drops far nodes)."""
+    x, _ = data
+    chain = torch.arange(N - 1)
+    ei = torch.cat([torch.stack([chain, chain + 1]), torch.stack([chain + 1, chain])], 1)
+    model = zero_biases(randomise(SharedLayerLoop(conv()).double())).eval()
+    targets = [2, 9, 15]
+    many = sparse_lrp.explain(model, x, ei, index=targets, target=1, composite=LRP0)
+    for t, node in enumerate(targets):
+        (ref,) = grad_x_input(lambda v, node=node: model(v, ei)[node, 1], x)
+        reached = ref.abs().sum(1).nonzero().flatten()
+        assert (reached - node).abs().max() == hops  # the reference reaches the full field
+        single = sparse_lrp.explain(model, x, ei, index=node, target=1, composite=LRP0)
+        assert_close(single.node_feat, ref)
+        assert_close(many.node_feat[t], ref)

@@ -78,6 +78,7 @@ class Context:
     # many edges a merged one stands for), and the edge inputs whose values were summed.
     edge_counts: Tensor | None = None
     edge_inputs: tuple[Tensor, ...] = ()
+    hops_run: int = 0  # message-passing hops of the layer calls made so far
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
