@@ -215,9 +215,11 @@ def _as_index(index, rows: int, what: str) -> tuple[Tensor | None, bool]:
     if idx.dim() == 0:
         return _as_index(int(idx), rows, what)
     idx = idx.view(-1).long()
-    if idx.numel() and (int(idx.min()) < -rows or int(idx.max()) >= rows):
+    if idx.numel() == 0:
+        raise ValueError(f"index is empty: give at least one of the {rows} {what} to explain")
+    if int(idx.min()) < -rows or int(idx.max()) >= rows:
         raise ValueError(f"index out of range for {rows} {what}: {idx.min().item()}..{idx.max().item()}")
-    return idx % rows if idx.numel() else idx, True
+    return idx % rows, True
 
 
 def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tensor | None]:

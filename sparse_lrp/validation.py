@@ -45,9 +45,21 @@ def check_same(reference_name: str, reference: Tensor, **others: Tensor | None) 
             raise TypeError(f"{name} has dtype {t.dtype} but {reference_name} has dtype {reference.dtype}")
 
 
+_SPARSE_HINT = (
+    "explanations follow an edge list: convert it with "
+    "`edge_index, edge_weight = torch_geometric.utils.to_edge_index(adj)` (for a transposed "
+    "adj_t, as message passing takes it, use edge_index.flip(0)) and pass edge_weight to a "
+    "model that reads it"
+)
+
+
 def check_edge_index(edge_index: Tensor, num_in: int, num_out: int) -> None:
+    if type(edge_index).__name__ == "SparseTensor":
+        raise TypeError(f"edge_index is a torch_sparse SparseTensor; {_SPARSE_HINT}")
     if not isinstance(edge_index, Tensor):
         raise TypeError(f"edge_index must be a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.layout != torch.strided:
+        raise TypeError(f"edge_index is a sparse adjacency matrix ({edge_index.layout}); {_SPARSE_HINT}")
     if edge_index.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"edge_index must have dtype torch.int64 or torch.int32, got {edge_index.dtype}")
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:

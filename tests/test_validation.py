@@ -481,3 +481,26 @@ def test_explain_rechecks_an_edge_index_changed_in_place():
     sparse_lrp.explain(model, x, ok, index=1)
     with pytest.raises(ValueError, match="out of range for 4"):  # the same graph on fewer nodes
         sparse_lrp.explain(model, x[:4], ok, index=1)
+
+
+def test_explain_names_a_sparse_adjacency_and_an_empty_index():
+    """A sparse adjacency (as PyG's ToSparseTensor makes) gets an error that says how to
+    pass the edge list; an empty target list is named, not a failure deep inside."""
+    from torch_geometric.nn import GCN
+    from torch_geometric.utils import to_edge_index, to_torch_coo_tensor, to_torch_csr_tensor
+
+    import sparse_lrp
+
+    torch.manual_seed(0)
+    model = GCN(3, 4, 2, 2).eval()
+    x = torch.randn(5, 3)
+    ei = torch.tensor([[0, 1, 2, 4], [1, 2, 3, 0]])
+    for adj in (to_torch_csr_tensor(ei, size=(5, 5)), to_torch_coo_tensor(ei, size=(5, 5))):
+        with pytest.raises(TypeError, match=r"sparse adjacency matrix.*to_edge_index"):
+            sparse_lrp.explain(model, x, adj.t(), index=1)
+        # the conversion the message gives restores the edge list of adj_t
+        back, _ = to_edge_index(adj.t().to_sparse_csr())
+        assert sorted(map(tuple, back.flip(0).T.tolist())) == sorted(map(tuple, ei.T.tolist()))
+    for empty in ([], torch.zeros(5, dtype=torch.bool)):
+        with pytest.raises(ValueError, match="index is empty"):
+            sparse_lrp.explain(model, x, ei, index=empty)
