@@ -34,6 +34,7 @@ from .validation import check_edge_index, check_finite, check_same, check_tensor
 __all__ = ["Branch", "Propagated", "edge_lrp", "propagate", "propagate_branches", "stabilize"]
 
 STRATEGIES = ("auto", "spmm", "scatter")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class Propagated(NamedTuple):
@@ -193,6 +194,20 @@ def propagate_branches(
     ``ratio=True`` (proportional rules) returns ``R_in_b / x_b`` (any finite value where
     ``x_b = 0``) in place of ``R_in_b``. No input checks (see :func:`edge_lrp`).
     """
+    if relevance.dtype in HALF_DTYPES:
+        # Half precisions compute in float32: float16 overflows R / eps (65504 * 1e-6 is
+        # 0.07), and an inf times a zero contribution is NaN; bfloat16 has 3 digits.
+        def up(t):
+            return t.float() if isinstance(t, Tensor) and t.dtype in HALF_DTYPES else t
+
+        wide = [Branch(b.op, up(b.x), up(b.weight)) for b in branches]
+        results, absorbed = propagate_branches(
+            wide, up(relevance), rule, up(bias), up(z), strategy, want_edge, want_absorbed, max_memory, ratio
+        )
+        results = [
+            (r.to(b.x.dtype), None if e is None else e.to(b.weight.dtype)) for (r, e), b in zip(results, branches)
+        ]
+        return results, None if absorbed is None else absorbed.to(relevance.dtype)
     strategy = _resolve_strategy(strategy, relevance)
     if ratio and not rule.proportional:
         raise ValueError(f"{rule!r} is not proportional to its input: no ratio form")

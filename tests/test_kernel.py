@@ -570,3 +570,19 @@ def test_nonzero_rows_are_the_rows_with_an_entry_other_than_zero(dtype):
     r = torch.randn(300, 8, generator=g, dtype=torch.float64).to(dtype)
     r[torch.randperm(300, generator=g)[:200]] = 0
     assert torch.equal(nonzero_rows(r), (r != 0).any(1).nonzero().squeeze(1))
+
+
+@pytest.mark.parametrize("layout", ["dense", "csr"])
+def test_float16_dead_output_gives_no_nan(layout, backend):
+    """An output with no positive contribution has z⁺ = 0, so its ratio is R / eps: in
+    float16 that overflows (65504 * 1e-6 is 0.07) and inf times a zero weight was NaN.
+    Half precisions compute in float32 and must equal the float64 result."""
+    x = torch.tensor([[1.0, 2.0, 0.5]], dtype=torch.float64)
+    W = torch.tensor([[-1.0, -0.5, -2.0], [0.5, 1.0, 0.25]], dtype=torch.float64)  # output 0 is dead for z+
+    R = torch.tensor([[3.0, 1.0]], dtype=torch.float64)
+    for rule in (ZPlus(), AlphaBeta(), Gamma(), Epsilon()):
+        expected = linear_lrp(x, W, R, rule)
+        Wh = W.half() if layout == "dense" else W.half().to_sparse_csr()
+        r = linear_lrp(x.half(), Wh, R.half(), rule)
+        assert r.dtype == torch.float16 and torch.isfinite(r).all(), rule
+        torch.testing.assert_close(r.double(), expected, rtol=2e-3, atol=2e-3)

@@ -664,3 +664,22 @@ def test_layer_called_repeatedly_reaches_its_whole_receptive_field(conv, hops, d
         single = sparse_lrp.explain(model, x, ei, index=node, target=1, composite=LRP0)
         assert_close(single.node_feat, ref)
         assert_close(many.node_feat[t], ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("name", ["gcn", "gin"])
+def test_half_precision_models_match_float32(name, dtype, data):
+    """A half-precision model is explained in its dtype (graph layers fall back from CSR
+    products, which torch lacks there on CPU) and agrees with its float32 explanation
+    to half-precision accuracy."""
+    x, _ = data
+    model = _build(name, bias=True).float()
+    half = _build(name, bias=True).to(dtype)
+    half.load_state_dict(model.state_dict())
+    targets, classes = [1, 6, 9], torch.tensor([0, 1, 2])
+    ref = sparse_lrp.explain(model, x.float(), EI, index=targets, target=classes, composite="zplus")
+    res = sparse_lrp.explain(half, x.to(dtype), EI, index=targets, target=classes, composite="zplus")
+    assert res.node_feat.dtype == dtype and torch.isfinite(res.node_feat).all()
+    scale = float(ref.node_feat.abs().max())
+    torch.testing.assert_close(res.node_feat.float(), ref.node_feat, rtol=0, atol=3e-2 * scale)
+    torch.testing.assert_close(res.edge.float(), ref.edge, rtol=0, atol=3e-2 * float(ref.edge.abs().max()))

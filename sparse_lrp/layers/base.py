@@ -23,6 +23,7 @@ relevance goes to a side channel instead, exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..composites import Composite
-from ..kernel import Branch, propagate_branches
+from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches
 from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, nonzero_rows, rowdot
 from ..rules import Rule
 
@@ -46,6 +47,15 @@ def _ratio(r: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     q = r / x
     bad = ~torch.isfinite(q)
     return q.masked_fill_(bad, 0.0), torch.where(bad, r, 0.0).sum()
+
+
+def _narrow(ctx: Context, ratio: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A float32 ratio in a half ``dtype``; where it overflows, the relevance ``x * ratio``
+    it would carry is reported lost (and where ``x == 0`` there is none to carry)."""
+    out = ratio.to(dtype)
+    bad = ~torch.isfinite(out)
+    ctx.lost = ctx.lost + torch.where(bad & (x != 0), x * ratio, 0.0).sum()
+    return out.masked_fill_(bad, 0.0)
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
@@ -236,7 +246,7 @@ class _MapFunction(torch.autograd.Function):
     @staticmethod
     def forward(fctx, call: LayerCall, spec: tuple, *xs: Tensor) -> Tensor:
         branches, bias = spec
-        strategy = "spmm" if call.ctx.strategy == "auto" else call.ctx.strategy
+        strategy = _resolve_strategy(call.ctx.strategy, xs[0])  # (no CSR products in half precision)
         z = None
         for b, x in zip(branches, xs):
             part = b.op.forward(
@@ -257,6 +267,13 @@ class _MapFunction(torch.autograd.Function):
         ctx = call.ctx
         keys = [ctx.input_key(x) for x in xs]
         rule = call.rule(reads_input=any(k is not None for k in keys))
+        dtype = z.dtype
+        half = dtype in HALF_DTYPES
+        if half:  # computed in float32 (see propagate_branches), handed back narrowed
+            z, grad = z.float(), grad.float()
+            xs = [x.float() for x in xs]
+            bias = None if bias is None else bias.float()
+            branches = [dataclasses.replace(b, weight=b.weight.float()) for b in branches]
         r_out = z * grad
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
@@ -282,22 +299,22 @@ class _MapFunction(torch.autograd.Function):
         grads = []
         for b, x, key, (r_in, edge) in zip(branches, xs, keys, results):
             if b.record_edges and edge is not None:
-                ctx.record_edges(call.name, b.edge_ids, edge)
+                ctx.record_edges(call.name, b.edge_ids, edge.to(dtype))
             if b.rows_are_edges and ctx.want_edges:
                 flat = r_in.flatten(1)  # (also with zero rows, where reshape(0, -1) fails)
                 rows = rowdot(x.flatten(1), flat) if ratio else flat.sum(1)
-                ctx.record_edges(call.name, b.edge_ids, rows)
+                ctx.record_edges(call.name, b.edge_ids, rows.to(dtype))
             if ratio:
-                grads.append(r_in)
+                grads.append(_narrow(ctx, r_in, x, dtype) if half else r_in)
                 continue
             if key is not None:
                 # Exact side channel for input-independent rules on the model's input.
-                ctx.side[key] = ctx.side.get(key, 0) + r_in
-                grads.append(torch.zeros_like(x))
+                ctx.side[key] = ctx.side.get(key, 0) + r_in.to(dtype)
+                grads.append(torch.zeros(x.shape, dtype=dtype, device=x.device))
                 continue
             ratio_in, lost = _ratio(r_in, x)
             ctx.lost = ctx.lost + lost
-            grads.append(ratio_in)
+            grads.append(_narrow(ctx, ratio_in, x, dtype) if half else ratio_in)
         return (None, None, *grads)
 
 
