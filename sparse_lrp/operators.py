@@ -30,6 +30,7 @@ from .backend import scatter_add
 __all__ = [
     "EdgeOperator",
     "DenseOperator",
+    "DiagonalOperator",
     "TensorKeyed",
     "has_nonzero",
     "nonzero_rows",
@@ -493,6 +494,25 @@ class DenseOperator:
     ) -> tuple[Tensor, Tensor | None]:
         # Connection relevance of a dense map is the full [out, in] matrix, summed over rows.
         return s @ gw, (gw * (s.T @ f) if want_edge else None)
+
+
+class DiagonalOperator(DenseOperator):
+    """A per-channel scaling ``z = x * w`` for ``w [C]`` (eval-mode batch norm): the
+    dense map ``diag(w)`` with its ``C`` stored connections only (``C`` products per row
+    where ``diag(w)`` costs ``C²``; Flat counts one connection per output)."""
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        self.source = None
+        self.num_out = self.num_in = weight.shape[0]
+
+    def forward(self, gw: Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
+        return f * gw
+
+    def backward(
+        self, gw: Tensor, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
+    ) -> tuple[Tensor, Tensor | None]:
+        return s * gw, (gw * torch.linalg.vecdot(s.T, f.T) if want_edge else None)
 
 
 def prepare(edge_index: Tensor, num_in: int | None = None, num_out: int | None = None) -> EdgeOperator:

@@ -471,3 +471,30 @@ def test_chebconv_input_self_loops_carry_no_relevance(inputs):
     res = sparse_lrp.explain(m, x, EI, target=R, composite=Flat())
     loop = EI[0] == EI[1]
     assert torch.all(res.edge[loop] == 0)
+
+
+@pytest.mark.parametrize("rule_name", list(RULES))
+def test_batch_norm_is_a_per_channel_map(rule_name):
+    """Eval-mode BatchNorm1d is the affine map ``a x + b`` per channel: every rule equals
+    the kernel on the stored-diagonal sparse weight (Flat counts one connection per
+    output: the relevance stays in its channel)."""
+    g = torch.Generator().manual_seed(5)
+    n, c = 7, 6
+    bn = nn.BatchNorm1d(c).double().eval()
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(c, generator=g, dtype=DT))
+        bn.running_var.copy_(torch.rand(c, generator=g, dtype=DT) + 0.5)
+        bn.weight.copy_(torch.randn(c, generator=g, dtype=DT))
+        bn.weight[2] = 0.0  # a channel the norm switches off
+        bn.bias.copy_(torch.randn(c, generator=g, dtype=DT))
+    x = torch.randn(n, c, generator=g, dtype=DT)
+    R = torch.rand(n, c, generator=g, dtype=DT) + 0.1
+    rule = RULES[rule_name]()
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias.detach() - bn.running_mean * scale
+    diag = torch.sparse_coo_tensor(torch.arange(c).repeat(2, 1), scale, (c, c))  # zeros stay stored
+    expected = sparse_lrp.linear_lrp(x, diag, R, rule, shift, strategy="scatter")
+    res = sparse_lrp.explain(nn.Sequential(bn), x, None, target=R, composite=rule)
+    assert_close(res.node_feat, expected)
+    if rule_name == "flat":  # by hand: each channel's relevance, less its stabiliser share
+        assert_close(res.node_feat, R / (1 + rule.stabilizer))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..operators import DiagonalOperator
 from . import register_handler
-from .base import LayerCall
+from .base import LayerCall, MapBranch
 
 
 def linear(call: LayerCall, x: Tensor) -> Tensor:
@@ -28,7 +29,7 @@ def batch_norm(call: LayerCall, x: Tensor) -> Tensor:
     if m.weight is not None:
         scale = scale * m.weight.detach()
     shift = -mean * scale + (m.bias.detach() if m.bias is not None else 0)
-    return call.linear(x, torch.diag(scale), shift)
+    return call.map([MapBranch(DiagonalOperator(scale), scale, x)], shift)
 
 
 def activation(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
