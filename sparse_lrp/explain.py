@@ -456,6 +456,42 @@ def _validate(model, x, edge_index, kwargs) -> None:
         break
 
 
+# Functional code a classifier may end with (log_softmax, softmax, sigmoid): the logits
+# are their input. View-like steps between them and the layer are looked through.
+_NORMALISERS = ("LogSoftmaxBackward0", "SoftmaxBackward0", "SigmoidBackward0")
+_VIEWS = ("ViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0")
+
+
+def _logits(y: Tensor, outputs: list[tuple[int, Tensor]]) -> tuple[int | None, Tensor]:
+    """``(layer call, tensor)`` whose values are explained: the model's output ``y``
+    itself, or, where ``y`` normalises a layer's output, that output (the logits).
+
+    The call also marks the top layer for a composite's ``top`` rule: the layer that
+    produced ``y`` or its logits, else (``y`` computed from several layers, a residual
+    sum) the last layer with ``y``'s shape, while ``y`` itself is explained.
+    """
+    found = next((i for i, out in reversed(outputs) if out is y), None)
+    if found is not None:
+        return found, y
+    fn, normalised = y.grad_fn, False
+    while fn is not None:
+        hit = next(((i, out) for i, out in reversed(outputs) if out.grad_fn is fn), None)
+        if hit is not None:
+            return hit if normalised else (hit[0], y)
+        name = type(fn).__name__
+        if name not in _NORMALISERS + _VIEWS:
+            break
+        normalised = normalised or name in _NORMALISERS
+        fn = fn.next_functions[0][0]
+    if normalised:
+        raise ValueError(
+            "the model's output is a softmax/log_softmax/sigmoid of a tensor that no layer "
+            "returned: LRP explains logits, so return them (or end the model with a layer)"
+        )
+    top = next((i for i, out in reversed(outputs) if out.shape == y.shape), None)
+    return top, y
+
+
 def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_level: str | None):
     x_in = x.detach().requires_grad_(True)
     ctx.inputs = {"x": x_in}
@@ -472,16 +508,21 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         y = model(*args, **kwargs)
         if not isinstance(y, Tensor):
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
-        # Explain the logit: if functional code (log_softmax, softmax) follows the last
-        # layer, start from that layer's output instead.
-        top = next((i for i, out in reversed(ctx.outputs) if out is y), None)
-        if top is None:
-            top, y = next(((i, out) for i, out in reversed(ctx.outputs) if out.shape == y.shape), (None, y))
+        top, y = _logits(y, ctx.outputs)
         ctx.top_call = top
         if task_level == "node" and y.shape[0] != x.shape[0]:
             raise ValueError(f"node-level task but the model returned {y.shape[0]} rows for {x.shape[0]} nodes")
         seed, value, cls = _seed(y, rows, target)
-        grads = torch.autograd.grad(y, [x_in] + ([ea] if ea is not None else []), seed, allow_unused=True)
+        try:
+            grads = torch.autograd.grad(y, [x_in] + ([ea] if ea is not None else []), seed, allow_unused=True)
+        except RuntimeError as err:
+            if "inplace operation" not in str(err):
+                raise
+            raise ValueError(
+                "the model changes a layer's output in place (e.g. F.relu(h, inplace=True), "
+                "nn.ReLU(inplace=True) or h += ...): LRP reads every layer's output in its "
+                "backward pass, so use the out-of-place form"
+            ) from err
     gx = grads[0] if grads[0] is not None else torch.zeros_like(x_in)
     node_feat = (x_in.detach() * gx) + ctx.side.get("x", 0)
     edge_attr_rel = None
@@ -553,14 +594,33 @@ def explain(
         raise ValueError(f"task_level must be 'node', 'graph' or None, got {task_level!r}")
     num_graphs = int(batch.max()) + 1 if isinstance(batch, Tensor) and batch.numel() else None
     is_graph = task_level == "graph"
-    if task_level is None and index is not None and num_graphs is not None and num_graphs != n:
+    # With a `batch` vector and no task_level, targets are taken as graphs; a node-level
+    # model that takes `batch` shows itself by index (a node beyond the graphs) or by
+    # its output (a row per node), and is then explained as one.
+    guessed = task_level is None and index is not None and num_graphs is not None and num_graphs != n
+    as_nodes = functools.partial(
+        explain, model, x, edge_index, index=index, target=target, composite=composite, task_level="node",
+        edges=edges, hops=hops, strategy=strategy, max_memory=max_memory, sparse_output=sparse_output,
+        max_union=max_union, **forward_kwargs,
+    )  # fmt: skip
+    if guessed:
         is_graph = True
+        try:
+            _as_index(index, num_graphs, "graphs")
+        except ValueError:
+            _as_index(index, n, "nodes")  # (raises if it fits neither)
+            return as_nodes()
     rows_total = num_graphs if is_graph and num_graphs is not None else n
     rows, many = _as_index(index, rows_total, "graphs" if is_graph else "rows")
     if is_graph and many and batch is None:
         raise ValueError("graph-level targets need the `batch` vector (forward kwarg batch=...)")
     if task_level is None and edge_index is None:
         is_graph = True  # a plain model: rows are samples, explained jointly in one pass
+    if many and is_graph and rows.unique().numel() != rows.numel():
+        raise ValueError(
+            "index repeats a graph (or sample): these targets share one joint pass, where a repeat's "
+            "relevance would add up; explain the repeats in separate calls"
+        )
 
     ctx.handled = _collect(model)  # once per call: also what _patched routes
     ctx.few_rows = rows is not None
@@ -579,14 +639,18 @@ def explain(
             )
             return res if many else _only_target(res)
         level = "graph" if is_graph else task_level
-        node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
+        node_feat, ea_rel, value, cls, _, y = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
     finally:
         ctx.release()
         for p, flag in was_grad.items():
             p.requires_grad_(flag)
+    if guessed and y.shape[0] == n:
+        return as_nodes()
     res = _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index)
     if many and is_graph and batch is not None:
         res = _split_graphs(res, rows, batch, edge_index)
+    elif many and edge_index is None:  # samples (or nodes without a graph): each its own row
+        res = _split_graphs(res, rows, torch.arange(n, device=x.device), None)
     return res
 
 
@@ -727,7 +791,9 @@ def _explain_many_nodes(
     n = x.shape[0]
     k = max(num_hops(model) if hops is None else int(hops), _HOPS_RUN.get(model, 0))
     rows = rows.to(x.device)
-    if isinstance(target, Tensor) and not target.is_floating_point() and target.numel() == n:
+    if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == n and rows.numel() != n:
+        # One class (or relevance row) per node: the targets' own. (With as many targets
+        # as nodes the documented reading, one per index, holds.)
         target = target.to(x.device)[rows]
     budget = int(max_union) if max_union is not None else UNION_ROWS
     # Undeclared layers (None) get every degree kept. Degrees read only as weight sums
@@ -771,15 +837,18 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
             lambda t, rows=node_v: t.index_select(0, rows.to(t.device)) if t.dim() >= 2 and t.shape[0] == n else t
         )
         cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
-        cctx.handled, cctx.few_rows = ctx.handled, True
+        cctx.handled, cctx.few_rows, cctx.on_subgraphs = ctx.handled, True, True
         merged = edge_e == num_edges  # edges standing for all edges into a border node
         is_real = None if not bool(merged.any()) else ~merged
         sub_kwargs, summed = {}, []
         for name, value in kwargs.items():
+            # Edge inputs by name, else by length; a length that is both (as many edges as
+            # nodes) is read as per node unless the name says edge.
+            edge_named = name in _EDGE_KWARGS or name.startswith("edge_")
             if (
                 isinstance(value, Tensor)
                 and value.dim() > 0
-                and (name in _EDGE_KWARGS or (value.shape[0] == num_edges and name not in _NODE_KWARGS))
+                and (edge_named or (value.shape[0] == num_edges and value.shape[0] != n and name not in _NODE_KWARGS))
             ):
                 sub_kwargs[name] = value.index_select(0, edge_e.clamp(max=max(num_edges - 1, 0)))
                 if is_real is not None and value.is_floating_point():

@@ -61,6 +61,10 @@ class LRPExplainer(ExplainerAlgorithm):
         tgt = target
         if cfg.mode == ModelMode.regression:
             tgt = None
+        elif isinstance(tgt, Tensor) and tgt.dim() > 0 and index is not None:
+            # PyG hands one target per output row; explain takes one per index.
+            idx = torch.as_tensor(index, device=tgt.device)
+            tgt = tgt[idx.nonzero().view(-1) if idx.dtype == torch.bool else idx]
         res = explain(
             model,
             x,

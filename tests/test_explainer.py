@@ -404,3 +404,17 @@ def test_visualize_feature_importance(x, tmp_path):
     path = tmp_path / "features.png"
     expl.visualize_feature_importance(str(path), top_k=3)
     assert path.exists() and path.stat().st_size > 0
+
+
+def test_every_node_in_a_permuted_order_explains_each_nodes_own_prediction(x):
+    """PyG hands the algorithm one target per node; with as many targets as nodes, in
+    another order, each target must still be explained for its own predicted class."""
+    model = randomise(node_model(), seed=5)
+    explainer = make_explainer(model)
+    order = torch.arange(N).flip(0)
+    expl = explainer(x, EI, index=order)
+    pred = model(x, EI).argmax(1)
+    assert not torch.equal(pred[order], pred)  # the permutation changes the classes
+    for t in range(N):
+        single = sparse_lrp.explain(model, x, EI, index=int(order[t]), target=int(pred[order[t]]), composite="zplus")
+        assert_close(expl.node_mask_per_target[t], single.node_feat)

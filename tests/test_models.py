@@ -683,3 +683,137 @@ def test_half_precision_models_match_float32(name, dtype, data):
     scale = float(ref.node_feat.abs().max())
     torch.testing.assert_close(res.node_feat.float(), ref.node_feat, rtol=0, atol=3e-2 * scale)
     torch.testing.assert_close(res.edge.float(), ref.edge, rtol=0, atol=3e-2 * float(ref.edge.abs().max()))
+
+
+class TopResidual(nn.Module):
+    """The output is a sum of two layers (no single layer returns the logits)."""
+
+    def __init__(self, head="raw"):
+        super().__init__()
+        self.conv = gnn.GCNConv(F, C, bias=False)
+        self.skip = nn.Linear(F, C, bias=False)
+        self.head = head
+
+    def forward(self, x, edge_index):
+        y = self.conv(x, edge_index) + self.skip(x)
+        return torch.log_softmax(y, -1) if self.head == "log_softmax" else y / 0.5
+
+
+def test_an_output_summed_from_layers_is_explained_whole(data):
+    """``conv(x) + skip(x)`` (and a scaling after it) is the logit: LRP-0 equals gradient
+    × input of the model's own output, single and batched (only the last summand was
+    explained before)."""
+    x, _ = data
+    model = randomise(TopResidual().double()).eval()
+    many = sparse_lrp.explain(model, x, EI, index=[2, 7], target=1, composite=LRP0)
+    for t, node in enumerate([2, 7]):
+        (ref,) = grad_x_input(lambda v, node=node: model(v, EI)[node, 1], x)
+        single = sparse_lrp.explain(model, x, EI, index=node, target=1, composite=LRP0)
+        assert_close(single.output.reshape(()), model(x, EI)[node, 1].detach())
+        assert_close(single.node_feat, ref)
+        assert_close(many.node_feat[t], ref)
+    model.head = "log_softmax"  # logits no layer returned: named, not explained wrongly
+    with pytest.raises(ValueError, match=r"softmax.*no layer"):
+        sparse_lrp.explain(model, x, EI, index=2, composite=LRP0)
+
+
+def test_samples_of_a_plain_model_get_a_target_dimension_and_repeats_are_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(F, H, bias=False), nn.ReLU(), nn.Linear(H, C, bias=False)).double().eval()
+    x = torch.randn(10, F, dtype=DT)
+    res = sparse_lrp.explain(model, x, index=[2, 5], target=torch.tensor([0, 2]), composite=LRP0)
+    assert res.node_feat.shape == (2, 10, F)
+    for t, (row, cls) in enumerate([(2, 0), (5, 2)]):
+        (ref,) = grad_x_input(lambda v, row=row, cls=cls: model(v)[row, cls], x)
+        assert_close(res.node_feat[t], ref)  # all other samples 0
+    with pytest.raises(ValueError, match="index repeats"):
+        sparse_lrp.explain(model, x, index=[2, 2], target=torch.tensor([0, 1]), composite=LRP0)
+
+
+class NodeModelWithBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.GraphConv(F, C, bias=False)
+
+    def forward(self, x, edge_index, batch=None):
+        return self.conv(x, edge_index)
+
+
+def test_a_node_model_taking_batch_is_explained_per_node(data):
+    """With ``batch`` and no task_level, targets are first taken as graphs; a model that
+    returns a row per node (or an index beyond the graphs) makes them nodes."""
+    x, _ = data
+    model = randomise(NodeModelWithBatch().double()).eval()
+    batch = (torch.arange(N) >= N // 2).long()
+    for index in ([0, 1], N - 2):
+        res = sparse_lrp.explain(model, x, EI, index=index, target=1, composite=LRP0, batch=batch)
+        nodes = [index] if isinstance(index, int) else index
+        feats = res.node_feat[None] if isinstance(index, int) else res.node_feat
+        for t, node in enumerate(nodes):
+            (ref,) = grad_x_input(lambda v, node=node: model(v, EI)[node, 1], x)
+            assert_close(feats[t], ref)
+
+
+class NodeScaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = gnn.GraphConv(F, H, bias=False)
+        self.conv2 = gnn.GraphConv(H, C, bias=False)
+
+    def forward(self, x, edge_index, node_scale):
+        return self.conv2(torch.relu(self.conv1(x * node_scale[:, None], edge_index)), edge_index)
+
+
+def test_a_per_node_input_on_a_graph_with_as_many_edges_as_nodes(data):
+    """A ring has E == N: a per-node forward input must follow the nodes into the
+    targets' subgraphs (it was cut as if per edge)."""
+    x, _ = data
+    ring = torch.stack([torch.arange(N), (torch.arange(N) + 1) % N])
+    scale = torch.rand(N, dtype=DT, generator=torch.Generator().manual_seed(3)) + 0.5
+    model = randomise(NodeScaled().double()).eval()
+    many = sparse_lrp.explain(model, x, ring, index=[3, 8], target=1, composite=LRP0, node_scale=scale)
+    for t, node in enumerate([3, 8]):
+        (ref,) = grad_x_input(lambda v, node=node: model(v, ring, scale)[node, 1], x)
+        single = sparse_lrp.explain(model, x, ring, index=node, target=1, composite=LRP0, node_scale=scale)
+        assert_close(single.node_feat, ref)
+        assert_close(many.node_feat[t], ref)
+
+
+def test_targets_are_read_per_index_also_when_there_are_as_many_as_nodes(data):
+    x, _ = data
+    model = _build("gcn", bias=True)
+    order = torch.arange(N).flip(0)
+    classes = torch.arange(N) % C
+    res = sparse_lrp.explain(model, x, EI, index=order, target=classes, composite=LRP0)
+    assert torch.equal(res.target, classes)
+    y = model(x, EI).detach()
+    assert_close(res.output, y[order, classes])
+
+
+def test_a_float_target_of_the_outputs_shape_with_node_targets(data):
+    """Relevance given at the whole output [N, C] explains the indexed rows' relevance."""
+    x, _ = data
+    model = _build("gcn", bias=True)
+    rel = torch.rand(N, C, dtype=DT, generator=torch.Generator().manual_seed(4))
+    whole = sparse_lrp.explain(model, x, EI, target=torch.where(torch.arange(N)[:, None] == 5, rel, 0.0))
+    for index in (5, [5]):
+        res = sparse_lrp.explain(model, x, EI, index=index, target=rel)
+        feat = res.node_feat if isinstance(index, int) else res.node_feat[0]
+        assert_close(feat, whole.node_feat)
+
+
+def test_a_layer_output_changed_in_place_gets_a_clear_error(data):
+    x, _ = data
+
+    class InPlace(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = gnn.GCNConv(F, H)
+            self.conv2 = gnn.GCNConv(H, C)
+
+        def forward(self, x, edge_index):
+            return self.conv2(torch.relu_(self.conv1(x, edge_index)), edge_index)
+
+    model = InPlace().double().eval()
+    with pytest.raises(ValueError, match="in place"):
+        sparse_lrp.explain(model, x, EI, index=2)

@@ -84,6 +84,7 @@ class Context:
     _calls: int = 0
     handled: list | None = None  # (name, module, handler) to route, once found for the model
     few_rows: bool = False  # some outputs explained, not all: maps may cut to active rows
+    on_subgraphs: bool = False  # running on node targets' k-hop subgraphs, not the graph
     # On a subgraph whose border edges were merged: each edge's multiplicity (1, or how
     # many edges a merged one stands for), and the edge inputs whose values were summed.
     edge_counts: Tensor | None = None
