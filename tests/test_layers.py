@@ -142,6 +142,13 @@ TWO_LAYER = {
         ),
         (),
     ),
+    # The projection (a ReLU of a Linear) feeds the neighbours only; the root weight reads x.
+    "sage_project": (
+        lambda: zero_biases(
+            TwoLayers(gnn.SAGEConv(F, H, bias=False, project=True), gnn.SAGEConv(H, C, bias=False, project=True))
+        ),
+        (),
+    ),
     "gin_eps": (lambda: TwoLayers(_gin(F, H, eps=0.25), _gin(H, C, eps=-0.4)), ()),
     "gin_train_eps": (
         lambda: TwoLayers(_train_eps(_gin(F, H, train_eps=True)), _train_eps(_gin(H, C, train_eps=True))),
@@ -300,6 +307,107 @@ def test_gcn_cached_explains_the_current_graph_and_keeps_the_cache(inputs):
     assert_close(res.node_feat, gx)
     after = model.conv1._cached_edge_index
     assert all(torch.equal(a, b) for a, b in zip(cache, after) if isinstance(a, torch.Tensor))
+
+
+class SharedConv(nn.Module):
+    """One conv reachable under two names (``conv`` and ``layers.0``), called once."""
+
+    def __init__(self, conv, head):
+        super().__init__()
+        self.conv = conv
+        self.layers = nn.ModuleList([conv])
+        self.act, self.head = nn.ReLU(), head
+
+    def forward(self, x, edge_index):
+        return self.head(self.act(self.layers[0](x, edge_index)))
+
+
+def test_a_layer_under_two_names_is_explained_once(inputs):
+    """Each name routes the module through its handler; GAT's attention must still come
+    from the layer itself, not from the other name's handler. LRP-0 (bias-free) equals
+    gradient × input (for GAT: of the layer with its attention held fixed), single and
+    batched targets alike."""
+    x, _, _ = inputs
+    targets, classes = [5, 2, 9], torch.tensor([1, 0, 2])
+    gcn = SharedConv(gnn.GCNConv(F, H, bias=False), nn.Linear(H, C, bias=False)).double().eval()
+    gat = SharedConv(gnn.GATConv(F, 3, heads=2, bias=False), nn.Linear(6, C, bias=False)).double().eval()
+    ei_a, alpha = gat_attention(gat.conv, x, EI)[:2]
+
+    def gat_fixed(x_):
+        return gat.head(torch.relu(gat_dense(gat.conv, x_, ei_a, alpha)))
+
+    assert_close(gat_fixed(x).detach(), gat(x, EI).detach())  # the reference is the model's forward
+    for model, fn in ((gcn, lambda x_: gcn(x_, EI)), (gat, gat_fixed)):
+        many = sparse_lrp.explain(model, x, EI, index=targets, target=classes, composite=Epsilon(0.0))
+        assert torch.isfinite(many.node_feat).all() and torch.isfinite(many.edge).all()
+        for t, (i, c) in enumerate(zip(targets, classes.tolist())):
+            (gx,) = grad_x_input(lambda x_, fn=fn, i=i, c=c: fn(x_)[i, c], x)
+            one = sparse_lrp.explain(model, x, EI, index=i, target=c, composite=Epsilon(0.0))
+            assert_close(one.node_feat, gx)
+            assert_close(many.node_feat[t], gx)
+            assert_close(many.edge[t], one.edge)
+            assert_close(one.output.sum(), fn(x)[i, c].detach())
+
+
+class BatchStatsNorm(nn.Module):
+    """``lin(relu(bn(conv(x))))`` with a BatchNorm that normalises by its current batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.GraphConv(F, H)
+        self.bn = nn.BatchNorm1d(H, track_running_stats=False)
+        self.lin = nn.Linear(H, C)
+
+    def forward(self, x, edge_index):
+        return self.lin(torch.relu(self.bn(self.conv(x, edge_index))))
+
+    def frozen(self, x, edge_index):
+        """The same forward with the full graph's batch statistics held constant."""
+        h = self.conv(x, edge_index)
+        mean, var = h.detach().mean(0), h.detach().var(0, unbiased=False)
+        h = (h - mean) * torch.rsqrt(var + self.bn.eps) * self.bn.weight + self.bn.bias
+        return self.lin(torch.relu(h))
+
+
+def test_batch_norm_with_batch_statistics_reads_the_whole_graph(inputs):
+    """BatchNorm without running statistics normalises by the statistics of every node:
+    a node target's k-hop subgraph would change them. A single target keeps the whole
+    graph: with LRP-0 the ratio flows back as the gradient does (biases absorb, they do
+    not change it), so the relevance equals gradient × input of the model with its batch
+    statistics held constant, and the explained output is the model's logit. Batched
+    targets cannot be exact on their subgraphs: a clear error, naming the layer."""
+    x, _, _ = inputs
+    model = randomise(BatchStatsNorm().double()).eval()
+    y = model(x, EI).detach()
+    assert_close(model.frozen(x, EI).detach(), y)  # the reference is the model's forward
+    for i, c in ((5, 1), (9, 3)):
+        res = sparse_lrp.explain(model, x, EI, index=i, target=c, composite=Epsilon(0.0))
+        (gx,) = grad_x_input(lambda x_, i=i, c=c: model.frozen(x_, EI)[i, c], x)
+        assert_close(res.output.sum(), y[i, c])
+        assert_close(res.node_feat, gx)
+        k = res.conservation
+        assert k["in"] + k["absorbed"] + k["lost"] == pytest.approx(k["out"], rel=1e-7, abs=1e-8)
+        assert k["out"] == pytest.approx(float(y[i, c]), rel=1e-9)
+    with pytest.raises(ValueError, match=r"'bn'.*BatchNorm1d.*batch statistics"):
+        sparse_lrp.explain(model, x, EI, index=[5, 9], target=torch.tensor([1, 3]), composite=Epsilon(0.0))
+    # With running statistics (the full graph's) the same model runs batched on
+    # subgraphs, exactly; also where track_running_stats was switched off afterwards:
+    # in eval mode torch still normalises by the running buffers then.
+    for track in (True, False):
+        running = BatchStatsNorm().double()
+        running.bn = nn.BatchNorm1d(H).double()
+        running.load_state_dict(model.state_dict(), strict=False)
+        with torch.no_grad():
+            h = running.conv(x, EI)
+            running.bn.running_mean.copy_(h.mean(0))
+            running.bn.running_var.copy_(h.var(0, unbiased=False))
+        running.bn.track_running_stats = track
+        running.eval()
+        assert_close(running(x, EI).detach(), y)
+        many = sparse_lrp.explain(running, x, EI, index=[5, 9], target=torch.tensor([1, 3]), composite=Epsilon(0.0))
+        for t, (i, c) in enumerate(((5, 1), (9, 3))):
+            (gx,) = grad_x_input(lambda x_, i=i, c=c: model.frozen(x_, EI)[i, c], x)
+            assert_close(many.node_feat[t], gx)
 
 
 # --------------------------------------------------------------------------------------

@@ -25,8 +25,9 @@ __all__ = [
 ]
 
 Handler = Callable[..., object]
+Needs = Callable[[nn.Module], "tuple[str, ...] | None"]
 _HANDLERS: dict[type, tuple[Handler, tuple[str, ...]]] = {}
-_SUBGRAPH: dict[type, frozenset[str] | None] = {}
+_SUBGRAPH: dict[type, frozenset[str] | Needs | None] = {}
 
 
 # What a layer reads of the graph beyond its own nodes' incoming edges, so that a k-hop
@@ -43,7 +44,7 @@ def register_handler(
     handler: Handler,
     *,
     children: tuple[str, ...] = (),
-    subgraph: tuple[str, ...] | None = None,
+    subgraph: tuple[str, ...] | Needs | None = None,
 ) -> None:
     """Explain every module of ``module_type`` with ``handler``.
 
@@ -52,14 +53,22 @@ def register_handler(
     ``subgraph`` declares what the layer reads of the graph beyond its nodes' incoming
     edges (``()`` for nothing, or names from ``SUBGRAPH_NEEDS``); node targets then run
     on k-hop subgraphs that keep exactly that. Left None, a single target keeps the
-    whole graph. A later registration for the same type replaces the earlier one.
+    whole graph. Where the reads depend on the module's settings, ``subgraph`` is a
+    function ``module -> needs or None``. A later registration for the same type
+    replaces the earlier one.
     """
     if not isinstance(module_type, type) or not issubclass(module_type, nn.Module):
         raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
+    if not callable(subgraph):
+        subgraph = _checked_needs(subgraph)
+    _HANDLERS[module_type] = (handler, tuple(children))
+    _SUBGRAPH[module_type] = subgraph
+
+
+def _checked_needs(subgraph) -> frozenset[str] | None:
     if subgraph is not None and not set(subgraph) <= set(SUBGRAPH_NEEDS):
         raise ValueError(f"subgraph needs must be among {SUBGRAPH_NEEDS}, got {subgraph!r}")
-    _HANDLERS[module_type] = (handler, tuple(children))
-    _SUBGRAPH[module_type] = None if subgraph is None else frozenset(subgraph)
+    return None if subgraph is None else frozenset(subgraph)
 
 
 def subgraph_needs(modules) -> frozenset[str] | None:
@@ -69,6 +78,8 @@ def subgraph_needs(modules) -> frozenset[str] | None:
         for kind in type(module).__mro__:
             if kind in _HANDLERS:
                 declared = _SUBGRAPH.get(kind)
+                if callable(declared):  # per instance (a BatchNorm without running statistics)
+                    declared = _checked_needs(declared(module))
                 if declared is None:
                     return None
                 needs |= declared

@@ -125,14 +125,14 @@ def graph_conv(call: LayerCall, x, edge_index, edge_weight=None, size=None) -> T
 
 
 def sage_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
-    """SAGEConv: ``out = W_l mean_j(x_j) + W_r x_i + b`` (optionally after a ReLU projection)."""
+    """SAGEConv: ``out = W_l mean_j(h_j) + W_r x_i + b``, ``h = ReLU(W x + b)`` with ``project``, else ``x``."""
     _check_plain(call, x, edge_index)
     m = call.module
     if m.normalize:
         raise ValueError(f"{call.name}: SAGEConv(normalize=True) (L2 output normalisation) is not supported")
-    if m.project:
-        x = call.passthrough(torch.relu, call.linear(x, m.lin.weight, m.lin.bias))
-    a = _aggregate(call, x, edge_index, None, _aggr_name(m))
+    # The projection feeds the neighbour messages only: PyG's root weight reads the raw x.
+    h = call.passthrough(torch.relu, call.linear(x, m.lin.weight, m.lin.bias)) if m.project else x
+    a = _aggregate(call, h, edge_index, None, _aggr_name(m))
     return _with_root(call, a, x, m.lin_l, m.lin_r if m.root_weight else None)
 
 
@@ -164,7 +164,11 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
 
 def _attention(call: LayerCall, x, edge_index, edge_attr):
     """Run the layer once for its attention coefficients ``α [E', H]`` (kept fixed)."""
-    _, (ei, alpha) = call.original(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
+    # The class's forward, not call.original: a module found under several names is
+    # routed once per name, so call.original may be another name's handler (which
+    # returns no attention). The handler recomputes the class's forward anyway.
+    forward = type(call.module).forward.__get__(call.module)
+    _, (ei, alpha) = forward(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
     if call.module.add_self_loops:
         positions = call.ctx.memo(("loops", edge_index, x.shape[0]), lambda: _replaced_loops(edge_index, x.shape[0]))
     else:

@@ -16,14 +16,37 @@ def linear(call: LayerCall, x: Tensor) -> Tensor:
     return call.linear(x, m.weight, m.bias)
 
 
+def _batch_statistics(m: nn.Module) -> bool:
+    """Whether eval-mode ``m`` normalises by its batch's statistics (as torch decides:
+    without running buffers, whatever ``track_running_stats`` says now)."""
+    return m.running_mean is None and m.running_var is None
+
+
+def _batch_norm_needs(m: nn.Module) -> tuple[str, ...] | None:
+    # Batch statistics read every node of the graph: undeclared, a single node target
+    # keeps the whole graph. Running statistics read nothing beyond the node itself.
+    return None if _batch_statistics(m) else ()
+
+
 def batch_norm(call: LayerCall, x: Tensor) -> Tensor:
-    """Eval-mode batch norm is the affine map ``y = a x + b`` per channel, explained as such."""
+    """Eval-mode batch norm is the affine map ``y = a x + b`` per channel, explained as such:
+    ``a = γ / sqrt(var + ε)``, ``b = β - a mean`` (without running statistics, the batch's
+    own mean and variance, taken as constants)."""
     m = call.module
     if x.dim() != 2:
         raise ValueError(f"{call.name}: BatchNorm is supported on [N, C] inputs, got shape {tuple(x.shape)}")
-    if m.running_mean is not None and m.track_running_stats:
+    if not _batch_statistics(m):
         mean, var = m.running_mean, m.running_var
-    else:  # no running statistics: the batch's own, taken as constants
+    elif call.ctx.on_subgraphs:
+        # A subgraph's statistics are not the whole graph's; a single target keeps the
+        # whole graph (see _batch_norm_needs), batched targets cannot.
+        raise ValueError(
+            f"layer {call.name!r} ({type(m).__name__}) normalises by batch statistics (no running "
+            "statistics): on the node targets' k-hop subgraphs they differ from the whole graph's, "
+            "so batched node targets cannot be explained exactly. Explain one target at a time "
+            "(index=i runs on the whole graph) or give the layer running statistics."
+        )
+    else:
         mean, var = x.detach().mean(0), x.detach().var(0, unbiased=False)
     scale = torch.rsqrt(var + m.eps)
     if m.weight is not None:
@@ -44,7 +67,9 @@ def activation(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
         return torch.nn.functional.leaky_relu(x, m.negative_slope)
     if isinstance(m, nn.PReLU):
         return torch.nn.functional.prelu(x, m.weight.detach())
-    return call.passthrough(lambda t: call.original(t, *args, **kwargs), x)
+    # The class's forward: call.original may be another name's handler for a shared module.
+    forward = type(m).forward.__get__(m)
+    return call.passthrough(lambda t: forward(t, *args, **kwargs), x)
 
 
 def identity(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
@@ -53,7 +78,7 @@ def identity(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
 
 register_handler(nn.Linear, linear, subgraph=())
 for _bn in (nn.BatchNorm1d,):
-    register_handler(_bn, batch_norm, subgraph=())
+    register_handler(_bn, batch_norm, subgraph=_batch_norm_needs)
 for _act in (
     nn.ReLU,
     nn.LeakyReLU,
