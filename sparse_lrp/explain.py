@@ -164,6 +164,10 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
     call = LayerCall(ctx, name, module, original)
     if isinstance(module, MessagePassing):
         ctx.hops_run += _layer_hops(module)
+        if ctx.on_subgraphs:
+            graph = args[1] if len(args) > 1 else kwargs.get("edge_index")
+            if isinstance(graph, Tensor) and graph is not ctx.edge_index:
+                _check_within(ctx.edge_index, graph, name)
     if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
         args = (record_input(call, args[0]), *args[1:])
     out = handler(call, *args, **kwargs)
@@ -177,6 +181,24 @@ def _layer_hops(m: nn.Module) -> int:
     if type(m).__name__ == "ChebConv":
         return len(m.lins) - 1
     return int(getattr(m, "K", 1))
+
+
+class _BeyondSubgraphError(Exception):
+    """A layer ran on a graph the model derived itself, with edges the subgraphs lack."""
+
+
+def _check_within(given: Tensor, derived: Tensor, name: str) -> None:
+    """Raise :class:`_BeyondSubgraphError` unless every edge of ``derived`` (an edge_index
+    the model's own code built, e.g. with added self-loops) other than a self-loop is an
+    edge of the subgraph pass's ``given`` graph: edges it adds (reversed ones, say) may
+    reach nodes the k-hop subgraphs do not hold."""
+    if derived.dim() != 2 or derived.shape[0] != 2 or derived.is_floating_point():
+        return
+    width = int(max(given.max(), derived.max())) + 1 if given.numel() and derived.numel() else 1
+    d = derived.long()
+    keys = (d[0] * width + d[1])[d[0] != d[1]]
+    if keys.numel() and not bool(torch.isin(keys, given[0].long() * width + given[1].long()).all()):
+        raise _BeyondSubgraphError(name)
 
 
 def num_hops(model: nn.Module) -> int:
@@ -625,6 +647,9 @@ def explain(
     ctx.handled = _collect(model)  # once per call: also what _patched routes
     ctx.few_rows = rows is not None
     needs = subgraph_needs(m for _, m, _ in ctx.handled) if edge_index is not None else None
+    routed = {id(m) for _, m, _ in ctx.handled}
+    if any(isinstance(m, MessagePassing) and id(m) not in routed for m in model.modules()):
+        needs = None  # message passing without a handler (LGConv): what it reads is unknown
     # A single target whose layers did not all declare what they read keeps the graph.
     on_subgraphs = rows is not None and not is_graph and edge_index is not None and (many or needs is not None)
     was_grad = {p: p.requires_grad for p in model.parameters()}
@@ -634,10 +659,20 @@ def explain(
             # small fraction of the full pass, and exact for the built-in layers. A single
             # target under a user's handler keeps the full graph (its layer might read
             # more than its in-edges).
-            res = _explain_many_nodes(
-                model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output, max_union, needs
-            )
-            return res if many else _only_target(res)
+            try:
+                res = _explain_many_nodes(
+                    model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output, max_union, needs
+                )
+                return res if many else _only_target(res)
+            except _BeyondSubgraphError as err:
+                if many:
+                    raise ValueError(
+                        f"layer {err.args[0]!r} runs on a graph the model builds itself, with edges that "
+                        "are not in the given edge_index (reversed or new ones): node targets cannot run "
+                        "on k-hop subgraphs of it. Explain them one at a time (index=i uses the whole "
+                        "graph), or pass the graph the layers use as edge_index."
+                    ) from None
+                # (a single target runs on the whole graph below)
         level = "graph" if is_graph else task_level
         node_feat, ea_rel, value, cls, _, y = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
     finally:

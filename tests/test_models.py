@@ -817,3 +817,45 @@ def test_a_layer_output_changed_in_place_gets_a_clear_error(data):
     model = InPlace().double().eval()
     with pytest.raises(ValueError, match="in place"):
         sparse_lrp.explain(model, x, EI, index=2)
+
+
+class OwnGraph(nn.Module):
+    """Builds the graph its layers use: ``to_undirected`` adds reversed edges."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.inp = nn.Linear(F, H, bias=False)
+        self.conv = gnn.LGConv() if kind == "lgconv" else gnn.GraphConv(H, H, bias=False)
+        self.out = nn.Linear(H, C, bias=False)
+
+    def forward(self, x, edge_index):
+        from torch_geometric.utils import add_self_loops, to_undirected
+
+        if self.kind == "undirected":
+            edge_index = to_undirected(edge_index, num_nodes=x.shape[0])
+        elif self.kind == "self_loops":
+            edge_index = add_self_loops(edge_index, num_nodes=x.shape[0])[0]
+        return self.out(torch.relu(self.conv(torch.relu(self.inp(x)), edge_index)))
+
+
+@pytest.mark.parametrize("kind", ["undirected", "self_loops", "lgconv"])
+def test_layers_reading_beyond_the_given_in_edges(kind, data):
+    """A graph built in forward with new edges (reversed ones), or a message-passing
+    layer without a handler (LGConv reads degrees), may reach beyond a node target's
+    k-hop subgraph: a single target then runs on the whole graph, batched ones are
+    refused (new edges) or keep every degree (LGConv); an added self-loop stays exact."""
+    x, _ = data
+    model = randomise(OwnGraph(kind).double()).eval()
+    targets = [2, 9]
+    for node in targets:
+        (ref,) = grad_x_input(lambda v, node=node: model(v, EI)[node, 1], x)
+        assert_close(sparse_lrp.explain(model, x, EI, index=node, target=1, composite=LRP0).node_feat, ref)
+    if kind == "undirected":
+        with pytest.raises(ValueError, match="graph the model builds itself"):
+            sparse_lrp.explain(model, x, EI, index=targets, target=1, composite=LRP0)
+        return
+    many = sparse_lrp.explain(model, x, EI, index=targets, target=1, composite=LRP0)
+    for t, node in enumerate(targets):
+        (ref,) = grad_x_input(lambda v, node=node: model(v, EI)[node, 1], x)
+        assert_close(many.node_feat[t], ref)
