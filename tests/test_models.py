@@ -859,3 +859,31 @@ def test_layers_reading_beyond_the_given_in_edges(kind, data):
     for t, node in enumerate(targets):
         (ref,) = grad_x_input(lambda v, node=node: model(v, EI)[node, 1], x)
         assert_close(many.node_feat[t], ref)
+
+
+class GivenGraph(nn.Module):
+    """``OwnGraph("self_loops")`` with the looped graph given instead of built."""
+
+    def __init__(self, own):
+        super().__init__()
+        self.inp, self.conv, self.out = own.inp, own.conv, own.out
+
+    def forward(self, x, edge_index):
+        return self.out(torch.relu(self.conv(torch.relu(self.inp(x)), edge_index)))
+
+
+@pytest.mark.parametrize("index", [None, 6, [2, 6]])
+def test_edge_relevance_of_a_graph_built_in_forward_lands_on_the_given_edges(index, data):
+    """Layers on a graph derived in forward (self-loops added; the graph already has
+    some, so loops repeat) report edge relevance on the given edges: equal to the model
+    that is given the derived graph, on the given edges' positions (it was all zero)."""
+    from torch_geometric.utils import add_self_loops
+
+    x, _ = data
+    own = randomise(OwnGraph("self_loops").double()).eval()
+    looped = add_self_loops(EI, num_nodes=N)[0]  # the given edges first, then one loop per node
+    derived = sparse_lrp.explain(own, x, EI, index=index, target=1, composite=LRP0)
+    given = sparse_lrp.explain(GivenGraph(own), x, looped, index=index, target=1, composite=LRP0)
+    assert_close(derived.node_feat, given.node_feat)
+    assert_close(derived.edge, given.edge[..., :E])
+    assert bool((derived.edge != 0).any())

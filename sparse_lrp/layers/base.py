@@ -58,6 +58,27 @@ def _narrow(ctx: Context, ratio: Tensor, x: Tensor, dtype: torch.dtype) -> Tenso
     return out.masked_fill_(bad, 0.0)
 
 
+def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
+    """For each edge of ``edges``, the position of the same (source, target) edge in
+    ``ref``, the k-th copy of a multi-edge matched to the k-th (``-1``: none left)."""
+    if edges.shape[1] == 0 or ref.shape[1] == 0:
+        return torch.full((edges.shape[1],), -1, dtype=torch.long, device=edges.device)
+    width = int(max(ref.max(), edges.max())) + 1
+
+    def ranked(ei: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        key, order = torch.sort(ei[0].long() * width + ei[1].long(), stable=True)
+        copy = torch.arange(key.numel(), device=key.device) - torch.searchsorted(key, key)  # k-th copy
+        return key, copy, order
+
+    r_key, r_copy, r_order = ranked(ref)
+    e_key, e_copy, e_order = ranked(edges)
+    copies = int(max(r_copy.max(), e_copy.max())) + 1
+    r_full, e_full = r_key * copies + r_copy, e_key * copies + e_copy  # (r_full stays sorted)
+    at = torch.searchsorted(r_full, e_full).clamp(max=r_full.numel() - 1)
+    found = torch.where(r_full[at] == e_full, r_order[at], -1)
+    return torch.empty_like(found).index_copy_(0, e_order, found)
+
+
 def _same_tensor(a: Tensor, b: Tensor) -> bool:
     """The same values: one storage, shape and strides (an alias passed through unchanged)."""
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
@@ -127,14 +148,23 @@ class Context:
                 return key
         return None
 
+    def is_given(self, edge_index: Tensor) -> bool:
+        """Whether ``edge_index`` is the model's own edge_index (not one derived from it)."""
+        ref = self.edge_index
+        return ref is not None and edge_index.data_ptr() == ref.data_ptr() and edge_index.shape == ref.shape
+
     def edge_ids(self, edge_index: Tensor) -> Tensor | None:
-        """Positions of ``edge_index``'s edges in the model's edge_index, if it is the same."""
+        """Positions of ``edge_index``'s edges in the model's edge_index (``-1`` where it
+        has no such edge). A graph the model derived itself (self-loops added, edges
+        filtered) is matched edge by edge: the k-th copy of an edge to the k-th."""
         ref = self.edge_index
         if ref is None:
             return None
-        if edge_index.data_ptr() == ref.data_ptr() and edge_index.shape == ref.shape:
+        if self.is_given(edge_index):
             return torch.arange(ref.shape[1], device=ref.device)
-        return None
+        if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.is_floating_point():
+            return None
+        return self.memo(("edge_ids", edge_index), lambda: _match_edges(ref, edge_index))
 
     def record_edges(self, name: str, ids: Tensor | None, values: Tensor) -> None:
         rec = self.records.setdefault(name, {})
@@ -384,7 +414,7 @@ class LayerCall:
         counts = self.ctx.edge_counts
         if counts is None:
             return edge_weight
-        if self.ctx.edge_ids(edge_index) is None or (
+        if not self.ctx.is_given(edge_index) or (
             edge_weight is not None and not any(_same_tensor(edge_weight, t) for t in self.ctx.edge_inputs)
         ):
             raise MergedEdgesError(self.name)
