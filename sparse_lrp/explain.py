@@ -149,6 +149,13 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
             original = module.__dict__.get("forward", module.forward)
             saved.append((module, had, original))
             module.forward = functools.partial(_run_handler, ctx, name, module, handler, original)
+        routed = {id(m) for _, m, _ in modules}
+        for module in model.modules():  # message passing without a handler: its calls count hops
+            if isinstance(module, MessagePassing) and id(module) not in routed:
+                had = "forward" in module.__dict__
+                original = module.__dict__.get("forward", module.forward)
+                saved.append((module, had, original))
+                module.forward = functools.partial(_count_hops, ctx, module, original)
         yield
     finally:
         for module, had, original in reversed(saved):
@@ -158,6 +165,11 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
                 module.__dict__.pop("forward", None)
         for m in training:
             m.training = True
+
+
+def _count_hops(ctx: Context, module: nn.Module, original, *args, **kwargs):
+    ctx.hops_run += _layer_hops(module)
+    return original(*args, **kwargs)
 
 
 def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, *args, **kwargs):
@@ -837,11 +849,8 @@ def _explain_many_nodes(
     in_deg = needs is None or bool({"in_degrees", "weighted_in_degrees"} & needs)
     out_deg = needs is None or "out_degrees" in needs
     merge = needs is not None and needs & {"in_degrees", "out_degrees"} == set() and "weighted_in_degrees" in needs
-    # Parameter-free message passing without a handler runs as it is: counted per module.
-    routed = {id(m) for _, m, _ in ctx.handled}
-    unrouted = sum(_layer_hops(m) for m in model.modules() if isinstance(m, MessagePassing) and id(m) not in routed)
     while True:
-        args = (model, ctx, x, edge_index, rows, target, k, kwargs, budget, unrouted)
+        args = (model, ctx, x, edge_index, rows, target, k, kwargs, budget)
         try:
             if merge:
                 try:
@@ -855,7 +864,7 @@ def _explain_many_nodes(
             k = _HOPS_RUN[model] = more.hops
 
 
-def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget, unrouted, union, sparse_output=None):
+def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget, union, sparse_output=None):
     n, num_edges, t_count = x.shape[0], edge_index.shape[1], rows.numel()
     per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
@@ -906,8 +915,8 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
         feat_u, ea_u, value, cls, _, _ = _run(
             model, cctx, x.index_select(0, node_v), union_ei, sub_kwargs, centers, tgt, "node"
         )
-        if cctx.hops_run + unrouted > k:
-            raise _MoreHopsError(cctx.hops_run + unrouted)
+        if cctx.hops_run > k:
+            raise _MoreHopsError(cctx.hops_run)
         node_t, edge_t = node_t + offset, edge_t + offset
         if is_real is not None:  # merged edges are no edges of the graph: results drop them
             edge_t, edge_e = edge_t[is_real], edge_e[is_real]

@@ -887,3 +887,17 @@ def test_edge_relevance_of_a_graph_built_in_forward_lands_on_the_given_edges(ind
     assert_close(derived.node_feat, given.node_feat)
     assert_close(derived.edge, given.edge[..., :E])
     assert bool((derived.edge != 0).any())
+
+
+def test_message_passing_without_a_handler_called_in_a_loop(data):
+    """LGConv has no handler (it runs as is); called twice, its calls still count two
+    hops for batched node targets (one per module was counted before)."""
+    x, _ = data
+    chain = torch.arange(N - 1)
+    ei = torch.cat([torch.stack([chain, chain + 1]), torch.stack([chain + 1, chain])], 1)
+    model = randomise(SharedLayerLoop(gnn.LGConv(), times=2).double()).eval()
+    many = sparse_lrp.explain(model, x, ei, index=[4, 11], target=1, composite=LRP0)
+    for t, node in enumerate([4, 11]):
+        (ref,) = grad_x_input(lambda v, node=node: model(v, ei)[node, 1], x)
+        assert (ref.abs().sum(1).nonzero().flatten() - node).abs().max() == 2
+        assert_close(many.node_feat[t], ref)
