@@ -30,7 +30,7 @@ from .layers import find_handler, subgraph_needs, supported_types
 from .layers.base import Context, LayerCall, MergedEdgesError, record_input
 from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints
 from .rules import Rule
-from .validation import check_edge_index, check_finite, check_tensor
+from .validation import check_budget, check_edge_index, check_finite, check_tensor
 
 __all__ = ["ExplainResult", "LazyRecords", "explain"]
 
@@ -621,6 +621,7 @@ def explain(
     network ``node_feat`` equals gradient × input and sums to the logit.
     """
     _validate(model, x, edge_index, forward_kwargs)
+    check_budget(max_memory)
     ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)
     n = x.shape[0]
     batch = forward_kwargs.get("batch")

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, EdgeValues, FusedTerms, has_nonzero
 from .rules import Pass, Rule
-from .validation import check_edge_index, check_finite, check_same, check_tensor
+from .validation import check_budget, check_edge_index, check_finite, check_same, check_tensor
 
 __all__ = ["Branch", "Propagated", "edge_lrp", "propagate", "propagate_branches", "stabilize"]
 
@@ -467,6 +467,7 @@ def edge_lrp(
     if edge_weight is not None and not isinstance(edge_weight, Tensor):
         raise TypeError(f"edge_weight must be a torch.Tensor or None, got {type(edge_weight).__name__}")
     op = edge_index if isinstance(edge_index, EdgeOperator) else None
+    check_budget(max_memory)
     if check:
         check_tensor("x", x, ndim=2)
         check_tensor("relevance", relevance, ndim=2)
@@ -496,33 +497,36 @@ def edge_lrp(
         if bias is not None:
             check_tensor("bias", bias)
             try:
-                torch.broadcast_shapes(bias.shape, relevance.shape)
-            except RuntimeError as err:
+                shape = torch.broadcast_shapes(bias.shape, relevance.shape)
+            except RuntimeError:
+                shape = None
+            if shape != relevance.shape:  # (extra leading dimensions broadcast, but widen)
                 raise ValueError(
                     f"bias of shape {tuple(bias.shape)} does not broadcast against relevance {tuple(relevance.shape)}"
-                ) from err
+                )
         if z is not None and z.shape != relevance.shape:
             raise ValueError(f"z has shape {tuple(z.shape)} but relevance has {tuple(relevance.shape)}")
-        for name, t in (("x", x), ("relevance", relevance), ("edge_weight", edge_weight), ("bias", bias)):
+        for name, t in (("x", x), ("relevance", relevance), ("edge_weight", edge_weight), ("bias", bias), ("z", z)):
             if t is not None:
                 check_finite(name, t)
     if op is None:
         op = EdgeOperator(edge_index, x.shape[0], relevance.shape[0])
     if edge_weight is None:
         edge_weight = x.new_ones(op.num_edges)
-    res = propagate(
-        op,
-        x,
-        edge_weight,
-        relevance,
-        rule,
-        bias=bias,
-        z=z,
-        strategy=strategy,
-        want_edge=return_edge_relevance,
-        want_absorbed=return_absorbed,
-        max_memory=max_memory,
-    )
+    with torch.no_grad():  # relevance is a result, not a differentiable function of the inputs
+        res = propagate(
+            op,
+            x,
+            edge_weight,
+            relevance,
+            rule,
+            bias=bias,
+            z=z,
+            strategy=strategy,
+            want_edge=return_edge_relevance,
+            want_absorbed=return_absorbed,
+            max_memory=max_memory,
+        )
     out = (res.node,)
     if return_edge_relevance:
         out += (res.edge,)

@@ -8,7 +8,7 @@ from torch import Tensor
 from .kernel import STRATEGIES, propagate
 from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, TensorKeyed
 from .rules import Pass, Rule
-from .validation import check_finite, check_same, check_tensor
+from .validation import check_budget, check_finite, check_same, check_tensor
 
 __all__ = ["linear_lrp", "sparse_weight_edges"]
 
@@ -33,7 +33,12 @@ _OPERATORS = TensorKeyed(64)
 
 def _operator(weight: Tensor) -> tuple[EdgeOperator, Tensor]:
     def build():
-        edge_index, values = sparse_weight_edges(weight)
+        if weight.is_inference():  # (its index views exist only in inference mode)
+            with torch.inference_mode():
+                edge_index, values = sparse_weight_edges(weight)
+            edge_index, values = edge_index.clone(), values.clone()
+        else:
+            edge_index, values = sparse_weight_edges(weight)
         return EdgeOperator(edge_index, weight.shape[1], weight.shape[0]), values
 
     return _OPERATORS.get(weight, build)
@@ -76,6 +81,12 @@ def linear_lrp(
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     if isinstance(weight, Tensor) and weight.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
         raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
+    if isinstance(weight, Tensor) and weight.layout != torch.strided and weight.dense_dim() > 0:
+        raise TypeError(
+            f"weight is a hybrid sparse tensor ({weight.dense_dim()} dense dimension(s)); "
+            "give a 2-D sparse weight with scalar entries"
+        )
+    check_budget(max_memory)
     check_tensor("x", x, ndim=2)
     check_tensor("relevance", relevance, ndim=2)
     check_tensor("weight", weight, ndim=2)
@@ -93,6 +104,11 @@ def linear_lrp(
         if t is not None:
             check_finite(name, t)
 
+    with torch.no_grad():  # relevance is a result, not a differentiable function of the inputs
+        return _linear(x, weight, relevance, rule, bias, strategy, return_absorbed, max_memory)
+
+
+def _linear(x, weight, relevance, rule, bias, strategy, return_absorbed, max_memory):
     if weight.layout == torch.strided:
         res = propagate(DenseOperator(weight), x, weight, relevance, rule, bias=bias, want_absorbed=return_absorbed)
         return (res.node, res.absorbed) if return_absorbed else res.node

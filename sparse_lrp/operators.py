@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import warnings
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -98,6 +99,16 @@ def _chunk_size(num_edges: int, channels: int, itemsize: int, max_memory: int, t
     return max(1, min(num_edges, int(max_memory) // per_edge))
 
 
+def weight_key(w: Tensor) -> tuple | None:
+    """What identifies ``w``'s values for a cache that also holds a weak reference to
+    ``w`` itself: its id, in-place version, storage and layout. (Storage addresses alone
+    are reused by later tensors.) None for an inference tensor, which has no version:
+    not cached."""
+    if w.is_inference():
+        return None
+    return (id(w), w._version, w.data_ptr(), tuple(w.shape), w.stride(), w.dtype)
+
+
 class TensorKeyed:
     """Values derived from a tensor, reused while it lives and until it changes in place.
 
@@ -111,6 +122,8 @@ class TensorKeyed:
         self._entries: dict[tuple, tuple[weakref.ref, int, object]] = {}
 
     def get(self, t: Tensor, build, *extra):
+        if t.is_inference():  # no version counter: nothing tells a change, so no caching
+            return build()
         key = (id(t), *extra)
         hit = self._entries.get(key)
         if hit is not None and hit[0]() is t and hit[1] == t._version:
@@ -146,6 +159,7 @@ class EdgeOperator:
         self._by_dst: tuple[Tensor, Tensor, Tensor] | None = None
         self._by_src: tuple[Tensor, Tensor, Tensor] | None = None
         self._perm_key: tuple | None = None
+        self._perm_ref: Callable[[], Tensor | None] = lambda: None
         self._fused: dict[tuple, tuple] = {}
         self._perm: tuple[Tensor, Tensor] = ()
         self._diagonal = False  # edge e is e -> e (identity_pattern): products are row scalings
@@ -178,10 +192,10 @@ class EdgeOperator:
 
     def permuted(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """``weight`` in CSR order of ``W`` and of ``Wᵀ``; cached for the last weight seen."""
-        key = (weight.data_ptr(), weight.shape, weight._version, weight.dtype)
-        if self._perm_key != key:
+        key = weight_key(weight)
+        if key is None or self._perm_key != key or self._perm_ref() is not weight:
             self._perm = (weight.index_select(0, self._csr_by_dst()[2]), weight.index_select(0, self._csr_by_src()[2]))
-            self._perm_key = key
+            self._perm_key, self._perm_ref = key, (lambda: None) if key is None else weakref.ref(weight)
         return self._perm
 
     def grouped(self, end: int) -> tuple[Tensor, Tensor]:
@@ -348,13 +362,22 @@ class FusedTerms:
     def __init__(self, op: EdgeOperator, fs: list[Tensor], values: list[EdgeValues]) -> None:
         self.op, self.fs, self.k = op, fs, len(fs)
         w = values[0].weight
-        key = (w.data_ptr(), w.shape, w._version, w.dtype, tuple(v.fn for v in values))
-        cached = op._fused.get(key)
-        if cached is None:
-            if len(op._fused) >= 4:  # bounded: weights change per layer (attention) or call
-                op._fused.pop(next(iter(op._fused)))
-            cached = op._fused[key] = self._structure(op, [v.edge for v in values])
+        key = FusedTerms._key(w, values)
+        hit = op._fused.get(key) if key is not None else None
+        if hit is not None and hit[0]() is w:
+            cached = hit[1]
+        else:
+            cached = self._structure(op, [v.edge for v in values])
+            if key is not None:
+                if len(op._fused) >= 4:  # bounded: weights change per layer (attention) or call
+                    op._fused.pop(next(iter(op._fused)))
+                op._fused[key] = (weakref.ref(w), cached)
         self.fwd, self.bwd, self.values, self.term = cached
+
+    @staticmethod
+    def _key(w: Tensor, values: list[EdgeValues]) -> tuple | None:
+        key = weight_key(w)
+        return None if key is None else (*key, tuple(v.fn for v in values))
 
     @functools.cached_property
     def stacked(self) -> Tensor:
@@ -367,8 +390,9 @@ class FusedTerms:
         w = values[0].weight
         if any(v.weight is not w for v in values):
             return False
-        key = (w.data_ptr(), w.shape, w._version, w.dtype, tuple(v.fn for v in values))
-        if key in op._fused:
+        key = FusedTerms._key(w, values)
+        hit = op._fused.get(key) if key is not None else None
+        if hit is not None and hit[0]() is w:
             return True
         support = sum((v.edge != 0).to(torch.int8) for v in values)
         return bool((support <= 1).all())

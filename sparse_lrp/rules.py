@@ -264,8 +264,8 @@ class Gamma(Rule):
 
     def __init__(self, gamma: float = 0.25, stabilizer: float = 1e-6, zero_bias: bool = False) -> None:
         super().__init__(stabilizer, zero_bias)
-        if not gamma >= 0:
-            raise ValueError(f"Gamma needs gamma >= 0, got {gamma!r}")
+        if not 0 <= gamma < math.inf:
+            raise ValueError(f"Gamma needs gamma >= 0 (and finite), got {gamma!r}")
         self.gamma = g = float(gamma)
 
         def up(t: Tensor) -> Tensor:
@@ -321,6 +321,9 @@ class ZBox(Rule):
         super().__init__(stabilizer, zero_bias)
         self.low = torch.as_tensor(low)
         self.high = torch.as_tensor(high)
+        for name, bound in (("low", self.low), ("high", self.high)):
+            if bound.is_floating_point() and not bool(torch.isfinite(bound).all()):
+                raise ValueError(f"ZBox {name} must be finite (a box around the inputs)")
         self.groups = (
             Group(
                 (

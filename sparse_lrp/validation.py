@@ -5,6 +5,8 @@ They run once at the public entry points; internal calls pass ``check=False``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -73,3 +75,9 @@ def check_edge_index(edge_index: Tensor, num_in: int, num_out: int) -> None:
         raise ValueError(f"edge_index[0] (inputs) has index {src_max}, out of range for {num_in} inputs")
     if dst_max >= num_out:
         raise ValueError(f"edge_index[1] (outputs) has index {dst_max}, out of range for {num_out} outputs")
+
+
+def check_budget(max_memory) -> None:
+    """``max_memory`` is a positive, finite number of bytes."""
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, float)) or not 0 < max_memory < math.inf:
+        raise ValueError(f"max_memory must be a positive, finite number of bytes, got {max_memory!r}")

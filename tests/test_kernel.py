@@ -586,3 +586,54 @@ def test_float16_dead_output_gives_no_nan(layout, backend):
         r = linear_lrp(x.half(), Wh, R.half(), rule)
         assert r.dtype == torch.float16 and torch.isfinite(r).all(), rule
         torch.testing.assert_close(r.double(), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_prepared_operator_never_serves_another_weights_cached_values(backend):
+    """A prepared operator caches its weights in CSR order. Two weight tensors that
+    share storage address, shape, version and dtype (a view with another stride; or a
+    new tensor where a freed one lived) must still give their own results."""
+    g = torch.Generator().manual_seed(8)
+    n, e, c = 30, 120, 4
+    ei = torch.randint(0, n, (2, e), generator=g)
+    x = torch.randn(n, c, generator=g, dtype=torch.float64)
+    R = torch.randn(n, c, generator=g, dtype=torch.float64)
+    base = torch.randn(2 * e, generator=g, dtype=torch.float64)
+    op = prepare(ei, n, n)
+    for rule in (Epsilon(1e-3), ZPlus(), Gamma()):
+        for w in (base[:e], base[::2]):  # same data_ptr, shape, version, dtype
+            expected = edge_lrp(x, ei, w, R, rule, strategy="spmm")
+            torch.testing.assert_close(edge_lrp(x, op, w, R, rule, strategy="spmm"), expected, rtol=1e-12, atol=1e-12)
+        for _ in range(4):  # fresh weights each call, as a layer computes them
+            w = torch.randn(e, generator=g, dtype=torch.float64)
+            expected = edge_lrp(x, ei, w, R, rule, strategy="spmm")
+            torch.testing.assert_close(edge_lrp(x, op, w, R, rule, strategy="spmm"), expected, rtol=1e-12, atol=1e-12)
+            del w
+
+
+def test_inference_mode_weights_and_inputs_that_require_grad(backend):
+    """Weights made under torch.inference_mode (no version counter) are used uncached;
+    inputs that require grad give plain results (both strategies, edge relevance too)."""
+    g = torch.Generator().manual_seed(9)
+    ei = torch.tensor([[0, 1, 2, 2, 3], [1, 2, 0, 3, 1]])
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    R = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(5, generator=g, dtype=torch.float64)
+    W = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    with torch.inference_mode():
+        w_inf = w.clone()
+        W_inf = W.to_sparse_csr()
+    for strategy in ("spmm", "scatter"):
+        expected = edge_lrp(x, ei, w, R, ZPlus(), strategy=strategy, return_edge_relevance=True)
+        got = edge_lrp(x, prepare(ei, 4, 4), w_inf, R, ZPlus(), strategy=strategy, return_edge_relevance=True)
+        for a, b in zip(got, expected):
+            torch.testing.assert_close(a, b)
+        got = edge_lrp(x.requires_grad_(), ei, w.requires_grad_(), R, ZPlus(), strategy=strategy,
+                       return_edge_relevance=True)  # fmt: skip
+        x, w = x.detach(), w.detach()
+        for a, b in zip(got, expected):
+            assert not a.requires_grad
+            torch.testing.assert_close(a, b)
+    xb = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    Rb = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    r = linear_lrp(xb, W_inf, Rb, ZPlus())
+    torch.testing.assert_close(r, linear_lrp(xb, W, Rb, ZPlus()))

@@ -504,3 +504,26 @@ def test_explain_names_a_sparse_adjacency_and_an_empty_index():
     for empty in ([], torch.zeros(5, dtype=torch.bool)):
         with pytest.raises(ValueError, match="index is empty"):
             sparse_lrp.explain(model, x, ei, index=empty)
+
+
+def test_kernel_refuses_widening_bias_non_finite_rule_parameters_hybrid_weights_and_bad_budgets():
+    from sparse_lrp import Gamma, ZBox, ZPlus, edge_lrp, linear_lrp
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    R = torch.randn(4, 3, dtype=torch.float64)
+    ei = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    for bias in (torch.zeros(1, 4, 3, dtype=torch.float64), torch.zeros(2, 1, 1, dtype=torch.float64)):
+        with pytest.raises(ValueError, match="does not broadcast against relevance"):
+            edge_lrp(x, ei, None, R, ZPlus(), bias=bias)
+    with pytest.raises(ValueError, match="Gamma needs gamma >= 0 \\(and finite\\)"):
+        Gamma(float("inf"))
+    with pytest.raises(ValueError, match="ZBox low must be finite"):
+        ZBox(float("-inf"), 1.0)
+    hybrid = torch.randn(3, 4, 2, dtype=torch.float64).to_sparse(1)
+    with pytest.raises(TypeError, match="hybrid sparse"):
+        linear_lrp(torch.randn(2, 4, dtype=torch.float64), hybrid, torch.randn(2, 3, dtype=torch.float64), ZPlus())
+    for budget in (float("inf"), 0, -5, True):
+        with pytest.raises(ValueError, match="max_memory"):
+            edge_lrp(x, ei, None, R, ZPlus(), max_memory=budget)
+    with pytest.raises(ValueError, match="z contains"):
+        edge_lrp(x, ei, None, R, ZPlus(), z=torch.full_like(R, float("nan")))
