@@ -27,7 +27,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from .composites import Composite, resolve
 from .layers import find_handler, subgraph_needs, supported_types
-from .layers.base import Context, LayerCall, MergedEdgesError, record_input
+from .layers.base import Context, LayerCall, MergedEdgesError, record_input, same_tensor
 from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints
 from .rules import Rule
 from .validation import check_budget, check_edge_index, check_finite, check_tensor
@@ -176,10 +176,19 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
     call = LayerCall(ctx, name, module, original)
     if isinstance(module, MessagePassing):
         ctx.hops_run += _layer_hops(module)
-        if ctx.on_subgraphs:
-            graph = args[1] if len(args) > 1 else kwargs.get("edge_index")
-            if isinstance(graph, Tensor) and graph is not ctx.edge_index:
-                _check_within(ctx.edge_index, graph, name)
+    if ctx.on_subgraphs:
+        # A graph the model built itself (to_undirected, added edges) may reach beyond
+        # the subgraph, and nothing seen on the subgraph can tell: only the given one is exact.
+        graph = args[1] if len(args) > 1 else kwargs.get("edge_index")
+        if (
+            isinstance(graph, Tensor)
+            and graph.dim() == 2
+            and graph.shape[0] == 2
+            and not graph.is_floating_point()
+            and graph is not ctx.edge_index
+            and (graph.numel() == 0 or not same_tensor(graph, ctx.edge_index))  # (empty: no storage)
+        ):
+            raise _BeyondSubgraphError(name)
     if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
         args = (record_input(call, args[0]), *args[1:])
     out = handler(call, *args, **kwargs)
@@ -196,21 +205,7 @@ def _layer_hops(m: nn.Module) -> int:
 
 
 class _BeyondSubgraphError(Exception):
-    """A layer ran on a graph the model derived itself, with edges the subgraphs lack."""
-
-
-def _check_within(given: Tensor, derived: Tensor, name: str) -> None:
-    """Raise :class:`_BeyondSubgraphError` unless every edge of ``derived`` (an edge_index
-    the model's own code built, e.g. with added self-loops) other than a self-loop is an
-    edge of the subgraph pass's ``given`` graph: edges it adds (reversed ones, say) may
-    reach nodes the k-hop subgraphs do not hold."""
-    if derived.dim() != 2 or derived.shape[0] != 2 or derived.is_floating_point():
-        return
-    width = int(max(given.max(), derived.max())) + 1 if given.numel() and derived.numel() else 1
-    d = derived.long()
-    keys = (d[0] * width + d[1])[d[0] != d[1]]
-    if keys.numel() and not bool(torch.isin(keys, given[0].long() * width + given[1].long()).all()):
-        raise _BeyondSubgraphError(name)
+    """A layer ran on a graph the model derived itself, not on the given one."""
 
 
 def num_hops(model: nn.Module) -> int:
@@ -664,7 +659,8 @@ def explain(
     if any(isinstance(m, MessagePassing) and id(m) not in routed for m in model.modules()):
         needs = None  # message passing without a handler (LGConv): what it reads is unknown
     # A single target whose layers did not all declare what they read keeps the graph.
-    on_subgraphs = rows is not None and not is_graph and edge_index is not None and (many or needs is not None)
+    several = rows is not None and rows.numel() > 1
+    on_subgraphs = rows is not None and not is_graph and edge_index is not None and (several or needs is not None)
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:
         if on_subgraphs:
@@ -678,12 +674,12 @@ def explain(
                 )
                 return res if many else _only_target(res)
             except _BeyondSubgraphError as err:
-                if many:
+                if several:
                     raise ValueError(
-                        f"layer {err.args[0]!r} runs on a graph the model builds itself, with edges that "
-                        "are not in the given edge_index (reversed or new ones): node targets cannot run "
-                        "on k-hop subgraphs of it. Explain them one at a time (index=i uses the whole "
-                        "graph), or pass the graph the layers use as edge_index."
+                        f"layer {err.args[0]!r} runs on a graph the model builds in forward, not on the "
+                        "given edge_index: node targets cannot run on k-hop subgraphs of it. Explain "
+                        "them one at a time (a single target uses the whole graph), or build the graph "
+                        "before the call and pass it as edge_index."
                     ) from None
                 # (a single target runs on the whole graph below)
         level = "graph" if is_graph else task_level
@@ -699,7 +695,23 @@ def explain(
         res = _split_graphs(res, rows, batch, edge_index)
     elif many and edge_index is None:  # samples (or nodes without a graph): each its own row
         res = _split_graphs(res, rows, torch.arange(n, device=x.device), None)
+    elif many:  # one node target, given as a list, on the whole graph: its [1, ...] results
+        res = _with_target_dim(res)
     return res
+
+
+def _with_target_dim(res: ExplainResult) -> ExplainResult:
+    def lead(t):
+        return None if t is None else t[None]
+
+    return dataclasses.replace(
+        res,
+        node_feat=lead(res.node_feat),
+        node=lead(res.node),
+        edge=lead(res.edge),
+        edge_attr=lead(res.edge_attr),
+        layers={name: {k: v[None] for k, v in rec.items()} for name, rec in res.layers.items()},
+    )
 
 
 def _only_target(res: ExplainResult) -> ExplainResult:

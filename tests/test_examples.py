@@ -6,6 +6,7 @@ scripts run in this process (``runpy``) as ``__main__``, exactly as ``python exa
 
 from __future__ import annotations
 
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -27,3 +28,18 @@ def test_example_runs(path: Path, monkeypatch, capsys):
     runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert out.strip(), f"{path.name} printed nothing"
+
+
+def test_custom_layer_handler_example_matches_gradient_times_input(monkeypatch, capsys):
+    """The custom handler example prints its own check, LRP-0 against gradient x input
+    (its gated convolutions have zero biases): the printed difference must be rounding
+    and the explained logit non-trivial (a 0-hop subgraph once made both 0)."""
+    path = next(p for p in EXAMPLES if p.name == "custom_layer_handler.py")
+    monkeypatch.setattr(sys, "argv", [str(path)])
+    runpy.run_path(str(path), run_name="__main__")
+    out = capsys.readouterr().out
+    diff = float(re.search(r"max \|LRP-0 - grad\*input\|\s+(\S+)", out).group(1))
+    logit = float(re.search(r"explained logit\s+(\S+)", out).group(1))
+    total = float(re.search(r"sum of feature relevance\s+(\S+)", out).group(1))
+    assert diff < 1e-5 * max(1.0, abs(logit))
+    assert logit != 0 and total == pytest.approx(logit, rel=1e-4)

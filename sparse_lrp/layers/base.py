@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch_geometric.nn.conv import MessagePassing
 
 from ..composites import Composite
 from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches
@@ -79,7 +80,7 @@ def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
     return torch.empty_like(found).index_copy_(0, e_order, found)
 
 
-def _same_tensor(a: Tensor, b: Tensor) -> bool:
+def same_tensor(a: Tensor, b: Tensor) -> bool:
     """The same values: one storage, shape and strides (an alias passed through unchanged)."""
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
 
@@ -144,7 +145,7 @@ class Context:
     def input_key(self, t: Tensor) -> str | None:
         """Which model input ``t`` is (same storage, shape and strides), if any."""
         for key, inp in self.inputs.items():
-            if _same_tensor(t, inp):
+            if same_tensor(t, inp):
                 return key
         return None
 
@@ -399,6 +400,12 @@ class LayerCall:
         ctx._calls += 1
         self.index = ctx._calls
 
+    def _hop(self) -> None:
+        # A message-passing layer's hops are counted per call (K-step layers: K); a layer
+        # of the user's own that mixes nodes counts one hop per node-mixing map.
+        if not isinstance(self.module, MessagePassing):
+            self.ctx.hops_run += 1
+
     def rule(self, reads_input: bool = False) -> Rule:
         return self.ctx.composite.rule(
             self.name, self.module, reads_input=reads_input, is_top=self.index == self.ctx.top_call
@@ -415,7 +422,7 @@ class LayerCall:
         if counts is None:
             return edge_weight
         if not self.ctx.is_given(edge_index) or (
-            edge_weight is not None and not any(_same_tensor(edge_weight, t) for t in self.ctx.edge_inputs)
+            edge_weight is not None and not any(same_tensor(edge_weight, t) for t in self.ctx.edge_inputs)
         ):
             raise MergedEdgesError(self.name)
         return counts.to(self.ctx.inputs["x"].dtype) if edge_weight is None else edge_weight
@@ -456,6 +463,7 @@ class LayerCall:
         identity, else the layer's edges are reported on their own).
         """
         num_out = x.shape[0] if num_out is None else num_out
+        self._hop()
         op = self.ctx.operator(edge_index, x.shape[0], num_out)
         w = x.new_ones(edge_index.shape[1]) if edge_weight is None else edge_weight.detach()
         ids = edge_ids if edge_ids is not None else self.ctx.edge_ids(edge_index)
@@ -486,6 +494,7 @@ class LayerCall:
 
         The messages are the inputs of this map, so their relevance is edge relevance.
         """
+        self._hop()
         op = EdgeOperator(rows, msg.shape[0], num_out)
         branches = [MapBranch(op, msg.new_ones(msg.shape[0]), msg, edge_ids=edge_ids, rows_are_edges=True)]
         return self.map(branches + list(extra or []), bias)
