@@ -64,6 +64,17 @@ class Composite:
         for rule in [self.default, *self.by_name.values(), *self.by_type.values(), first, top]:
             if rule is not None and (not isinstance(rule, Rule) or isinstance(rule, Pass)):
                 raise TypeError(f"composite rules for linear layers must be linear-map rules, got {rule!r}")
+        for kind in self.by_type:
+            if not isinstance(kind, type):
+                raise TypeError(f"by_type keys must be module classes (e.g. GCNConv), got {kind!r}")
+
+    def check_names(self, names: list[str]) -> None:
+        """Raise if a ``by_name`` pattern matches none of the layers ``names`` (a typo, or
+        a module inside a layer, whose maps take the layer's rule)."""
+        for pattern in self.by_name:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                shown = ", ".join(repr(n) for n in names[:12]) + (", ..." if len(names) > 12 else "")
+                raise ValueError(f"composite by_name pattern {pattern!r} matches no layer; layers: {shown}")
 
     def rule(self, name: str, module: nn.Module, *, reads_input: bool = False, is_top: bool = False) -> Rule:
         """The rule for module ``module`` at path ``name``."""

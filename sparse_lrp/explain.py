@@ -653,6 +653,7 @@ def explain(
         )
 
     ctx.handled = _collect(model)  # once per call: also what _patched routes
+    ctx.composite.check_names([name for name, _, _ in ctx.handled])
     ctx.few_rows = rows is not None
     needs = subgraph_needs(m for _, m, _ in ctx.handled) if edge_index is not None else None
     routed = {id(m) for _, m, _ in ctx.handled}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -41,6 +42,14 @@ class LRPExplainer(ExplainerAlgorithm):
 
     def __init__(self, composite: Composite | Rule | str | None = "zplus", **explain_kwargs: Any) -> None:
         super().__init__()
+        options = [
+            name
+            for name, p in inspect.signature(explain).parameters.items()
+            if p.kind == p.KEYWORD_ONLY and name not in ("index", "target", "composite", "task_level", "edges")
+        ]
+        unknown = sorted(set(explain_kwargs) - set(options))
+        if unknown:
+            raise TypeError(f"LRPExplainer got unknown option(s) {unknown}; explain options: {options}")
         self.composite = composite
         self.explain_kwargs = explain_kwargs
 
@@ -59,9 +68,11 @@ class LRPExplainer(ExplainerAlgorithm):
         cfg = self.model_config
         task = "graph" if cfg.task_level == ModelTaskLevel.graph else "node"
         tgt = target
-        if cfg.mode == ModelMode.regression:
-            tgt = None
-        elif isinstance(tgt, Tensor) and tgt.dim() > 0 and index is not None:
+        if cfg.mode == ModelMode.regression and isinstance(tgt, Tensor):
+            # The target (the prediction, or the phenomenon's values) is the relevance at
+            # the output: every output explained by its own value.
+            tgt = tgt.to(x.dtype).reshape(tgt.shape[0], -1)
+        if isinstance(tgt, Tensor) and tgt.dim() > 0 and index is not None:
             # PyG hands one target per output row; explain takes one per index.
             idx = torch.as_tensor(index, device=tgt.device)
             tgt = tgt[idx.nonzero().view(-1) if idx.dtype == torch.bool else idx]

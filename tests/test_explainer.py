@@ -418,3 +418,29 @@ def test_every_node_in_a_permuted_order_explains_each_nodes_own_prediction(x):
     for t in range(N):
         single = sparse_lrp.explain(model, x, EI, index=int(order[t]), target=int(pred[order[t]]), composite="zplus")
         assert_close(expl.node_mask_per_target[t], single.node_feat)
+
+
+def test_regression_explains_the_outputs_own_values_or_the_given_target(x):
+    """Regression: the relevance at the output is the target PyG hands over (the
+    prediction for 'model', the given values for 'phenomenon'); with LRP-0 on a
+    bias-free model the mask sums to it over every output column (one column alone was
+    explained before)."""
+    model = randomise(node_model(out=2, bias=False), seed=3)
+    y = model(x, EI).detach()
+    cfg = dict(mode="regression", task_level="node", return_type="raw")
+    expl = make_explainer(model, composite=Epsilon(0.0), **cfg)(x, EI, index=3)
+    assert float(expl.node_mask.sum()) == pytest.approx(float(y[3].sum()), rel=1e-9)
+    target = torch.zeros_like(y)
+    target[3] = torch.tensor([5.0, -1.0], dtype=DT)
+    phen = make_explainer(model, composite=Epsilon(0.0), explanation_type="phenomenon", **cfg)
+    assert float(phen(x, EI, index=3, target=target).node_mask.sum()) == pytest.approx(4.0, rel=1e-9)
+
+
+def test_options_and_composite_keys_are_checked_when_given(x):
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['hop'\]"):
+        LRPExplainer(hop=3)
+    with pytest.raises(TypeError, match="by_type keys must be module classes"):
+        sparse_lrp.Composite(Epsilon(), by_type={"GCNConv": Epsilon()})
+    typo = sparse_lrp.Composite(Epsilon(), by_name={"conv3": Epsilon(0.0)})
+    with pytest.raises(ValueError, match="'conv3' matches no layer; layers: 'conv1', 'conv2'"):
+        sparse_lrp.explain(node_model(), x, EI, index=2, composite=typo)
