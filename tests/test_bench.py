@@ -238,3 +238,22 @@ def test_primitives_benchmark_prints_every_primitive_with_a_positive_ratio(capsy
     for line in rows:
         ratio = float(line.split()[-1].rstrip("x"))
         assert ratio > 0 and math.isfinite(ratio)
+
+
+def test_bench_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
+    """A bad device, an unwritable --out and counts below their minimum are refused up
+    front (they ended in tracebacks, or were accepted)."""
+    from sparse_lrp.cli import main as cli_main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for argv, message in (
+        (["--device", "nope"], "invalid --device"),
+        (["--out", str(blocker / "sub")], "cannot write to output folder"),
+    ):
+        assert cli_main(["bench", "--tiny", "--suites", "dense", "--no-plot", *argv]) == 2
+        assert message in capsys.readouterr().err
+    for argv in (["--threads", "0"], ["--repeats", "-2"], ["--warmup", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["bench", "--tiny", "--out", str(tmp_path), *argv])
+        assert exit_info.value.code == 2

@@ -228,3 +228,9 @@ def test_console_script_error_exit_code(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("sparse-lrp demo: error: unknown dataset(s) nope")
     assert "Traceback" not in proc.stderr
+
+
+def test_empty_lists_are_usage_errors(tmp_path, capsys):
+    for flag in ("--datasets", "--methods"):
+        assert cli_main(["demo", flag, "", "--out", str(tmp_path)]) == 2
+        assert f"{flag} is empty" in capsys.readouterr().err

@@ -10,6 +10,9 @@ import sys
 import time
 import traceback
 import warnings
+from pathlib import Path
+
+from ..usage import UsageError, check_device, check_out
 
 SUITES = ("dense", "sparse", "graphs", "explainers", "kernels")
 DEFAULT_SUITES = ("dense", "sparse", "graphs", "explainers", "kernels")
@@ -28,6 +31,19 @@ def _count(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def _suites(text: str) -> tuple[str, ...]:
@@ -57,8 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-edges", type=_count, default=None, help="largest graph of the graphs suite (quick 1e6, full 1e7)"
     )
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement (median)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls before timing (1; --tiny 0)")
+    parser.add_argument("--repeats", type=_at_least(1), default=None, help="timed repeats per measurement (median)")
+    parser.add_argument("--warmup", type=_at_least(0), default=None, help="untimed calls before timing (1; --tiny 0)")
     parser.add_argument(
         "--max-seconds", type=float, default=None, help="stop repeating a method after this much time (>= 3 repeats)"
     )
@@ -70,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--memory-budget", type=_count, default=64, help="MiB for the edge-chunked path (64)")
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory measurements")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=_at_least(1), default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"folder for CSV, Markdown, JSON and plot ({DEFAULT_OUT})")
     parser.add_argument("--no-plot", action="store_true", help="write no plot")
@@ -192,6 +208,13 @@ def run(args: argparse.Namespace) -> int:
 
     from .common import env_line, environment
 
+    try:
+        if args.device != "auto":
+            check_device(args.device)
+        check_out(Path(args.out).expanduser())
+    except UsageError as err:
+        print(f"sparse-lrp bench: error: {err}", file=sys.stderr)
+        return 2
     cfg = config_from_args(args)
     previous_threads = torch.get_num_threads()
     if args.threads:

@@ -11,18 +11,17 @@ Outputs under ``--out`` (default ``sparse_lrp_out/``): ``results.csv``, ``result
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
+from ..usage import UsageError, check_device, check_out
 from .config import DATASET_NAMES, PROFILES
 
 __all__ = ["DemoError", "add_arguments", "run"]
 
 
-class DemoError(Exception):
-    """A problem with the user's request: printed as one readable line, exit code 2."""
+DemoError = UsageError  # (the demo's name for it)
 
 
 def _dataset_list(text: str) -> list[str]:
@@ -87,39 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _check_out(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise DemoError(f"cannot write to output folder {str(path)!r}: {err.strerror or err}") from None
-
-
-def _check_device(text: str):
-    import torch
-
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError) as err:
-        raise DemoError(f"invalid --device {text!r}: {err}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DemoError(f"--device {text!r}: CUDA is not available in this torch build / on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DemoError(f"--device {text!r}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif device.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise DemoError(f"--device {text!r}: MPS is not available on this machine")
-    elif device.type != "cpu":
-        raise DemoError(f"--device {text!r}: unsupported device type {device.type!r} (use cpu, cuda or mps)")
-    return device
-
-
 def _validate(args: argparse.Namespace):
     from .methods import METHOD_NAMES
 
+    for flag in ("datasets", "methods"):
+        if getattr(args, flag) == []:
+            raise DemoError(f"--{flag} is empty: name at least one (or leave the option out for all)")
     datasets = args.datasets or list(DATASET_NAMES)
     unknown = [d for d in datasets if d not in DATASET_NAMES]
     if unknown:
@@ -133,12 +105,12 @@ def _validate(args: argparse.Namespace):
         if value is not None and value < 1:
             raise DemoError(f"--{flag} must be at least 1, got {value}")
     out = Path(args.out).expanduser()
-    _check_out(out)
-    device = _check_device(args.device)
+    check_out(out)
+    device = check_device(args.device)
     cache = None
     if not args.no_cache:
         cache = Path(args.cache_dir).expanduser() if args.cache_dir else out / "weights"
-        _check_out(cache)
+        check_out(cache)
     return list(dict.fromkeys(datasets)), out, device, cache
 
 
