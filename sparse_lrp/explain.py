@@ -204,6 +204,10 @@ def _layer_hops(m: nn.Module) -> int:
     return int(getattr(m, "K", 1))
 
 
+class _NotPerNodeError(ValueError):
+    """A node-level explanation of a model whose output has no row per node."""
+
+
 class _BeyondSubgraphError(Exception):
     """A layer ran on a graph the model derived itself, not on the given one."""
 
@@ -540,7 +544,7 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         top, y = _logits(y, ctx.outputs)
         ctx.top_call = top
         if task_level == "node" and y.shape[0] != x.shape[0]:
-            raise ValueError(f"node-level task but the model returned {y.shape[0]} rows for {x.shape[0]} nodes")
+            raise _NotPerNodeError(f"node-level task but the model returned {y.shape[0]} rows for {x.shape[0]} nodes")
         seed, value, cls = _seed(y, rows, target)
         try:
             grads = torch.autograd.grad(y, [x_in] + ([ea] if ea is not None else []), seed, allow_unused=True)
@@ -637,9 +641,12 @@ def explain(
         is_graph = True
         try:
             _as_index(index, num_graphs, "graphs")
-        except ValueError:
+        except ValueError as beyond_graphs:
             _as_index(index, n, "nodes")  # (raises if it fits neither)
-            return as_nodes()
+            try:
+                return as_nodes()
+            except _NotPerNodeError:  # a graph-level model after all: the index is the problem
+                raise beyond_graphs from None
     rows_total = num_graphs if is_graph and num_graphs is not None else n
     rows, many = _as_index(index, rows_total, "graphs" if is_graph else "rows")
     if is_graph and many and batch is None:

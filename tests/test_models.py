@@ -908,3 +908,23 @@ def test_message_passing_without_a_handler_called_in_a_loop(data):
         (ref,) = grad_x_input(lambda v, node=node: model(v, ei)[node, 1], x)
         assert (ref.abs().sum(1).nonzero().flatten() - node).abs().max() == 2
         assert_close(many.node_feat[t], ref)
+
+
+def test_a_graph_index_beyond_the_graphs_is_named_as_such(data):
+    """With `batch` and no task_level an index beyond the graphs is tried as a node; a
+    graph-level model then gets the graph range error, not one about output rows."""
+    x, _ = data
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = gnn.GraphConv(F, C)
+
+        def forward(self, x, edge_index, batch):
+            return gnn.global_add_pool(self.conv(x, edge_index), batch)
+
+    batch = (torch.arange(N) >= N // 2).long()
+    model = Pooled().double().eval()
+    for index in (7, [0, 7]):
+        with pytest.raises(ValueError, match="out of range for 2 graphs"):
+            sparse_lrp.explain(model, x, EI, index=index, batch=batch)
