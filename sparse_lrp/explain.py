@@ -122,7 +122,11 @@ def _collect(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
                 if isinstance(sub, nn.Module):
                     visit(f"{name}.{child}" if name else child, sub)
             return
-        if any(True for _ in module.parameters(recurse=False)):
+        # A message-passing layer without a handler runs as autograd computes it: exact
+        # only for a parameter-free linear aggregation (LGConv, SimpleConv). With learned
+        # parts (attention, edge networks) its relevance would follow gradients instead.
+        learned = module.parameters(recurse=isinstance(module, MessagePassing))
+        if any(True for _ in learned):
             raise TypeError(
                 f"module {name or '<model>'!r} of type {type(module).__module__}.{type(module).__name__} has "
                 f"parameters but no LRP handler. Supported: {', '.join(supported_types())}. "

@@ -233,6 +233,25 @@ def test_unsupported_layer_with_parameters_is_named(x):
         sparse_lrp.explain(WithLSTM().double(), x, EI, index=0)
 
 
+class WithTransformerConv(nn.Module):
+    """A message-passing layer whose parameters all sit in child Linears."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.TransformerConv(F, C)
+
+    def forward(self, x, edge_index):
+        return self.conv(x, edge_index)
+
+
+def test_unsupported_message_passing_with_learned_children_is_named(x):
+    """Its child Linears have handlers, but its attention would pass relevance as a
+    gradient: refused (it ran silently before). Parameter-free LGConv still runs
+    (test_models: test_layers_reading_beyond_the_given_in_edges)."""
+    with pytest.raises(TypeError, match=r"'conv'.*TransformerConv has parameters but no LRP handler"):
+        sparse_lrp.explain(WithTransformerConv().double(), x, EI, index=0)
+
+
 def test_unsupported_layer_leaves_model_untouched(x):
     model = WithConv1d().double().train()
     before = snapshot(model)
