@@ -12,6 +12,7 @@ from .explain import ExplainResult, explain
 from .explainer import LRPExplainer
 from .kernel import edge_lrp
 from .layers import register_handler
+from .layers.sparse import SparseLinear
 from .linear import linear_lrp
 from .operators import EdgeOperator, prepare
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WSquare, Z, ZBox, ZPlus
@@ -26,6 +27,7 @@ __all__ = [
     "ExplainResult",
     "LRPExplainer",
     "register_handler",
+    "SparseLinear",
     "edge_lrp",
     "linear_lrp",
     "prepare",

@@ -99,4 +99,4 @@ def supported_types() -> list[str]:
     return sorted(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in _HANDLERS)
 
 
-from . import convs, torch_nn  # noqa: E402,F401 - registers the built-in handlers
+from . import convs, sparse, torch_nn  # noqa: E402,F401 - registers the built-in handlers
