@@ -96,3 +96,35 @@ def test_bad_construction_is_named():
         SparseLinear(torch.randn(2, 3, 4).to_sparse())
     with pytest.raises(ValueError, match="bias must have shape"):
         SparseLinear(torch.randn(2, 3).to_sparse(), torch.zeros(3))
+
+
+def test_a_sparse_feature_layer_in_a_gnn_with_node_targets():
+    """SparseLinear mixes features, not nodes: node targets on their subgraphs, single
+    and batched, equal gradient x input (LRP-0, bias-free)."""
+    import torch_geometric.nn as gnn
+    from gnn_reference import grad_x_input, make_graph
+
+    n = 20
+    ei = make_graph(n, extra=24, seed=2)
+    g = torch.Generator().manual_seed(4)
+    lin = nn.Linear(6, 8, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(8, 6, generator=g, dtype=DT) * (torch.rand(8, 6, generator=g) < 0.5))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = SparseLinear.from_dense(lin)
+            self.conv = gnn.GCNConv(8, 3, bias=False).double()
+
+        def forward(self, x, edge_index):
+            return self.conv(torch.relu(self.features(x)), edge_index)
+
+    model = Net().eval()
+    x = torch.randn(n, 6, generator=g, dtype=DT)
+    many = sparse_lrp.explain(model, x, ei, index=[2, 9], target=1, composite=Epsilon(0.0))
+    for t, node in enumerate([2, 9]):
+        (ref,) = grad_x_input(lambda v, node=node: model(v, ei)[node, 1], x)
+        single = sparse_lrp.explain(model, x, ei, index=node, target=1, composite=Epsilon(0.0))
+        torch.testing.assert_close(single.node_feat, ref)
+        torch.testing.assert_close(many.node_feat[t], ref)
