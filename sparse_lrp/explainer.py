@@ -93,7 +93,7 @@ class LRPExplainer(ExplainerAlgorithm):
         edge = None if res.edge is None else (_sum_targets(res.edge) if many else res.edge)
         node_mask = self._node_mask(node_feat)
         explanation = Explanation(node_mask=node_mask, edge_mask=edge if self._wants_edges() else None)
-        if many:
+        if many and res.node_feat.shape[0] > 1:  # (one target: the joint masks are its own)
             per_node = res.node_feat
             if self.explainer_config.node_mask_type == MaskType.object:
                 per_node = res.node.unsqueeze(-1)

@@ -444,3 +444,13 @@ def test_options_and_composite_keys_are_checked_when_given(x):
     typo = sparse_lrp.Composite(Epsilon(), by_name={"conv3": Epsilon(0.0)})
     with pytest.raises(ValueError, match="'conv3' matches no layer; layers: 'conv1', 'conv2'"):
         sparse_lrp.explain(node_model(), x, EI, index=2, composite=typo)
+
+
+def test_one_index_gets_only_the_joint_masks(x):
+    """PyG passes index=3 as tensor([3]): the masks are that target's own, and no
+    per-target copies are attached (PyG's thresholding and subgraph views would leave
+    them stale)."""
+    expl = make_explainer(node_model())(x, EI, index=3)
+    assert not hasattr(expl, "node_mask_per_target") and not hasattr(expl, "edge_mask_per_target")
+    res = sparse_lrp.explain(node_model(), x, EI, index=3, composite="zplus")
+    assert_close(expl.node_mask, res.node_feat)
