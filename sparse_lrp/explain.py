@@ -602,8 +602,9 @@ def explain(
             one-column binary output, class 1 explains the logit and class 0 its negation.
         composite: a :class:`~sparse_lrp.composites.Composite`, a single rule for
             every layer, or a preset name (``"epsilon"``, ``"zplus"``, ``"gamma"``).
-        task_level: ``"node"`` or ``"graph"``; by default ``"node"`` when the output
-            has one row per node.
+        task_level: ``"node"`` or ``"graph"``. By default targets are graphs when a
+            ``batch`` vector is given (and index names rows), unless the model returns
+            one row per node or the index lies beyond the graphs; nodes otherwise.
         edges: record edge relevance (a little extra work per graph layer).
         hops: receptive field of node targets (default: counted from the model's
             message-passing layer calls, each call of a layer used in a loop
