@@ -27,7 +27,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from .composites import Composite, resolve
 from .layers import find_handler, subgraph_needs, supported_types
-from .layers.base import Context, LayerCall, MergedEdgesError, record_input, same_tensor
+from .layers.base import Context, LayerCall, MergedEdgesError, record_input
 from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints
 from .rules import Rule
 from .validation import check_budget, check_edge_index, check_finite, check_tensor
@@ -189,8 +189,7 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
             and graph.dim() == 2
             and graph.shape[0] == 2
             and not graph.is_floating_point()
-            and graph is not ctx.edge_index
-            and (graph.numel() == 0 or not same_tensor(graph, ctx.edge_index))  # (empty: no storage)
+            and not ctx.is_given(graph)
         ):
             raise _BeyondSubgraphError(name)
     if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:

@@ -37,6 +37,15 @@ STRATEGIES = ("auto", "spmm", "scatter")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def widen(t):
+    """A half-precision tensor in float32 (anything else as it is).
+
+    Half precisions compute in float32: float16 overflows R / eps (65504 * 1e-6 is
+    0.07), and an inf times a zero contribution is NaN; bfloat16 keeps 3 digits.
+    """
+    return t.float() if isinstance(t, Tensor) and t.dtype in HALF_DTYPES else t
+
+
 class Propagated(NamedTuple):
     """What one propagation produced.
 
@@ -195,14 +204,9 @@ def propagate_branches(
     ``x_b = 0``) in place of ``R_in_b``. No input checks (see :func:`edge_lrp`).
     """
     if relevance.dtype in HALF_DTYPES:
-        # Half precisions compute in float32: float16 overflows R / eps (65504 * 1e-6 is
-        # 0.07), and an inf times a zero contribution is NaN; bfloat16 has 3 digits.
-        def up(t):
-            return t.float() if isinstance(t, Tensor) and t.dtype in HALF_DTYPES else t
-
-        wide = [Branch(b.op, up(b.x), up(b.weight)) for b in branches]
+        wide = [Branch(b.op, widen(b.x), widen(b.weight)) for b in branches]
         results, absorbed = propagate_branches(
-            wide, up(relevance), rule, up(bias), up(z), strategy, want_edge, want_absorbed, max_memory, ratio
+            wide, widen(relevance), rule, widen(bias), widen(z), strategy, want_edge, want_absorbed, max_memory, ratio
         )
         results = [
             (r.to(b.x.dtype), None if e is None else e.to(b.weight.dtype)) for (r, e), b in zip(results, branches)

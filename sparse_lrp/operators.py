@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import warnings
 import weakref
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -99,41 +98,53 @@ def _chunk_size(num_edges: int, channels: int, itemsize: int, max_memory: int, t
     return max(1, min(num_edges, int(max_memory) // per_edge))
 
 
-def weight_key(w: Tensor) -> tuple | None:
-    """What identifies ``w``'s values for a cache that also holds a weak reference to
-    ``w`` itself: its id, in-place version, storage and layout. (Storage addresses alone
-    are reused by later tensors.) None for an inference tensor, which has no version:
-    not cached."""
-    if w.is_inference():
-        return None
-    return (id(w), w._version, w.data_ptr(), tuple(w.shape), w.stride(), w.dtype)
+def _storage(t: Tensor) -> tuple:
+    """Where ``t``'s values live and how they are laid out (changes with ``t.data = ...``)."""
+    if t.layout != torch.strided:
+        return (t.layout,)
+    return (t.data_ptr(), t.stride(), tuple(t.shape), t.dtype)
 
 
 class TensorKeyed:
-    """Values derived from a tensor, reused while it lives and until it changes in place.
+    """Values derived from a tensor, reused while it lives and until it changes.
 
-    Keyed by the tensor's identity and ``_version`` and held by weak reference, so a
-    graph or weight explained call after call pays its sorts once, and a freed or
-    modified tensor is never served stale structures.
+    Keyed by the tensor's identity, in-place ``_version`` and storage, and held by weak
+    reference: a graph or weight explained call after call pays its sorts once, and a
+    freed, modified or re-pointed tensor (``t.data = ...``), or another tensor that now
+    sits at a freed one's address, is never served stale values. Inference tensors have
+    no version counter: they are not cached.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._entries: dict[tuple, tuple[weakref.ref, int, object]] = {}
+        self._entries: dict[tuple, tuple[weakref.ref, tuple, object]] = {}
+
+    def _state(self, t: Tensor) -> tuple:
+        return (t._version, *_storage(t))
+
+    def peek(self, t: Tensor, *extra):
+        """The cached value for ``t`` (and ``extra``), or None."""
+        if t.is_inference():
+            return None
+        hit = self._entries.get((id(t), *extra))
+        if hit is not None and hit[0]() is t and hit[1] == self._state(t):
+            return hit[2]
+        return None
 
     def get(self, t: Tensor, build, *extra):
-        if t.is_inference():  # no version counter: nothing tells a change, so no caching
+        if t.is_inference():
             return build()
-        key = (id(t), *extra)
-        hit = self._entries.get(key)
-        if hit is not None and hit[0]() is t and hit[1] == t._version:
-            return hit[2]
+        hit = self.peek(t, *extra)
+        if hit is not None:
+            return hit
         for k in [k for k, v in self._entries.items() if v[0]() is None]:
             del self._entries[k]
         value = build()
+        key = (id(t), *extra)
+        self._entries.pop(key, None)
         if len(self._entries) >= self.limit:
             self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = (weakref.ref(t), t._version, value)
+        self._entries[key] = (weakref.ref(t), self._state(t), value)
         return value
 
 
@@ -158,10 +169,8 @@ class EdgeOperator:
         self.num_edges = int(edge_index.shape[1])
         self._by_dst: tuple[Tensor, Tensor, Tensor] | None = None
         self._by_src: tuple[Tensor, Tensor, Tensor] | None = None
-        self._perm_key: tuple | None = None
-        self._perm_ref: Callable[[], Tensor | None] = lambda: None
-        self._fused: dict[tuple, tuple] = {}
-        self._perm: tuple[Tensor, Tensor] = ()
+        self._perm = TensorKeyed(1)  # the last weight seen, in both CSR orders
+        self._fused = TensorKeyed(4)  # bounded: weights change per layer (attention) or call
         self._diagonal = False  # edge e is e -> e (identity_pattern): products are row scalings
 
     @property
@@ -192,11 +201,10 @@ class EdgeOperator:
 
     def permuted(self, weight: Tensor) -> tuple[Tensor, Tensor]:
         """``weight`` in CSR order of ``W`` and of ``Wᵀ``; cached for the last weight seen."""
-        key = weight_key(weight)
-        if key is None or self._perm_key != key or self._perm_ref() is not weight:
-            self._perm = (weight.index_select(0, self._csr_by_dst()[2]), weight.index_select(0, self._csr_by_src()[2]))
-            self._perm_key, self._perm_ref = key, (lambda: None) if key is None else weakref.ref(weight)
-        return self._perm
+        return self._perm.get(
+            weight,
+            lambda: (weight.index_select(0, self._csr_by_dst()[2]), weight.index_select(0, self._csr_by_src()[2])),
+        )
 
     def grouped(self, end: int) -> tuple[Tensor, Tensor]:
         """``(start, order)``: edges ordered by their source (``end=0``) or target (1)
@@ -361,23 +369,9 @@ class FusedTerms:
 
     def __init__(self, op: EdgeOperator, fs: list[Tensor], values: list[EdgeValues]) -> None:
         self.op, self.fs, self.k = op, fs, len(fs)
-        w = values[0].weight
-        key = FusedTerms._key(w, values)
-        hit = op._fused.get(key) if key is not None else None
-        if hit is not None and hit[0]() is w:
-            cached = hit[1]
-        else:
-            cached = self._structure(op, [v.edge for v in values])
-            if key is not None:
-                if len(op._fused) >= 4:  # bounded: weights change per layer (attention) or call
-                    op._fused.pop(next(iter(op._fused)))
-                op._fused[key] = (weakref.ref(w), cached)
+        fns = tuple(v.fn for v in values)
+        cached = op._fused.get(values[0].weight, lambda: self._structure(op, [v.edge for v in values]), fns)
         self.fwd, self.bwd, self.values, self.term = cached
-
-    @staticmethod
-    def _key(w: Tensor, values: list[EdgeValues]) -> tuple | None:
-        key = weight_key(w)
-        return None if key is None else (*key, tuple(v.fn for v in values))
 
     @functools.cached_property
     def stacked(self) -> Tensor:
@@ -390,9 +384,7 @@ class FusedTerms:
         w = values[0].weight
         if any(v.weight is not w for v in values):
             return False
-        key = FusedTerms._key(w, values)
-        hit = op._fused.get(key) if key is not None else None
-        if hit is not None and hit[0]() is w:
+        if op._fused.peek(w, tuple(v.fn for v in values)) is not None:
             return True
         support = sum((v.edge != 0).to(torch.int8) for v in values)
         return bool((support <= 1).all())
@@ -508,7 +500,7 @@ class DenseOperator:
         if self.source is None or weight is not self.weight:
             return fn(weight)
         src = self.source
-        return _TRANSFORMS.get(src, lambda: fn(weight), fn, src.data_ptr(), src.dtype, tuple(src.shape))
+        return _TRANSFORMS.get(src, lambda: fn(weight), fn)
 
     def forward(self, gw: Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
         return f @ gw.T

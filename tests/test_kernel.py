@@ -591,7 +591,8 @@ def test_float16_dead_output_gives_no_nan(layout, backend):
 def test_prepared_operator_never_serves_another_weights_cached_values(backend):
     """A prepared operator caches its weights in CSR order. Two weight tensors that
     share storage address, shape, version and dtype (a view with another stride; or a
-    new tensor where a freed one lived) must still give their own results."""
+    new tensor where a freed one lived), or a weight re-pointed with ``.data =``, must
+    still give their own results."""
     g = torch.Generator().manual_seed(8)
     n, e, c = 30, 120, 4
     ei = torch.randint(0, n, (2, e), generator=g)
@@ -608,6 +609,11 @@ def test_prepared_operator_never_serves_another_weights_cached_values(backend):
             expected = edge_lrp(x, ei, w, R, rule, strategy="spmm")
             torch.testing.assert_close(edge_lrp(x, op, w, R, rule, strategy="spmm"), expected, rtol=1e-12, atol=1e-12)
             del w
+        w = torch.randn(e, generator=g, dtype=torch.float64)
+        edge_lrp(x, op, w, R, rule, strategy="spmm")
+        w.data = torch.randn(e, generator=g, dtype=torch.float64)  # re-pointed: no version bump
+        expected = edge_lrp(x, ei, w, R, rule, strategy="spmm")
+        torch.testing.assert_close(edge_lrp(x, op, w, R, rule, strategy="spmm"), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_inference_mode_weights_and_inputs_that_require_grad(backend):

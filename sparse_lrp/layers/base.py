@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv import MessagePassing
 
 from ..composites import Composite
-from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches
+from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches, widen
 from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, nonzero_rows, rowdot
 from ..rules import Rule
 
@@ -150,9 +150,10 @@ class Context:
         return None
 
     def is_given(self, edge_index: Tensor) -> bool:
-        """Whether ``edge_index`` is the model's own edge_index (not one derived from it)."""
+        """Whether ``edge_index`` is the model's own edge_index (not one derived from it:
+        an empty one has no storage to tell, so only the object itself counts)."""
         ref = self.edge_index
-        return ref is not None and edge_index.data_ptr() == ref.data_ptr() and edge_index.shape == ref.shape
+        return ref is not None and (edge_index is ref or (edge_index.numel() > 0 and same_tensor(edge_index, ref)))
 
     def edge_ids(self, edge_index: Tensor) -> Tensor | None:
         """Positions of ``edge_index``'s edges in the model's edge_index (``-1`` where it
@@ -301,11 +302,10 @@ class _MapFunction(torch.autograd.Function):
         rule = call.rule(reads_input=any(k is not None for k in keys))
         dtype = z.dtype
         half = dtype in HALF_DTYPES
-        if half:  # computed in float32 (see propagate_branches), handed back narrowed
-            z, grad = z.float(), grad.float()
-            xs = [x.float() for x in xs]
-            bias = None if bias is None else bias.float()
-            branches = [dataclasses.replace(b, weight=b.weight.float()) for b in branches]
+        if half:  # computed in float32 (see kernel.widen), handed back narrowed
+            z, grad, bias = widen(z), widen(grad), widen(bias)
+            xs = [widen(x) for x in xs]
+            branches = [dataclasses.replace(b, weight=widen(b.weight)) for b in branches]
         r_out = z * grad
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
