@@ -178,8 +178,6 @@ def _count_hops(ctx: Context, module: nn.Module, original, *args, **kwargs):
 
 def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, *args, **kwargs):
     call = LayerCall(ctx, name, module, original)
-    if isinstance(module, MessagePassing):
-        ctx.hops_run += _layer_hops(module)
     if ctx.on_subgraphs:
         # A graph the model built itself (to_undirected, added edges) may reach beyond
         # the subgraph, and nothing seen on the subgraph can tell: only the given one is exact.
@@ -194,7 +192,10 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
             raise _BeyondSubgraphError(name)
     if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
         args = (record_input(call, args[0]), *args[1:])
+    before = ctx.hops_run
     out = handler(call, *args, **kwargs)
+    if isinstance(module, MessagePassing):  # (its K, should a handler mix nodes by other maps)
+        ctx.hops_run = max(ctx.hops_run, before + _layer_hops(module))
     if isinstance(out, Tensor):
         ctx.outputs.append((call.index, out))
     return out

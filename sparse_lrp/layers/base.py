@@ -30,7 +30,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn.conv import MessagePassing
 
 from ..composites import Composite
 from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches, widen
@@ -401,10 +400,9 @@ class LayerCall:
         self.index = ctx._calls
 
     def _hop(self) -> None:
-        # A message-passing layer's hops are counted per call (K-step layers: K); a layer
-        # of the user's own that mixes nodes counts one hop per node-mixing map.
-        if not isinstance(self.module, MessagePassing):
-            self.ctx.hops_run += 1
+        # Each node-mixing map reaches one edge further: a layer's hops are counted as its
+        # handler runs (K-step layers: K maps), built-in and user layers alike.
+        self.ctx.hops_run += 1
 
     def rule(self, reads_input: bool = False) -> Rule:
         return self.ctx.composite.rule(
