@@ -27,6 +27,7 @@ def main() -> None:
     p.add_argument("--targets", type=int, default=1000)
     p.add_argument("--sample", type=int, default=5)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument(
         "--compare-max-union",
         type=int,
@@ -38,24 +39,33 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    x = torch.randn(a.nodes, a.features)
-    edge_index = torch.randint(0, a.nodes, (2, a.edges))
-    model = GCN(a.features, 64, 3, 4).eval()
-    idx = torch.randperm(a.nodes)[: a.targets]
+    x = torch.randn(a.nodes, a.features).to(a.device)
+    edge_index = torch.randint(0, a.nodes, (2, a.edges)).to(a.device)
+    model = GCN(a.features, 64, 3, 4).to(a.device).eval()
+    idx = torch.randperm(a.nodes)[: a.targets].to(a.device)
+
+    def sync():
+        if x.is_cuda:
+            torch.cuda.synchronize(x.device)
 
     sparse_lrp.explain(model, x, edge_index, index=int(idx[0]))  # warm-up
     singles, kept = [], []
     for i in idx[: a.sample]:
+        sync()
         t = time.perf_counter()
         one = sparse_lrp.explain(model, x, edge_index, index=int(i))
+        sync()
         singles.append(time.perf_counter() - t)
         kept.append(one.node_feat)
     single = statistics.median(singles)
+    sync()
     t = time.perf_counter()
     res = sparse_lrp.explain(model, x, edge_index, index=idx)
+    sync()
     batched = time.perf_counter() - t
     layout = "sparse" if res.node_feat.is_sparse else "dense"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.nodes:,} nodes, {a.edges:,} edges")
+    where = torch.cuda.get_device_name(x.device) if x.is_cuda else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, {a.nodes:,} nodes, {a.edges:,} edges")
     diff = max(
         float(((res.node_feat[t].to_dense() if res.node_feat.is_sparse else res.node_feat[t]) - f).abs().max())
         for t, f in enumerate(kept)
@@ -69,8 +79,10 @@ def main() -> None:
     ratio = single * a.targets / batched
     print(f"batched is {ratio:.1f}x faster; target >= 20x -> {'PASS' if ratio >= 20 else 'MISS'}")
     for budget in a.compare_max_union:
+        sync()
         t = time.perf_counter()
         sparse_lrp.explain(model, x, edge_index, index=idx, max_union=budget)
+        sync()
         other = time.perf_counter() - t
         print(
             f"max_union={budget:,} rows per pass: {other:.1f} s, {other / batched:.2f}x the default "

@@ -86,7 +86,107 @@ def correctness() -> bool:
         ok &= good
         print(f"cuda explain {cls.__name__}: max|cuda-cpu| = {err:.1e} {'ok' if good else 'FAIL'}")
         model.cpu()
+    ok &= later_paths()
     return ok
+
+
+def _report(name: str, err: float, tol: float) -> bool:
+    good = err < tol
+    print(f"cuda {name}: max|cuda-cpu| = {err:.1e} {'ok' if good else 'FAIL'}")
+    return good
+
+
+def later_paths() -> bool:
+    """Paths added after the first GPU run: restricted rows, unions, half precision, SparseLinear,
+    pooling with ``batch``, and PyG's Explainer, each on CUDA against CPU."""
+    from torch_geometric.explain import Explainer
+    from torch_geometric.nn import GCN, GIN, global_add_pool
+
+    from sparse_lrp.layers import base
+
+    ok = True
+    torch.manual_seed(1)
+    n, e, f = 3000, 24000, 8
+    ei = torch.randint(0, n, (2, e))
+    x = torch.randn(n, f, dtype=torch.float64)
+    model = GCN(f, 16, 3, 3).double().eval()
+    index = torch.randperm(n)[:40]
+    saved = base.RESTRICT_MIN_ROWS, base.RESTRICT_MAX_SHARE
+    try:
+        for rows in ("default", "always cut"):
+            if rows == "always cut":
+                base.RESTRICT_MIN_ROWS, base.RESTRICT_MAX_SHARE = 0, 1.0
+            for comp in ("epsilon", "zplus", "gamma"):
+                cpu = sparse_lrp.explain(model, x, ei, index=index, composite=comp)
+                gpu = sparse_lrp.explain(model.to(DEV), x.to(DEV), ei.to(DEV), index=index, composite=comp)
+                model.cpu()
+                err = max(
+                    (_dense(gpu.node_feat).cpu() - _dense(cpu.node_feat)).abs().max().item(),
+                    (_dense(gpu.edge).cpu() - _dense(cpu.edge)).abs().max().item(),
+                )
+                ok &= _report(f"40 targets, {rows}, {comp}", err, 1e-9)
+    finally:
+        base.RESTRICT_MIN_ROWS, base.RESTRICT_MAX_SHARE = saved
+
+    for dtype in (torch.float16, torch.bfloat16):
+        m32 = GIN(f, 16, 2, 3).float().eval()
+        half = GIN(f, 16, 2, 3).to(dtype).eval()
+        half.load_state_dict(m32.state_dict())
+        ref = sparse_lrp.explain(m32, x.float(), ei, index=[1, 6, 9], composite="zplus")
+        got = sparse_lrp.explain(half.to(DEV), x.to(DEV, dtype), ei.to(DEV), index=[1, 6, 9], composite="zplus")
+        finite = bool(torch.isfinite(got.node_feat).all()) and got.node_feat.dtype == dtype
+        scale = float(ref.node_feat.abs().max())
+        err = (got.node_feat.float().cpu() - ref.node_feat).abs().max().item() / scale
+        good = finite and err < 3e-2
+        ok &= good
+        print(f"cuda {dtype} GIN vs float32 CPU: relative max error {err:.1e}, finite {finite} {'ok' if good else 'FAIL'}")
+
+    dense = torch.nn.Linear(64, 32).double()
+    mask = torch.rand(32, 64) < 0.1
+    net = torch.nn.Sequential(sparse_lrp.SparseLinear.from_dense(dense, mask), torch.nn.ReLU(), torch.nn.Linear(32, 5))
+    net = net.double().eval()
+    xs = torch.randn(7, 64, dtype=torch.float64)
+    cpu = sparse_lrp.explain(net, xs, None, index=[0, 3], composite="zplus")
+    gpu = sparse_lrp.explain(net.to(DEV), xs.to(DEV), None, index=[0, 3], composite="zplus")
+    net.cpu()
+    ok &= _report("SparseLinear MLP", (_dense(gpu.node_feat).cpu() - _dense(cpu.node_feat)).abs().max().item(), 1e-10)
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gnn = GIN(f, 16, 2, 16)
+            self.head = torch.nn.Linear(16, 2)
+
+        def forward(self, x, edge_index, batch):
+            return self.head(global_add_pool(self.gnn(x, edge_index), batch))
+
+    pooled = Pooled().double().eval()
+    batch = torch.arange(n) * 6 // n
+    cpu = sparse_lrp.explain(pooled, x, ei, batch=batch, index=[0, 2, 5])
+    gpu = sparse_lrp.explain(pooled.to(DEV), x.to(DEV), ei.to(DEV), batch=batch.to(DEV), index=[0, 2, 5])
+    pooled.cpu()
+    ok &= _report("graph-level GIN + pooling", (_dense(gpu.node_feat).cpu() - _dense(cpu.node_feat)).abs().max().item(), 1e-9)
+
+    def masks(device):
+        explainer = Explainer(
+            model=model.to(device),
+            algorithm=sparse_lrp.LRPExplainer(composite="zplus"),
+            explanation_type="model",
+            node_mask_type="attributes",
+            edge_mask_type="object",
+            model_config=dict(mode="multiclass_classification", task_level="node", return_type="raw"),
+        )
+        out = explainer(x.to(device), ei.to(device), index=int(index[0]))
+        return out.node_mask.cpu(), out.edge_mask.cpu()
+
+    (nc, ec), (ng, eg) = masks("cpu"), masks(DEV)
+    model.cpu()
+    ok &= _report("PyG Explainer + LRPExplainer", max((ng - nc).abs().max().item(), (eg - ec).abs().max().item()), 1e-9)
+    return ok
+
+
+def _dense(t):
+    return t.to_dense() if t.is_sparse else t
 
 
 def timing(num_edges: int, channels: int, repeats: int) -> None:
