@@ -139,7 +139,8 @@ def later_paths() -> bool:
         err = (got.node_feat.float().cpu() - ref.node_feat).abs().max().item() / scale
         good = finite and err < 3e-2
         ok &= good
-        print(f"cuda {dtype} GIN vs float32 CPU: relative max error {err:.1e}, finite {finite} {'ok' if good else 'FAIL'}")
+        verdict = "ok" if good else "FAIL"
+        print(f"cuda {dtype} GIN vs float32 CPU: relative max error {err:.1e}, finite {finite} {verdict}")
 
     dense = torch.nn.Linear(64, 32).double()
     mask = torch.rand(32, 64) < 0.1
@@ -165,7 +166,8 @@ def later_paths() -> bool:
     cpu = sparse_lrp.explain(pooled, x, ei, batch=batch, index=[0, 2, 5])
     gpu = sparse_lrp.explain(pooled.to(DEV), x.to(DEV), ei.to(DEV), batch=batch.to(DEV), index=[0, 2, 5])
     pooled.cpu()
-    ok &= _report("graph-level GIN + pooling", (_dense(gpu.node_feat).cpu() - _dense(cpu.node_feat)).abs().max().item(), 1e-9)
+    err = (_dense(gpu.node_feat).cpu() - _dense(cpu.node_feat)).abs().max().item()
+    ok &= _report("graph-level GIN + pooling", err, 1e-9)
 
     def masks(device):
         explainer = Explainer(
