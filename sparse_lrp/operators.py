@@ -100,9 +100,16 @@ def _chunk_size(num_edges: int, channels: int, itemsize: int, max_memory: int, t
 
 def _storage(t: Tensor) -> tuple:
     """Where ``t``'s values live and how they are laid out (changes with ``t.data = ...``)."""
-    if t.layout != torch.strided:
-        return (t.layout,)
-    return (t.data_ptr(), t.stride(), tuple(t.shape), t.dtype)
+    if t.layout == torch.sparse_coo:
+        parts = (t._indices(), t._values())
+    elif t.layout == torch.sparse_csr:
+        parts = (t.crow_indices(), t.col_indices(), t.values())
+    elif t.layout != torch.strided:
+        return (t.layout, t.device, t.dtype, tuple(t.shape))
+    else:
+        return (t.data_ptr(), t.stride(), tuple(t.shape), t.dtype)
+    # A sparse tensor moved by ``module.to(...)`` keeps its identity and version.
+    return (t.layout, tuple(t.shape), t.dtype, *(p.data_ptr() for p in parts), *(p.shape[-1] for p in parts))
 
 
 class TensorKeyed:

@@ -128,3 +128,26 @@ def test_a_sparse_feature_layer_in_a_gnn_with_node_targets():
         single = sparse_lrp.explain(model, x, ei, index=node, target=1, composite=Epsilon(0.0))
         torch.testing.assert_close(single.node_feat, ref)
         torch.testing.assert_close(many.node_feat[t], ref)
+
+
+@pytest.mark.parametrize("change", ["data", "to"])
+def test_a_moved_or_repointed_sparse_weight_is_not_served_from_the_cache(change):
+    """``module.to(...)`` and ``weight.data = ...`` keep a sparse parameter's identity and
+    version; the cached edge structure of the old weight must not be used (on CUDA the
+    stale CPU operator met CUDA inputs)."""
+    dense, sparse, x = pruned_pair()
+    sparse_lrp.explain(sparse, x, None, index=[0, 2], composite=ZPlus())  # caches the operators
+    if change == "data":
+        other, _, _ = pruned_pair(seed=1)
+        for i in (0, 2):
+            sparse[i].weight.data = SparseLinear.from_dense(other[i]).weight.data
+            sparse[i].bias.data = other[i].bias.data.clone()
+        dense = other
+    else:
+        sparse.float()
+        dense.float()
+        x = x.float()
+    res = sparse_lrp.explain(sparse, x, None, index=[0, 2], composite=ZPlus())
+    ref = sparse_lrp.explain(dense, x, None, index=[0, 2], composite=ZPlus())
+    assert res.node_feat.dtype == x.dtype
+    torch.testing.assert_close(res.node_feat, ref.node_feat)

@@ -223,7 +223,11 @@ def test_edge_index_float_dtype():
         prepare(ei.float(), 4, 3)
 
 
-@pytest.mark.parametrize("shape_fn", [lambda e: e[0], lambda e: torch.cat([e, e[:1]]), lambda e: e.T], ids=str)
+@pytest.mark.parametrize(
+    "shape_fn",
+    [lambda e: e[0], lambda e: torch.cat([e, e[:1]]), lambda e: e.T],
+    ids=["one row", "three rows", "transposed"],
+)
 def test_edge_index_wrong_shape(shape_fn):
     ei, x, _, R = graph_inputs()
     with pytest.raises(ValueError, match=r"edge_index must have shape \[2, E\]"):
