@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -246,12 +247,23 @@ def _as_index(index, rows: int, what: str) -> tuple[Tensor | None, bool]:
         if not -rows <= index < rows:
             raise ValueError(f"index {index} is out of range for {rows} {what}")
         return torch.tensor([index % rows]), False
-    idx = torch.as_tensor(index)
+    try:
+        idx = torch.as_tensor(index)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(f"index must be an int, a list or a 1-D tensor of ints, or a bool mask: {err}") from None
+    if idx.numel() == 0:
+        raise ValueError(f"index is empty: give at least one of the {rows} {what} to explain")
+    if idx.is_floating_point() or idx.is_complex():
+        raise TypeError(f"index must hold integers (or be a bool mask), got dtype {idx.dtype}")
+    if idx.dim() > 1:
+        raise ValueError(f"index must be an int or 1-D, got shape {tuple(idx.shape)}")
     if idx.dtype == torch.bool:
+        if idx.numel() != rows:
+            raise ValueError(f"a bool index must have one entry per {what[:-1]} ({rows}), got {idx.numel()}")
         idx = idx.nonzero().view(-1)
     if idx.dim() == 0:
         return _as_index(int(idx), rows, what)
-    idx = idx.view(-1).long()
+    idx = idx.long()
     if idx.numel() == 0:
         raise ValueError(f"index is empty: give at least one of the {rows} {what} to explain")
     if int(idx.min()) < -rows or int(idx.max()) >= rows:
@@ -264,6 +276,7 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
     y2 = y.reshape(y.shape[0], -1)
     sel = torch.arange(y2.shape[0], device=y.device) if rows is None else rows.to(y.device)
     if isinstance(target, Tensor) and target.is_floating_point():
+        check_finite("target relevance", target)
         if target.numel() % y2.shape[1]:
             raise ValueError(
                 f"target relevance must have the output's shape {tuple(y.shape)} (or one row per index), "
@@ -463,6 +476,7 @@ def _khop_union(
 
 # -- the explanation ----------------------------------------------------------------
 _CHECKED = TensorKeyed(8)
+_FINITE = TensorKeyed(4096)
 
 
 def _validate(model, x, edge_index, kwargs) -> None:
@@ -491,6 +505,15 @@ def _validate(model, x, edge_index, kwargs) -> None:
         if p.is_floating_point() and p.dtype != x.dtype:
             raise TypeError(f"model parameters have dtype {p.dtype} but x has dtype {x.dtype}; convert one of them")
         break
+    if x.shape[0] == 0:
+        raise ValueError(f"x has no rows (shape {tuple(x.shape)}): there is nothing to explain")
+    tensors = itertools.chain(
+        (("parameter", *p) for p in model.named_parameters()), (("buffer", *b) for b in model.named_buffers())
+    )
+    for kind, name, t in tensors:
+        if t.is_floating_point():
+            # Weights explained call after call are checked once per version.
+            _FINITE.get(t, lambda kind=kind, name=name, t=t: check_finite(f"model {kind} {name!r}", t) or True)
 
 
 # Functional code a classifier may end with (log_softmax, softmax, sigmoid): the logits
@@ -550,6 +573,11 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         if task_level == "node" and y.shape[0] != x.shape[0]:
             raise _NotPerNodeError(f"node-level task but the model returned {y.shape[0]} rows for {x.shape[0]} nodes")
         seed, value, cls = _seed(y, rows, target)
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"the explained output is not finite ({value.flatten()[:4].tolist()}...): the model "
+                "overflows on this input, and its relevance would be too"
+            )
         try:
             grads = torch.autograd.grad(y, [x_in] + ([ea] if ea is not None else []), seed, allow_unused=True)
         except RuntimeError as err:

@@ -531,3 +531,56 @@ def test_kernel_refuses_widening_bias_non_finite_rule_parameters_hybrid_weights_
             edge_lrp(x, ei, None, R, ZPlus(), max_memory=budget)
     with pytest.raises(ValueError, match="z contains"):
         edge_lrp(x, ei, None, R, ZPlus(), z=torch.full_like(R, float("nan")))
+
+
+def test_explain_names_bad_indices_non_finite_targets_and_weights_and_an_empty_graph():
+    """Each of these once gave a silent wrong result or an obscure internal error: a float
+    index was truncated (1.5 -> node 1), a 2-D index flattened, a bool mask of the wrong
+    length read as positions; a NaN/Inf target relevance or model weight gave NaN
+    relevance; an overflowing model an infinite one; a graph of 0 nodes a reshape error."""
+    from torch_geometric.nn import GCN
+
+    import sparse_lrp
+
+    torch.manual_seed(0)
+    model = GCN(5, 8, 2, 3).eval()
+    x, ei = torch.randn(8, 5), torch.randint(0, 8, (2, 20))
+    for index, err, match in [
+        (1.5, TypeError, "index must hold integers"),
+        (torch.tensor([2.9]), TypeError, "index must hold integers"),
+        (torch.tensor([[1, 2], [3, 4]]), ValueError, r"index must be an int or 1-D, got shape \(2, 2\)"),
+        (torch.ones(5, dtype=torch.bool), ValueError, r"one entry per row \(8\), got 5"),
+        ("a", TypeError, "index must"),
+    ]:
+        with pytest.raises(err, match=match):
+            sparse_lrp.explain(model, x, ei, index=index)
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[[2, 5]] = True  # a mask of the right length still names its nodes
+    torch.testing.assert_close(
+        sparse_lrp.explain(model, x, ei, index=mask).node_feat, sparse_lrp.explain(model, x, ei, index=[2, 5]).node_feat
+    )
+    for bad, word in ((float("nan"), "NaN"), (float("inf"), "Inf")):
+        t = torch.ones(8, 3)
+        t[0, 0] = bad
+        with pytest.raises(ValueError, match=f"target relevance contains {word}"):
+            sparse_lrp.explain(model, x, ei, target=t)
+    broken = GCN(5, 8, 2, 3).eval()
+    with torch.no_grad():
+        broken.convs[1].lin.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"model parameter 'convs.1.lin.weight' contains NaN"):
+        sparse_lrp.explain(broken, x, ei, index=2)
+    with torch.no_grad():
+        broken.convs[1].lin.weight[0, 0] = 0.0  # mended in place: checked again, explained
+    sparse_lrp.explain(broken, x, ei, index=2)
+    bn = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.BatchNorm1d(3)).eval()
+    bn[1].running_var[1] = float("inf")
+    with pytest.raises(ValueError, match=r"model buffer '1.running_var' contains Inf"):
+        sparse_lrp.explain(bn, x)
+    huge = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
+    with torch.no_grad():
+        huge[0].weight.fill_(1e30)
+        huge[2].weight.fill_(1e30)
+    with pytest.raises(ValueError, match="the explained output is not finite"):
+        sparse_lrp.explain(huge, x.abs())
+    with pytest.raises(ValueError, match=r"x has no rows \(shape \(0, 5\)\)"):
+        sparse_lrp.explain(model, torch.empty(0, 5), torch.empty(2, 0, dtype=torch.long))
