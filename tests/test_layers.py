@@ -606,3 +606,31 @@ def test_batch_norm_is_a_per_channel_map(rule_name):
     assert_close(res.node_feat, expected)
     if rule_name == "flat":  # by hand: each channel's relevance, less its stabiliser share
         assert_close(res.node_feat, R / (1 + rule.stabilizer))
+
+
+def test_cheb_without_normalization_or_lambda_max_reads_the_whole_graph():
+    """ChebConv(normalization=None) without lambda_max scales by 2 / (2 max degree) of the
+    WHOLE graph; node targets on k-hop subgraphs scaled by the subgraph's and differed from
+    the model (node 12: 0.17 from gradient x input). Single targets now keep the whole
+    graph; batched ones need lambda_max (then exact on subgraphs) or get an error."""
+    torch.manual_seed(0)
+    n = 40
+    ei = torch.randint(0, n, (2, 150))
+    hub = torch.stack([torch.full((10,), 30), torch.arange(10)])  # node 30: the largest degree
+    ei = torch.cat([ei, hub], 1)
+    x = torch.randn(n, 4, dtype=torch.float64)
+    m = gnn.ChebConv(4, 2, K=2, normalization=None, bias=False).double().eval()
+    lrp0 = Epsilon(0.0)
+    for node in (0, 5, 12):
+        xx = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(m(xx, ei)[node, 0], xx)
+        res = sparse_lrp.explain(m, x, ei, index=node, target=0, composite=lrp0)
+        torch.testing.assert_close(res.node_feat, g * x)
+    with pytest.raises(ValueError, match="pass lambda_max"):
+        sparse_lrp.explain(m, x, ei, index=[0, 5, 12], target=0, composite=lrp0)
+    lam = torch.tensor(7.0, dtype=torch.float64)
+    many = sparse_lrp.explain(m, x, ei, index=[0, 5, 12], target=0, composite=lrp0, lambda_max=lam)
+    for t, node in enumerate((0, 5, 12)):
+        xx = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(m(xx, ei, lambda_max=lam)[node, 0], xx)
+        torch.testing.assert_close(many.node_feat[t], g * x)
