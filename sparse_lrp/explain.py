@@ -147,8 +147,8 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
     training = [m for m in model.modules() if m.training]  # usually none: skip the toggles then
     saved = []
     try:
-        if training:
-            model.eval()
+        for m in training:  # the flags only: a module's own train() override must not run
+            m.training = False
         for name, module, handler in modules:
             had = "forward" in module.__dict__
             original = module.__dict__.get("forward", module.forward)
@@ -499,6 +499,12 @@ def _validate(model, x, edge_index, kwargs) -> None:
                 raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
             if value.is_floating_point():
                 check_finite(name, value)
+    ew = kwargs.get("edge_weight")
+    if isinstance(ew, Tensor) and isinstance(edge_index, Tensor):
+        if ew.dim() != 1 or ew.shape[0] != edge_index.shape[1]:
+            raise ValueError(f"edge_weight must have shape [E] = [{edge_index.shape[1]}], got {tuple(ew.shape)}")
+        if ew.is_floating_point() and ew.dtype != x.dtype:
+            raise TypeError(f"edge_weight has dtype {ew.dtype} but x has dtype {x.dtype}; convert one of them")
     for p in model.parameters():
         if p.device != x.device:
             raise ValueError(f"model parameters are on {p.device} but x is on {x.device}")
@@ -571,7 +577,10 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         top, y = _logits(y, ctx.outputs)
         ctx.top_call = top
         if task_level == "node" and y.shape[0] != x.shape[0]:
-            raise _NotPerNodeError(f"node-level task but the model returned {y.shape[0]} rows for {x.shape[0]} nodes")
+            where = f"a target's {x.shape[0]}-node subgraph" if ctx.on_subgraphs else f"{x.shape[0]} nodes"
+            raise _NotPerNodeError(
+                f"node-level task but the model returned {y.shape[0]} rows for {where}: it has no row per node"
+            )
         seed, value, cls = _seed(y, rows, target)
         if not bool(torch.isfinite(value).all()):
             raise ValueError(
@@ -652,6 +661,20 @@ def explain(
     Output relevance is the explained logit itself, so with LRP-0 on a bias-free ReLU
     network ``node_feat`` equals gradient × input and sums to the logit.
     """
+    if torch.is_inference_mode_enabled() or any(
+        isinstance(t, Tensor) and t.is_inference() for t in (x, edge_index, *forward_kwargs.values())
+    ):
+        # LRP runs through autograd, which inference mode and its tensors exclude.
+        def normal(t):
+            return t.clone() if isinstance(t, Tensor) and t.is_inference() else t
+
+        with torch.inference_mode(False):
+            return explain(
+                model, normal(x), normal(edge_index), index=normal(index), target=normal(target),
+                composite=composite, task_level=task_level, edges=edges, hops=hops, strategy=strategy,
+                max_memory=max_memory, sparse_output=sparse_output, max_union=max_union,
+                **{k: normal(v) for k, v in forward_kwargs.items()},
+            )  # fmt: skip
     _validate(model, x, edge_index, forward_kwargs)
     check_budget(max_memory)
     ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)

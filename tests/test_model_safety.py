@@ -641,3 +641,62 @@ def test_relevance_a_ratio_cannot_carry_is_reported_lost():
     assert torch.isfinite(res.node_feat).all()
     assert c["lost"] == pytest.approx(0.5)  # the sigmoid's relevance, not carried past x
     assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-6)
+
+
+def test_train_overrides_are_not_run_and_inference_mode_is_left(x):
+    """The eval switch sets the training flags only: a module whose own ``train()`` has side
+    effects (here a phase attribute) was left in its eval state by ``model.eval()``. Under
+    ``torch.inference_mode()`` (and with inference tensors) explaining failed with torch's
+    'cannot be saved for backward'; it now runs outside it and equals the normal call."""
+
+    class Phased(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gin = gnn.GIN(F, 8, 2, 3, dropout=0.5)
+            self.phase = None
+
+        def train(self, mode=True):
+            self.phase = "train" if mode else "eval"
+            return super().train(mode)
+
+        def forward(self, x, edge_index):
+            return self.gin(x, edge_index)
+
+    model = Phased().double().train()
+    ref = sparse_lrp.explain(model, x, EI, index=[1, 4])
+    assert model.phase == "train" and all(m.training for m in model.modules())
+    model.eval()
+    assert_close(sparse_lrp.explain(model, x, EI, index=[1, 4]).node_feat, ref.node_feat, atol=0, rtol=0)
+    with torch.inference_mode():
+        xi, ei = x.clone(), EI.clone()
+        res = sparse_lrp.explain(model, xi, ei, index=[1, 4])
+    assert_close(res.node_feat, ref.node_feat, atol=0, rtol=0)
+    res = sparse_lrp.explain(model, xi, ei, index=[1, 4])  # inference tensors, outside the mode
+    assert_close(res.node_feat, ref.node_feat, atol=0, rtol=0)
+
+
+def test_edge_weight_and_node_level_errors_are_named(x):
+    """An edge_weight of the wrong shape or dtype failed deep in the kernel; a node-level
+    explanation of a graph-level model reported the subgraph's node count as the graph's."""
+    model = gnn.GCN(F, 8, 2, 3).double().eval()
+    for ew, err, match in [
+        (torch.ones(EI.shape[1] - 1, dtype=DT), ValueError, rf"edge_weight must have shape \[E\] = \[{EI.shape[1]}\]"),
+        (torch.ones(EI.shape[1], 1, dtype=DT), ValueError, r"got \(\d+, 1\)"),
+        (torch.ones(EI.shape[1]), TypeError, "edge_weight has dtype torch.float32 but x has dtype torch.float64"),
+    ]:
+        for index in (None, [1, 2]):
+            with pytest.raises(err, match=match):
+                sparse_lrp.explain(model, x, EI, index=index, edge_weight=ew)
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.lin = gnn.GCNConv(F, 8), nn.Linear(8, 2)
+
+        def forward(self, x, edge_index, batch=None):
+            return self.lin(gnn.global_mean_pool(self.conv(x, edge_index).relu(), batch))
+
+    batch = torch.zeros(x.shape[0], dtype=torch.long)
+    batch[x.shape[0] // 2 :] = 1
+    with pytest.raises(ValueError, match=r"model returned \d+ rows for a target's \d+-node subgraph: it has no row"):
+        sparse_lrp.explain(Pooled().double().eval(), x, EI, batch=batch, index=3, task_level="node")
