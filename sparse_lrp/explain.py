@@ -109,6 +109,26 @@ class ExplainResult:
 
 
 # -- model patching -----------------------------------------------------------------
+def _nonlinear_free() -> tuple[type, ...]:
+    """Parameter-free modules that are neither linear nor element-wise: autograd through
+    them is no LRP rule (their relevance would follow gradients, unconserved)."""
+    import torch_geometric.nn.aggr as aggr
+    import torch_geometric.nn.norm as norm
+
+    names = [
+        (nn, ("LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm")),
+        (nn, ("RMSNorm", "CosineSimilarity", "PairwiseDistance")),
+        (norm, ("LayerNorm", "InstanceNorm", "PairNorm", "GraphNorm", "DiffGroupNorm", "MessageNorm")),
+        (aggr, ("MulAggregation", "PowerMeanAggregation", "SoftmaxAggregation", "StdAggregation", "VarAggregation")),
+    ]
+    return tuple(getattr(mod, n) for mod, group in names for n in group if hasattr(mod, n))
+
+
+_NONLINEAR_FREE = _nonlinear_free()
+# Normalisers a classifier may end with; anywhere else they are not explainable maps.
+_OUTPUT_ONLY = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
+
+
 def _collect(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
     """Modules to route through handlers; errors on unsupported modules with parameters."""
     found: list[tuple[str, nn.Module, Any]] = []
@@ -123,6 +143,13 @@ def _collect(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
                 if isinstance(sub, nn.Module):
                     visit(f"{name}.{child}" if name else child, sub)
             return
+        if isinstance(module, _NONLINEAR_FREE):
+            raise TypeError(
+                f"module {name or '<model>'!r} of type {type(module).__module__}.{type(module).__name__} is "
+                "a nonlinear map (it normalises or combines by statistics of its input) with no LRP "
+                "handler: relevance through it would follow gradients and not be conserved. Replace it, "
+                "or register a handler with sparse_lrp.register_handler(type, handler)."
+            )
         # A message-passing layer without a handler runs as autograd computes it: exact
         # only for a parameter-free linear aggregation (LGConv, SimpleConv). With learned
         # parts (attention, edge networks) its relevance would follow gradients instead.
@@ -155,12 +182,19 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
             saved.append((module, had, original))
             module.forward = functools.partial(_run_handler, ctx, name, module, handler, original)
         routed = {id(m) for _, m, _ in modules}
-        for module in model.modules():  # message passing without a handler: its calls count hops
-            if isinstance(module, MessagePassing) and id(module) not in routed:
-                had = "forward" in module.__dict__
-                original = module.__dict__.get("forward", module.forward)
-                saved.append((module, had, original))
-                module.forward = functools.partial(_count_hops, ctx, module, original)
+        for name, module in model.named_modules():
+            if id(module) in routed:
+                continue
+            if isinstance(module, MessagePassing):  # without a handler: its calls count hops
+                wrap = functools.partial(_count_hops, ctx, module)
+            elif isinstance(module, _OUTPUT_ONLY):  # its outputs are checked to be the model's
+                wrap = functools.partial(_normaliser, ctx, name)
+            else:
+                continue
+            had = "forward" in module.__dict__
+            original = module.__dict__.get("forward", module.forward)
+            saved.append((module, had, original))
+            module.forward = functools.partial(wrap, original)
         yield
     finally:
         for module, had, original in reversed(saved):
@@ -170,6 +204,13 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
                 module.__dict__.pop("forward", None)
         for m in training:
             m.training = True
+
+
+def _normaliser(ctx: Context, name: str, original, *args, **kwargs):
+    out = original(*args, **kwargs)
+    if isinstance(out, Tensor):
+        ctx.normalised.append((name, out))
+    return out
 
 
 def _count_hops(ctx: Context, module: nn.Module, original, *args, **kwargs):
@@ -558,6 +599,24 @@ def _logits(y: Tensor, outputs: list[tuple[int, Tensor]]) -> tuple[int | None, T
     return top, y
 
 
+def _check_normalisers(ctx: Context, y: Tensor) -> None:
+    """A softmax-like module is explainable only as the model's last step (its input is
+    then explained, the logits); inside the model it would mix relevance unconserved."""
+    if not ctx.normalised:
+        return
+    chain, fn = set(), y.grad_fn
+    while fn is not None and type(fn).__name__ in _NORMALISERS + _VIEWS:
+        chain.add(fn)
+        fn = fn.next_functions[0][0]
+    for name, out in ctx.normalised:
+        if out is not y and out.grad_fn not in chain:
+            raise TypeError(
+                f"module {name!r} ({type(out.grad_fn).__name__[:-9] or 'softmax'}) normalises inside the "
+                "model: LRP explains a softmax only as the model's last step (its input, the logits, "
+                "is explained); relevance through it would not be conserved"
+            )
+
+
 def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_level: str | None):
     x_in = x.detach().requires_grad_(True)
     ctx.inputs = {"x": x_in}
@@ -574,6 +633,7 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         y = model(*args, **kwargs)
         if not isinstance(y, Tensor):
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
+        _check_normalisers(ctx, y)
         top, y = _logits(y, ctx.outputs)
         ctx.top_call = top
         if task_level == "node" and y.shape[0] != x.shape[0]:

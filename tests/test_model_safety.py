@@ -700,3 +700,41 @@ def test_edge_weight_and_node_level_errors_are_named(x):
     batch[x.shape[0] // 2 :] = 1
     with pytest.raises(ValueError, match=r"model returned \d+ rows for a target's \d+-node subgraph: it has no row"):
         sparse_lrp.explain(Pooled().double().eval(), x, EI, batch=batch, index=3, task_level="node")
+
+
+@pytest.mark.parametrize("mid", [nn.Hardswish(), nn.Threshold(0.1, 20.0), nn.Hardsigmoid(), nn.Softsign()])
+def test_more_elementwise_activations_pass_relevance(mid):
+    """These ran as plain autograd before: relevance was invented or lost with lost = 0
+    reported (Threshold: out 11.6, in -0.09). Under the Pass rule the layer below receives
+    exactly the relevance above, so in + absorbed + lost == out."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=DT)
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), mid, nn.Linear(8, 3, bias=False)).double().eval()
+    res = sparse_lrp.explain(model, x, index=1, target=0, composite=Epsilon(0.0))
+    c = res.conservation
+    assert c["out"] == pytest.approx(c["in"] + c["absorbed"] + c["lost"], abs=1e-9)
+    # The activation's input gets the top layer's relevance, row for row.
+    top = model[2].weight[0] * mid(model[0](x[1]))
+    assert_close(res.layers["1"]["node"][1], top.sum())
+
+
+def test_nonlinear_parameter_free_modules_are_refused():
+    """LayerNorm without affine, PairNorm, a softmax inside the model: autograd through them
+    is no LRP rule, and they gave unconserved relevance silently. A softmax as the model's
+    last step stays supported (its logits are explained)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, dtype=DT)
+
+    def mlp(mid, last=None):
+        layers = [nn.Linear(6, 8, bias=False), mid, nn.Linear(8, 3, bias=False)] + ([last] if last else [])
+        return nn.Sequential(*layers).double().eval()
+
+    with pytest.raises(TypeError, match=r"module '1' of type .*LayerNorm is a nonlinear map"):
+        sparse_lrp.explain(mlp(nn.LayerNorm(8, elementwise_affine=False)), x, index=1)
+    with pytest.raises(TypeError, match=r"PairNorm is a nonlinear map"):
+        sparse_lrp.explain(mlp(gnn.PairNorm()), x, index=1)
+    with pytest.raises(TypeError, match=r"module '1' \(Softmax\) normalises inside the model"):
+        sparse_lrp.explain(mlp(nn.Softmax(-1)), x, index=1)
+    model = mlp(nn.ReLU(), nn.LogSoftmax(-1))
+    res = sparse_lrp.explain(model, x, index=1, target=2, composite=Epsilon(0.0))
+    assert res.output.item() == pytest.approx(model[:3](x)[1, 2].item())

@@ -111,6 +111,7 @@ class Context:
     edge_counts: Tensor | None = None
     edge_inputs: tuple[Tensor, ...] = ()
     hops_run: int = 0  # message-passing hops of the layer calls made so far
+    normalised: list = field(default_factory=list)  # (name, output) of softmax-like modules
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
@@ -119,6 +120,7 @@ class Context:
         clearing breaks that cycle so the graph's memory is freed at once.
         """
         self.outputs.clear()
+        self.normalised.clear()
         self._operators.clear()
         self._memo.clear()
         self.inputs.clear()

@@ -94,6 +94,15 @@ for _act in (
     nn.Softplus,
     nn.Hardtanh,
     nn.ReLU6,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Threshold,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.Hardshrink,
+    nn.Softshrink,
+    nn.RReLU,
 ):
     register_handler(_act, activation, subgraph=())
 for _ident in (nn.Identity, nn.Dropout):
