@@ -644,8 +644,8 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         seed, value, cls = _seed(y, rows, target)
         if not bool(torch.isfinite(value).all()):
             raise ValueError(
-                f"the explained output is not finite ({value.flatten()[:4].tolist()}...): the model "
-                "overflows on this input, and its relevance would be too"
+                f"the explained output is not finite ({value.flatten()[:4].tolist()}...): the model's "
+                "forward gives NaN/Inf on this input (an overflow, or NaN weights), and so would its relevance"
             )
         try:
             grads = torch.autograd.grad(y, [x_in] + ([ea] if ea is not None else []), seed, allow_unused=True)

@@ -334,6 +334,13 @@ def propagate_branches(
             d = contrib = relevance.new_zeros(relevance.shape) if d is None else d
             if use_bias:
                 d = d + group.bias(bias)
+        # A non-finite denominator would turn its outputs' relevance into 0 or NaN silently.
+        if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
+            kind = "NaN" if bool(torch.isnan(d).any()) else "Inf (an overflow)"
+            raise ValueError(
+                f"{rule!r}: its contributions sum to {kind} in {d.dtype}: look for NaN/Inf in the weights "
+                "or inputs; an overflow needs smaller rule parameters or inputs, or float64"
+            )
         # With eps > 0 the stabilised denominator is never zero: skip the zero test.
         if rule.stabilizer > 0:
             stab, shift = stabilize(d, rule.stabilizer, return_shift=True)

@@ -584,3 +584,30 @@ def test_explain_names_bad_indices_non_finite_targets_and_weights_and_an_empty_g
         sparse_lrp.explain(huge, x.abs())
     with pytest.raises(ValueError, match=r"x has no rows \(shape \(0, 5\)\)"):
         sparse_lrp.explain(model, torch.empty(0, 5), torch.empty(2, 0, dtype=torch.long))
+
+
+def test_non_finite_denominators_are_named_not_returned():
+    """A rule whose contributions overflow (Gamma(1e38) in float32: (1+γ)P is inf) returned
+    zero relevance with a NaN absorbed sum; a NaN written through ``.data`` after a first
+    explanation (no version bump, so the cached weight check passes) gave NaN relevance."""
+    from torch_geometric.nn import GCN
+
+    import sparse_lrp
+
+    x = torch.tensor([[10.0], [20.0]])
+    ei = torch.tensor([[0, 1], [0, 0]])
+    R = torch.ones(1, 1)
+    with pytest.raises(ValueError, match=r"Gamma.*sum to Inf \(an overflow\) in torch.float32"):
+        edge_lrp(x, ei, torch.ones(2), R, Gamma(1e38), num_out=1)
+    got = edge_lrp(x.double(), ei, torch.ones(2, dtype=torch.float64), R.double(), Gamma(1e38), num_out=1)
+    torch.testing.assert_close(got, torch.tensor([[1 / 3], [2 / 3]], dtype=torch.float64))  # float64 holds it
+
+    torch.manual_seed(0)
+    model = GCN(5, 8, 2, 3).eval()
+    xg, eg = torch.randn(8, 5), torch.randint(0, 8, (2, 20))
+    sparse_lrp.explain(model, xg, eg, index=2, target=0)
+    model.convs[1].lin.weight.data[1, 0] = float("nan")  # bypasses the version counter
+    with pytest.raises(ValueError, match="sum to NaN"):  # (class 1's row: the explained output is finite)
+        sparse_lrp.explain(model, xg, eg, index=2, target=0)
+    with pytest.raises(ValueError, match=r"explained output is not finite.*NaN weights"):
+        sparse_lrp.explain(model, xg, eg, index=2, target=1)
