@@ -229,7 +229,9 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
             and graph.dim() == 2
             and graph.shape[0] == 2
             and not graph.is_floating_point()
-            and not ctx.is_given(graph)
+            # The object itself: a view with the same storage and shape (ei[:, :K] for a K
+            # past the subgraph's edges) may select edges by position, which no subgraph keeps.
+            and graph is not ctx.edge_index
         ):
             raise _BeyondSubgraphError(name)
     if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
