@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import numbers
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -739,6 +740,9 @@ def explain(
             )  # fmt: skip
     _validate(model, x, edge_index, forward_kwargs)
     check_budget(max_memory)
+    for name, value, least in (("hops", hops, 0), ("max_union", max_union, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+            raise ValueError(f"{name} must be an int >= {least} (or None), got {value!r}")
     ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)
     n = x.shape[0]
     batch = forward_kwargs.get("batch")

@@ -611,3 +611,16 @@ def test_non_finite_denominators_are_named_not_returned():
         sparse_lrp.explain(model, xg, eg, index=2, target=0)
     with pytest.raises(ValueError, match=r"explained output is not finite.*NaN weights"):
         sparse_lrp.explain(model, xg, eg, index=2, target=1)
+
+
+@pytest.mark.parametrize(("option", "value"), [("hops", -1), ("hops", 1.5), ("max_union", 0), ("max_union", True)])
+def test_explain_names_bad_hops_and_max_union(option, value):
+    """hops=-1 and max_union=0 were accepted silently."""
+    from torch_geometric.nn import GCN
+
+    import sparse_lrp
+
+    model = GCN(3, 4, 2, 2).eval()
+    x, ei = torch.randn(5, 3), torch.tensor([[0, 1, 2], [1, 2, 3]])
+    with pytest.raises(ValueError, match=f"{option} must be an int >= "):
+        sparse_lrp.explain(model, x, ei, index=[1, 2], **{option: value})
