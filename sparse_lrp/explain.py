@@ -16,8 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
-import numbers
+import operator
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from .layers import find_handler, subgraph_needs, supported_types
 from .layers.base import Context, LayerCall, MergedEdgesError, record_input
 from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints
 from .rules import Rule
-from .validation import check_budget, check_edge_index, check_finite, check_tensor
+from .validation import check_budget, check_edge_index, check_finite, check_tensor, non_finite
 
 __all__ = ["ExplainResult", "LazyRecords", "explain"]
 
@@ -130,11 +129,17 @@ _NONLINEAR_FREE = _nonlinear_free()
 _OUTPUT_ONLY = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
 
 
-def _collect(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
-    """Modules to route through handlers; errors on unsupported modules with parameters."""
+def _collect(model: nn.Module, traversed: set | None = None) -> list[tuple[str, nn.Module, Any]]:
+    """Modules to route through handlers; errors on unsupported modules with parameters.
+
+    ``traversed`` collects the ids of the modules whose calls are explained as they run
+    (not those inside a handled module, which its handler rewrites).
+    """
     found: list[tuple[str, nn.Module, Any]] = []
 
     def visit(name: str, module: nn.Module) -> None:
+        if traversed is not None:
+            traversed.add(id(module))
         entry = find_handler(module)
         if entry is not None:
             handler, children = entry
@@ -171,7 +176,7 @@ def _collect(model: nn.Module) -> list[tuple[str, nn.Module, Any]]:
 @contextlib.contextmanager
 def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
     """Route handled modules through their handlers; restore everything afterwards."""
-    modules = ctx.handled if ctx.handled is not None else _collect(model)
+    modules = ctx.handled if ctx.handled is not None else _collect(model, ctx.traversed)
     training = [m for m in model.modules() if m.training]  # usually none: skip the toggles then
     saved = []
     try:
@@ -188,8 +193,8 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
                 continue
             if isinstance(module, MessagePassing):  # without a handler: its calls count hops
                 wrap = functools.partial(_count_hops, ctx, module)
-            elif isinstance(module, _OUTPUT_ONLY):  # its outputs are checked to be the model's
-                wrap = functools.partial(_normaliser, ctx, name)
+            elif isinstance(module, _OUTPUT_ONLY) and id(module) in ctx.traversed:
+                wrap = functools.partial(_normaliser, ctx, name, module)  # (its outputs are checked)
             else:
                 continue
             had = "forward" in module.__dict__
@@ -207,10 +212,10 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
             m.training = True
 
 
-def _normaliser(ctx: Context, name: str, original, *args, **kwargs):
+def _normaliser(ctx: Context, name: str, module: nn.Module, original, *args, **kwargs):
     out = original(*args, **kwargs)
-    if isinstance(out, Tensor):
-        ctx.normalised.append((name, out))
+    if isinstance(out, Tensor) and out.requires_grad:  # (of constants: no relevance passes)
+        ctx.normalised.append((name, type(module).__name__, out))
     return out
 
 
@@ -557,13 +562,17 @@ def _validate(model, x, edge_index, kwargs) -> None:
         break
     if x.shape[0] == 0:
         raise ValueError(f"x has no rows (shape {tuple(x.shape)}): there is nothing to explain")
-    tensors = itertools.chain(
-        (("parameter", *p) for p in model.named_parameters()), (("buffer", *b) for b in model.named_buffers())
-    )
-    for kind, name, t in tensors:
-        if t.is_floating_point():
-            # Weights explained call after call are checked once per version.
-            _FINITE.get(t, lambda kind=kind, name=name, t=t: check_finite(f"model {kind} {name!r}", t) or True)
+    for kind, tensors in (("parameter", model.parameters()), ("buffer", model.buffers())):
+        for t in tensors:
+            # Weights explained call after call are checked once per version (_FINITE
+            # remembers the good ones); names are looked up for an error only.
+            if t.is_floating_point() and _FINITE.peek(t) is None:
+                bad = non_finite(t)
+                if bad:
+                    named = model.named_parameters() if kind == "parameter" else model.named_buffers()
+                    name = next(n for n, u in named if u is t)
+                    raise ValueError(f"model {kind} {name!r} contains {bad} values; LRP needs finite inputs")
+                _FINITE.get(t, lambda: True)
 
 
 # Functional code a classifier may end with (log_softmax, softmax, sigmoid): the logits
@@ -611,10 +620,10 @@ def _check_normalisers(ctx: Context, y: Tensor) -> None:
     while fn is not None and type(fn).__name__ in _NORMALISERS + _VIEWS:
         chain.add(fn)
         fn = fn.next_functions[0][0]
-    for name, out in ctx.normalised:
+    for name, kind, out in ctx.normalised:
         if out is not y and out.grad_fn not in chain:
             raise TypeError(
-                f"module {name!r} ({type(out.grad_fn).__name__[:-9] or 'softmax'}) normalises inside the "
+                f"module {name!r} ({kind}) normalises inside the "
                 "model: LRP explains a softmax only as the model's last step (its input, the logits, "
                 "is explained); relevance through it would not be conserved"
             )
@@ -741,8 +750,16 @@ def explain(
     _validate(model, x, edge_index, forward_kwargs)
     check_budget(max_memory)
     for name, value, least in (("hops", hops, 0), ("max_union", max_union, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
-            raise ValueError(f"{name} must be an int >= {least} (or None), got {value!r}")
+        if value is None:
+            continue
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{name} must be an int (or None), got {value!r}") from None
+        if value < least:
+            raise ValueError(f"{name} must be >= {least}, got {value}")
     ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)
     n = x.shape[0]
     batch = forward_kwargs.get("batch")
@@ -781,7 +798,7 @@ def explain(
             "relevance would add up; explain the repeats in separate calls"
         )
 
-    ctx.handled = _collect(model)  # once per call: also what _patched routes
+    ctx.handled = _collect(model, ctx.traversed)  # once per call: also what _patched routes
     ctx.composite.check_names([name for name, _, _ in ctx.handled])
     ctx.few_rows = rows is not None
     needs = subgraph_needs(m for _, m, _ in ctx.handled) if edge_index is not None else None
@@ -806,8 +823,9 @@ def explain(
             except _BeyondSubgraphError as err:
                 if several:
                     raise ValueError(
-                        f"layer {err.args[0]!r} runs on a graph the model builds in forward, not on the "
-                        "given edge_index: node targets cannot run on k-hop subgraphs of it. Explain "
+                        f"layer {err.args[0]!r} runs on a graph the model builds in forward (any tensor but "
+                        "the given edge_index object, even a view or detach of it), not on the given "
+                        "edge_index: node targets cannot run on k-hop subgraphs of it. Explain "
                         "them one at a time (a single target uses the whole graph), or build the graph "
                         "before the call and pass it as edge_index."
                     ) from None
@@ -1024,7 +1042,7 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
             lambda t, rows=node_v: t.index_select(0, rows.to(t.device)) if t.dim() >= 2 and t.shape[0] == n else t
         )
         cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
-        cctx.handled, cctx.few_rows, cctx.on_subgraphs = ctx.handled, True, True
+        cctx.handled, cctx.traversed, cctx.few_rows, cctx.on_subgraphs = ctx.handled, ctx.traversed, True, True
         merged = edge_e == num_edges  # edges standing for all edges into a border node
         is_real = None if not bool(merged.any()) else ~merged
         sub_kwargs, summed = {}, []

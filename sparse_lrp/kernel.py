@@ -29,7 +29,7 @@ from torch import Tensor
 
 from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, EdgeValues, FusedTerms, has_nonzero
 from .rules import Pass, Rule
-from .validation import check_budget, check_edge_index, check_finite, check_same, check_tensor
+from .validation import check_budget, check_edge_index, check_finite, check_same, check_tensor, non_finite
 
 __all__ = ["Branch", "Propagated", "edge_lrp", "propagate", "propagate_branches", "stabilize"]
 
@@ -335,8 +335,8 @@ def propagate_branches(
             if use_bias:
                 d = d + group.bias(bias)
         # A non-finite denominator would turn its outputs' relevance into 0 or NaN silently.
-        if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
-            kind = "NaN" if bool(torch.isnan(d).any()) else "Inf (an overflow)"
+        kind = non_finite(d)
+        if kind:
             raise ValueError(
                 f"{rule!r}: its contributions sum to {kind} in {d.dtype}: look for NaN/Inf in the weights "
                 "or inputs; an overflow needs smaller rule parameters or inputs, or float64"

@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_tensor", "check_finite", "check_edge_index", "check_same"]
+__all__ = ["check_tensor", "check_finite", "check_edge_index", "check_same", "non_finite"]
 
 
 def check_tensor(name: str, t: object, ndim: int | None = None, floating: bool = True) -> Tensor:
@@ -23,7 +23,8 @@ def check_tensor(name: str, t: object, ndim: int | None = None, floating: bool =
     return t
 
 
-def check_finite(name: str, t: Tensor) -> None:
+def non_finite(t: Tensor) -> str | None:
+    """``"NaN"`` or ``"Inf"`` if ``t`` (or a sparse tensor's stored values) holds one, else None."""
     if t.layout == torch.sparse_coo:
         values = t._values()  # stored entries, coalesced or not
     elif t.layout == torch.sparse_csr:
@@ -32,7 +33,13 @@ def check_finite(name: str, t: Tensor) -> None:
         values = t
     # A finite sum proves every entry finite (one reduction); only a non-finite sum needs the full check.
     if values.numel() and not bool(torch.isfinite(values.sum())) and not bool(torch.isfinite(values).all()):
-        bad = "NaN" if bool(torch.isnan(values).any()) else "Inf"
+        return "NaN" if bool(torch.isnan(values).any()) else "Inf"
+    return None
+
+
+def check_finite(name: str, t: Tensor) -> None:
+    bad = non_finite(t)
+    if bad:
         raise ValueError(f"{name} contains {bad} values; LRP needs finite inputs")
 
 

@@ -738,3 +738,51 @@ def test_nonlinear_parameter_free_modules_are_refused():
     model = mlp(nn.ReLU(), nn.LogSoftmax(-1))
     res = sparse_lrp.explain(model, x, index=1, target=2, composite=Epsilon(0.0))
     assert res.output.item() == pytest.approx(model[:3](x)[1, 2].item())
+
+
+def test_softmax_inside_a_handled_layer_or_over_constants_is_not_refused(clean_handlers):
+    """The softmax check looks only at modules explained as they run: a handled layer's own
+    softmax child (a gate its handler holds fixed) and a softmax of constants (mixing
+    weights) were refused by mistake. The gated layer's LRP-0 is gradient x input with
+    the gate detached; the mix conserves its relevance (bias-free)."""
+
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(2, 4, dtype=DT))
+            self.gate = nn.Parameter(torch.randn(3, dtype=DT))
+            self.sm = nn.Softmax(0)
+
+        def forward(self, x, edge_index, edge_attr, detach=False):
+            g = self.sm(edge_attr @ self.gate)
+            g = g.detach() if detach else g
+            h = x @ self.weight.T
+            return torch.zeros(x.shape[0], 2, dtype=DT).index_add_(0, edge_index[1], g[:, None] * h[edge_index[0]])
+
+    def gated(call, x, edge_index, edge_attr):
+        m = call.module
+        return call.edges(call.linear(x, m.weight), edge_index, m.sm(edge_attr @ m.gate).detach())
+
+    sparse_lrp.register_handler(Gated, gated, subgraph=())
+    torch.manual_seed(0)
+    x, ea = torch.randn(N, 4, dtype=DT), torch.randn(EI.shape[1], 3, dtype=DT)
+    model = Gated().eval()
+    res = sparse_lrp.explain(
+        model, x, EI, target=torch.ones(N, 2, dtype=DT) * model(x, EI, ea), composite=Epsilon(0.0), edge_attr=ea
+    )
+    (ref,) = grad_x_input(lambda v: model(v, EI, ea, detach=True).sum(), x)
+    assert_close(res.node_feat, ref)
+
+    class Mix(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 3, bias=False), nn.Linear(4, 3, bias=False)
+            self.register_buffer("alpha", torch.tensor([0.3, 1.0]))
+            self.sm = nn.Softmax(0)
+
+        def forward(self, x):
+            w = self.sm(self.alpha)
+            return w[0] * self.a(x) + w[1] * self.b(x)
+
+    c = sparse_lrp.explain(Mix().double().eval(), x[:5], index=1, composite=Epsilon(0.0)).conservation
+    assert c["in"] == pytest.approx(c["out"], abs=1e-12)

@@ -111,7 +111,8 @@ class Context:
     edge_counts: Tensor | None = None
     edge_inputs: tuple[Tensor, ...] = ()
     hops_run: int = 0  # message-passing hops of the layer calls made so far
-    normalised: list = field(default_factory=list)  # (name, output) of softmax-like modules
+    normalised: list = field(default_factory=list)  # (name, type, output) of softmax-like modules
+    traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
