@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import sparse_lrp
-from sparse_lrp import AlphaBeta, Epsilon, Flat, Gamma, SparseLinear, WSquare, ZPlus
+from sparse_lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, SparseLinear, WSquare, ZBox, ZPlus
 
 DT = torch.float64
 
@@ -151,3 +151,39 @@ def test_a_moved_or_repointed_sparse_weight_is_not_served_from_the_cache(change)
     ref = sparse_lrp.explain(dense, x, None, index=[0, 2], composite=ZPlus())
     assert res.node_feat.dtype == x.dtype
     torch.testing.assert_close(res.node_feat, ref.node_feat)
+
+
+@pytest.mark.parametrize("rule", [WSquare(), ZBox(torch.tensor([-1.0, -1, -2, -1, -3, -1]), 2.5), Flat()])
+@pytest.mark.parametrize("how", ["first", "by_name"])
+def test_input_layer_rules_equal_the_dense_layer_with_zero_features(rule, how):
+    """A SparseLinear reading the model input passed the transposed input, which was not
+    recognised as the model's: input-independent rules lost the relevance of features equal
+    to 0 (WSquare: 2.71 of it), and first= rules did not apply. It now equals nn.Linear."""
+    dense, sparse, x = pruned_pair()
+    if isinstance(rule, Flat):  # Flat counts stored connections: the dense twin stores them all
+        sparse[0] = SparseLinear.from_dense(dense[0], torch.ones_like(dense[0].weight, dtype=torch.bool))
+    x[:, 1] = 0.0  # a feature that is 0 everywhere
+    x[2, 4] = 0.0
+    composite = Composite(default=Epsilon(), first=rule) if how == "first" else Composite(by_name={"0": rule})
+    got = sparse_lrp.explain(sparse, x, None, index=[0, 2], composite=composite)
+    ref = sparse_lrp.explain(dense, x, None, index=[0, 2], composite=composite)
+    torch.testing.assert_close(got.node_feat, ref.node_feat)
+    assert got.node_feat[:, :, 1].abs().sum() > 0
+    assert got.conservation["lost"] == pytest.approx(ref.conservation["lost"], abs=1e-12)
+
+
+def test_from_dense_keeps_masked_zero_weights():
+    """from_dense multiplied by the mask and dropped zeros: kept connections with weight 0
+    vanished (Flat then spread relevance over 2 instead of 3 inputs)."""
+    lin = nn.Linear(3, 2).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0, 2.0], [0.0, 0.0, 3.0]]))
+    mask = torch.tensor([[True, True, True], [False, True, True]])
+    layer = SparseLinear.from_dense(lin, mask)
+    assert layer.weight._nnz() == 5
+    assert SparseLinear.from_dense(lin).weight._nnz() == 3  # default: the non-zero weights
+    x, R = torch.ones(1, 3, dtype=DT), torch.tensor([[1.0, 1.0]], dtype=DT)
+    got = sparse_lrp.linear_lrp(x, layer.weight.detach(), R, Flat(stabilizer=0.0))
+    torch.testing.assert_close(got, torch.tensor([[1 / 3, 1 / 3 + 1 / 2, 1 / 3 + 1 / 2]], dtype=DT))
+    with pytest.raises(ValueError, match="mask must have the weight's shape"):
+        SparseLinear.from_dense(lin, torch.ones(3, 2, dtype=torch.bool))

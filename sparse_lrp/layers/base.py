@@ -144,11 +144,14 @@ class Context:
             self._memo[norm] = (key, compute())  # keep the keyed tensors alive with the value
         return self._memo[norm][1]
 
-    def input_key(self, t: Tensor) -> str | None:
-        """Which model input ``t`` is (same storage, shape and strides), if any."""
+    def input_key(self, t: Tensor) -> tuple[str, bool] | None:
+        """Which model input ``t`` is (same storage, shape and strides), if any, and whether
+        ``t`` is its transpose (a sparse layer's channel-major view of a 2-D input)."""
         for key, inp in self.inputs.items():
             if same_tensor(t, inp):
-                return key
+                return key, False
+            if inp.dim() == 2 and t.dim() == 2 and same_tensor(t, inp.T):
+                return key, True
         return None
 
     def is_given(self, edge_index: Tensor) -> bool:
@@ -302,6 +305,11 @@ class _MapFunction(torch.autograd.Function):
         ctx = call.ctx
         keys = [ctx.input_key(x) for x in xs]
         rule = call.rule(reads_input=any(k is not None for k in keys))
+        if any(k is not None and k[1] for k in keys):
+            # The model's input reaches this map transposed ([F, B]): per-feature or per-row
+            # rule inputs (ZBox bounds) broadcast against the input, then follow it.
+            first = next(x for x, k in zip(xs, keys) if k is not None and k[1])
+            rule = rule.map_inputs(lambda t: torch.broadcast_to(t.to(first), first.T.shape).T)
         dtype = z.dtype
         half = dtype in HALF_DTYPES
         if half:  # computed in float32 (see kernel.widen), handed back narrowed
@@ -343,7 +351,8 @@ class _MapFunction(torch.autograd.Function):
                 continue
             if key is not None:
                 # Exact side channel for input-independent rules on the model's input.
-                ctx.side[key] = ctx.side.get(key, 0) + r_in.to(dtype)
+                side = r_in.T if key[1] else r_in
+                ctx.side[key[0]] = ctx.side.get(key[0], 0) + side.to(dtype)
                 grads.append(torch.zeros(x.shape, dtype=dtype, device=x.device))
                 continue
             ratio_in, lost = _ratio(r_in, x)

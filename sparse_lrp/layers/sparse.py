@@ -38,11 +38,14 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, mask: Tensor | None = None) -> SparseLinear:
-        """The connections of ``linear`` kept by ``mask`` (default: its non-zero weights)."""
+        """The connections of ``linear`` kept by ``mask`` (default: its non-zero weights);
+        a kept connection whose weight is 0 is stored too (Flat counts it)."""
         w = linear.weight.detach()
-        if mask is not None:
-            w = w * mask.to(w)
-        return cls(w.to_sparse_coo(), None if linear.bias is None else linear.bias.detach())
+        keep = w != 0 if mask is None else mask.to(device=w.device, dtype=torch.bool)
+        if keep.shape != w.shape:
+            raise ValueError(f"mask must have the weight's shape {tuple(w.shape)}, got {tuple(keep.shape)}")
+        coo = torch.sparse_coo_tensor(keep.nonzero().T, w[keep], w.shape)
+        return cls(coo, None if linear.bias is None else linear.bias.detach())
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
