@@ -634,3 +634,44 @@ def test_cheb_without_normalization_or_lambda_max_reads_the_whole_graph():
         xx = x.clone().requires_grad_(True)
         (g,) = torch.autograd.grad(m(xx, ei, lambda_max=lam)[node, 0], xx)
         torch.testing.assert_close(many.node_feat[t], g * x)
+
+
+def test_gcn_with_a_filled_cache_explains_what_the_layer_computes():
+    """GCNConv(cached=True) with a filled cache uses it whatever graph it is given; the
+    handler recomputed the normalisation of the given graph, so a model whose cache came
+    from another graph was explained at another output (-0.545 vs the model's -0.560).
+    The cache is used now (single targets keep the whole graph for it) and left as it was;
+    an empty cache is not filled."""
+    torch.manual_seed(0)
+    n = 12
+    x = torch.randn(n, 5, dtype=torch.float64)
+    graph_a, graph_b = torch.randint(0, n, (2, 30)), torch.randint(0, n, (2, 30))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = gnn.GCNConv(5, 8, cached=True, bias=False)
+            self.c2 = gnn.GCNConv(8, 3, cached=True, bias=False)
+
+        def forward(self, x, edge_index):
+            return self.c2(self.c1(x, edge_index).relu(), edge_index)
+
+    model = Net().double().eval()
+    sparse_lrp.explain(model, x, graph_b, index=[1, 2])
+    assert model.c1._cached_edge_index is None  # not filled by explaining
+    model(x, graph_a)  # filled from graph A
+    cached = [t.clone() for t in model.c1._cached_edge_index]
+    for index in (2, None):
+        xx = x.clone().requires_grad_(True)
+        out = model(xx, graph_b)  # (uses graph A's cache)
+        (g,) = torch.autograd.grad(out[2, 0], xx)
+        if index is None:
+            target = torch.zeros_like(out)
+            target[2, 0] = out[2, 0].detach()
+            res = sparse_lrp.explain(model, x, graph_b, target=target, composite=Epsilon(0.0))
+        else:
+            res = sparse_lrp.explain(model, x, graph_b, index=2, target=0, composite=Epsilon(0.0))
+            assert res.output.item() == pytest.approx(out[2, 0].item())
+        torch.testing.assert_close(res.node_feat, g * x)
+    for before, after in zip(cached, model.c1._cached_edge_index):
+        assert torch.equal(before, after)

@@ -82,7 +82,12 @@ def gcn_conv(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor
     _check_plain(call, x, edge_index)
     m = call.module
     h = call.linear(x, m.lin.weight, m.lin.bias)
-    if m.normalize:
+    cache = getattr(m, "_cached_edge_index", None) if m.cached else None
+    if m.normalize and cache is not None and not call.ctx.on_subgraphs:
+        # The layer's own forward uses its cached normalised graph, whatever it is given.
+        ei, w = cache
+        ids = call.ctx.edge_ids(ei)
+    elif m.normalize:
         ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], m.improved, m.add_self_loops, x.dtype)
     else:
         ei, w, ids = edge_index, edge_weight, None
@@ -298,7 +303,7 @@ def _register() -> None:
     # GCN-style normalisation reads the in-degree of every message's source, as a sum of
     # edge weights (gcn_norm gets them from LayerCall.degree_weights).
     deg = ("weighted_in_degrees",)
-    register_handler(g.GCNConv, gcn_conv, subgraph=deg)
+    register_handler(g.GCNConv, gcn_conv, subgraph=_gcn_needs)
     register_handler(g.GraphConv, graph_conv, subgraph=())
     register_handler(g.SAGEConv, sage_conv, subgraph=())
     register_handler(g.GINConv, gin_conv, children=("nn",), subgraph=())
@@ -309,6 +314,15 @@ def _register() -> None:
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
     register_handler(g.APPNP, appnp, subgraph=deg)
     register_handler(g.ChebConv, cheb_conv, subgraph=_cheb_needs)
+
+
+def _gcn_needs(m) -> tuple[str, ...] | None:
+    # A filled cache (cached=True) is the graph the layer uses: a single node target keeps
+    # the whole graph to use it; batched targets recompute it per subgraph (exact when the
+    # cache was built from the given graph, as in transductive training).
+    if m.cached and getattr(m, "_cached_edge_index", None) is not None:
+        return None
+    return ("weighted_in_degrees",)
 
 
 def _cheb_needs(m) -> tuple[str, ...] | None:
