@@ -416,6 +416,17 @@ class LayerCall:
         # handler runs (K-step layers: K maps), built-in and user layers alike.
         self.ctx.hops_run += 1
 
+    def whole_graph_only(self, reads: str, remedy: str) -> None:
+        """Refuse node targets' k-hop subgraphs for a layer that ``reads`` a quantity of the
+        whole graph (its ``subgraph=`` needs function returns None for it, so a single
+        target keeps the whole graph already; batched targets cannot)."""
+        if self.ctx.on_subgraphs:
+            raise ValueError(
+                f"layer {self.name or '<model>'!r} ({type(self.module).__name__}) {reads}, which node "
+                "targets' k-hop subgraphs do not have: batched node targets cannot be explained "
+                f"exactly. Explain one target at a time (index=i uses the whole graph), or {remedy}."
+            )
+
     def rule(self, reads_input: bool = False) -> Rule:
         return self.ctx.composite.rule(
             self.name, self.module, reads_input=reads_input, is_top=self.index == self.ctx.top_call

@@ -275,13 +275,9 @@ def cheb_conv(call: LayerCall, x, edge_index, edge_weight=None, batch=None, lamb
     _check_plain(call, x, edge_index)
     m = call.module
     n = x.shape[0]
-    if m.normalization is None and lambda_max is None and call.ctx.on_subgraphs:
-        # PyG then scales by 2 / (2 max L_ii), the graph's largest degree: a subgraph's differs.
-        raise ValueError(
-            f"layer {call.name or '<model>'!r} (ChebConv, normalization=None, no lambda_max) scales by the whole "
-            "graph's largest degree, which node targets' k-hop subgraphs do not have: pass lambda_max "
-            "to the layer call, or explain the targets one at a time (index=i uses the whole graph)"
-        )
+    if m.normalization is None and lambda_max is None:
+        # PyG then scales by 2 / (2 max L_ii): the graph's largest degree.
+        call.whole_graph_only("scales by the graph's largest degree (normalization=None)", "pass lambda_max")
     key = ("cheb", edge_index, edge_weight, n, m.normalization, lambda_max, x.dtype, batch)
     ei, norm = call.ctx.memo(
         key, lambda: m.__norm__(edge_index, n, edge_weight, m.normalization, lambda_max, x.dtype, batch)

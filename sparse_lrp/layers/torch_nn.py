@@ -37,16 +37,8 @@ def batch_norm(call: LayerCall, x: Tensor) -> Tensor:
         raise ValueError(f"{call.name}: BatchNorm is supported on [N, C] inputs, got shape {tuple(x.shape)}")
     if not _batch_statistics(m):
         mean, var = m.running_mean, m.running_var
-    elif call.ctx.on_subgraphs:
-        # A subgraph's statistics are not the whole graph's; a single target keeps the
-        # whole graph (see _batch_norm_needs), batched targets cannot.
-        raise ValueError(
-            f"layer {call.name!r} ({type(m).__name__}) normalises by batch statistics (no running "
-            "statistics): on the node targets' k-hop subgraphs they differ from the whole graph's, "
-            "so batched node targets cannot be explained exactly. Explain one target at a time "
-            "(index=i runs on the whole graph) or give the layer running statistics."
-        )
     else:
+        call.whole_graph_only("normalises by batch statistics (no running statistics)", "give it running statistics")
         mean, var = x.detach().mean(0), x.detach().var(0, unbiased=False)
     scale = torch.rsqrt(var + m.eps)
     if m.weight is not None:
