@@ -300,21 +300,19 @@ def _as_index(index, rows: int, what: str) -> tuple[Tensor | None, bool]:
         idx = torch.as_tensor(index)
     except (TypeError, ValueError, RuntimeError) as err:
         raise TypeError(f"index must be an int, a list or a 1-D tensor of ints, or a bool mask: {err}") from None
-    if idx.numel() == 0:
-        raise ValueError(f"index is empty: give at least one of the {rows} {what} to explain")
-    if idx.is_floating_point() or idx.is_complex():
-        raise TypeError(f"index must hold integers (or be a bool mask), got dtype {idx.dtype}")
     if idx.dim() > 1:
         raise ValueError(f"index must be an int or 1-D, got shape {tuple(idx.shape)}")
-    if idx.dtype == torch.bool:
+    if idx.dtype == torch.bool and idx.numel():
         if idx.numel() != rows:
             raise ValueError(f"a bool index must have one entry per {what[:-1]} ({rows}), got {idx.numel()}")
         idx = idx.nonzero().view(-1)
+    if idx.numel() == 0:  # (an empty list, or a mask selecting nothing)
+        raise ValueError(f"index is empty: give at least one of the {rows} {what} to explain")
+    if idx.is_floating_point() or idx.is_complex():
+        raise TypeError(f"index must hold integers (or be a bool mask), got dtype {idx.dtype}")
     if idx.dim() == 0:
         return _as_index(int(idx), rows, what)
     idx = idx.long()
-    if idx.numel() == 0:
-        raise ValueError(f"index is empty: give at least one of the {rows} {what} to explain")
     if int(idx.min()) < -rows or int(idx.max()) >= rows:
         raise ValueError(f"index out of range for {rows} {what}: {idx.min().item()}..{idx.max().item()}")
     return idx % rows, True
@@ -554,14 +552,13 @@ def _validate(model, x, edge_index, kwargs) -> None:
             raise ValueError(f"edge_weight must have shape [E] = [{edge_index.shape[1]}], got {tuple(ew.shape)}")
         if ew.is_floating_point() and ew.dtype != x.dtype:
             raise TypeError(f"edge_weight has dtype {ew.dtype} but x has dtype {x.dtype}; convert one of them")
-    for p in model.parameters():
-        if p.device != x.device:
-            raise ValueError(f"model parameters are on {p.device} but x is on {x.device}")
-        if p.is_floating_point() and p.dtype != x.dtype:
-            raise TypeError(f"model parameters have dtype {p.dtype} but x has dtype {x.dtype}; convert one of them")
-        break
     if x.shape[0] == 0:
         raise ValueError(f"x has no rows (shape {tuple(x.shape)}): there is nothing to explain")
+    first = next(model.parameters(), None)
+    if first is not None and first.device != x.device:
+        raise ValueError(f"model parameters are on {first.device} but x is on {x.device}")
+    if first is not None and first.is_floating_point() and first.dtype != x.dtype:
+        raise TypeError(f"model parameters have dtype {first.dtype} but x has dtype {x.dtype}; convert one of them")
     for kind, tensors in (("parameter", model.parameters()), ("buffer", model.buffers())):
         for t in tensors:
             # Weights explained call after call are checked once per version (_FINITE
@@ -848,30 +845,30 @@ def explain(
     return res
 
 
-def _with_target_dim(res: ExplainResult) -> ExplainResult:
-    def lead(t):
-        return None if t is None else t[None]
+def _per_target(res: ExplainResult, fn: Callable[[Tensor], Tensor]) -> ExplainResult:
+    """``res`` with ``fn`` applied to every per-target tensor (relevance and layer records)."""
 
+    def each(t):
+        return None if t is None else fn(t)
+
+    layers = {
+        name: rec.map(fn) if isinstance(rec, LazyRecords) else {k: fn(v) for k, v in rec.items()}
+        for name, rec in res.layers.items()
+    }
     return dataclasses.replace(
-        res,
-        node_feat=lead(res.node_feat),
-        node=lead(res.node),
-        edge=lead(res.edge),
-        edge_attr=lead(res.edge_attr),
-        layers={name: {k: v[None] for k, v in rec.items()} for name, rec in res.layers.items()},
-    )
+        res, node_feat=fn(res.node_feat), node=fn(res.node), edge=each(res.edge), edge_attr=each(res.edge_attr),
+        layers=layers,
+    )  # fmt: skip
+
+
+def _with_target_dim(res: ExplainResult) -> ExplainResult:
+    """A one-target result with a leading ``[1]`` dimension (its index was a list)."""
+    return _per_target(res, lambda t: t[None])
 
 
 def _only_target(res: ExplainResult) -> ExplainResult:
     """A one-target result without its leading ``[T]`` dimension."""
-    return dataclasses.replace(
-        res,
-        node_feat=res.node_feat[0],
-        node=res.node[0],
-        edge=None if res.edge is None else res.edge[0],
-        edge_attr=None if res.edge_attr is None else res.edge_attr[0],
-        layers={name: rec.map(lambda v: v[0]) for name, rec in res.layers.items()},
-    )
+    return _per_target(res, lambda t: t[0])
 
 
 def _conservation(ctx: Context, out_value: Tensor, node_feat: Tensor, ea_rel: Tensor | None) -> dict[str, float]:

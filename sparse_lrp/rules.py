@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .validation import non_finite
+
 __all__ = [
     "Rule",
     "Term",
@@ -322,7 +324,7 @@ class ZBox(Rule):
         self.low = torch.as_tensor(low)
         self.high = torch.as_tensor(high)
         for name, bound in (("low", self.low), ("high", self.high)):
-            if bound.is_floating_point() and not bool(torch.isfinite(bound).all()):
+            if bound.is_floating_point() and non_finite(bound):
                 raise ValueError(f"ZBox {name} must be finite (a box around the inputs)")
         self.groups = (
             Group(
