@@ -187,16 +187,12 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
             original = module.__dict__.get("forward", module.forward)
             saved.append((module, had, original))
             module.forward = functools.partial(_run_handler, ctx, name, module, handler, original)
-        routed = {id(m) for _, m, _ in modules}
-        for name, module in model.named_modules():
-            if id(module) in routed:
-                continue
-            if isinstance(module, MessagePassing):  # without a handler: its calls count hops
+        watched = ctx.watched if ctx.watched is not None else _watched(model, modules, ctx.traversed)
+        for name, module, kind in watched:
+            if kind == "hops":
                 wrap = functools.partial(_count_hops, ctx, module)
-            elif isinstance(module, _OUTPUT_ONLY) and id(module) in ctx.traversed:
-                wrap = functools.partial(_normaliser, ctx, name, module)  # (its outputs are checked)
             else:
-                continue
+                wrap = functools.partial(_normaliser, ctx, name, module)
             had = "forward" in module.__dict__
             original = module.__dict__.get("forward", module.forward)
             saved.append((module, had, original))
@@ -210,6 +206,22 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
                 module.__dict__.pop("forward", None)
         for m in training:
             m.training = True
+
+
+def _watched(model: nn.Module, handled: list, traversed: set) -> list[tuple[str, nn.Module, str]]:
+    """Modules without a handler that run as they are, watched: message passing (its calls
+    count hops, ``"hops"``) and softmax-like modules explained as they run (their outputs
+    must be the model's, ``"normaliser"``)."""
+    routed = {id(m) for _, m, _ in handled}
+    found = []
+    for name, module in model.named_modules():
+        if id(module) in routed:
+            continue
+        if isinstance(module, MessagePassing):
+            found.append((name, module, "hops"))
+        elif isinstance(module, _OUTPUT_ONLY) and id(module) in traversed:
+            found.append((name, module, "normaliser"))
+    return found
 
 
 def _normaliser(ctx: Context, name: str, module: nn.Module, original, *args, **kwargs):
@@ -799,8 +811,8 @@ def explain(
     ctx.composite.check_names([name for name, _, _ in ctx.handled])
     ctx.few_rows = rows is not None
     needs = subgraph_needs(m for _, m, _ in ctx.handled) if edge_index is not None else None
-    routed = {id(m) for _, m, _ in ctx.handled}
-    if any(isinstance(m, MessagePassing) and id(m) not in routed for m in model.modules()):
+    ctx.watched = _watched(model, ctx.handled, ctx.traversed)
+    if any(kind == "hops" for _, _, kind in ctx.watched):
         needs = None  # message passing without a handler (LGConv): what it reads is unknown
     # A single target whose layers did not all declare what they read keeps the graph.
     several = rows is not None and rows.numel() > 1
@@ -1039,7 +1051,8 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
             lambda t, rows=node_v: t.index_select(0, rows.to(t.device)) if t.dim() >= 2 and t.shape[0] == n else t
         )
         cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
-        cctx.handled, cctx.traversed, cctx.few_rows, cctx.on_subgraphs = ctx.handled, ctx.traversed, True, True
+        cctx.handled, cctx.traversed, cctx.watched = ctx.handled, ctx.traversed, ctx.watched
+        cctx.few_rows = cctx.on_subgraphs = True
         merged = edge_e == num_edges  # edges standing for all edges into a border node
         is_real = None if not bool(merged.any()) else ~merged
         sub_kwargs, summed = {}, []

@@ -113,6 +113,7 @@ class Context:
     hops_run: int = 0  # message-passing hops of the layer calls made so far
     normalised: list = field(default_factory=list)  # (name, type, output) of softmax-like modules
     traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
+    watched: list | None = None  # (name, module, kind) run as they are but watched (explain._watched)
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
