@@ -587,6 +587,8 @@ def gat_dense(m, x, ei_a, alpha):
     outs = []
     for k in range(H):
         A = x.new_zeros(n, n).index_put((ei_a[1], ei_a[0]), alpha[:, k], accumulate=True)
+        if m.aggr == "mean":  # each target's sum over its in-edges, divided by their number
+            A = A / torch.bincount(ei_a[1], minlength=n).clamp(min=1).to(A)[:, None]
         outs.append(A @ h[:, k])
     out = torch.cat(outs, 1) if m.concat else torch.stack(outs, 1).mean(1)
     return out if m.bias is None else out + m.bias

@@ -155,6 +155,31 @@ TWO_LAYER = {
         (),
     ),
     "gine": (lambda: TwoLayers(_gine(F, H, eps=0.2), _gine(H, C)), ("ea",)),
+    # aggr="mean" is a sum weighted by 1 / in-degree, in every layer that takes aggr
+    "gcn_mean": (
+        lambda: TwoLayers(gnn.GCNConv(F, H, bias=False, aggr="mean"), gnn.GCNConv(H, C, bias=False, aggr="mean")),
+        ("ew",),
+    ),
+    "gin_mean": (lambda: TwoLayers(_gin(F, H, eps=0.25, aggr="mean"), _gin(H, C, aggr="mean")), ()),
+    "gine_mean": (lambda: TwoLayers(_gine(F, H, aggr="mean"), _gine(H, C, aggr="mean")), ("ea",)),
+    "sg_mean": (
+        lambda: TwoLayers(gnn.SGConv(F, H, K=2, bias=False, aggr="mean"), gnn.SGConv(H, C, bias=False, aggr="mean")),
+        (),
+    ),
+    "tag_mean": (
+        lambda: TwoLayers(gnn.TAGConv(F, H, K=2, bias=False, aggr="mean"), gnn.TAGConv(H, C, bias=False, aggr="mean")),
+        (),
+    ),
+    "appnp_mean": (
+        lambda: TwoLayers(
+            gnn.APPNP(K=2, alpha=0.2, aggr="mean"), gnn.APPNP(K=2, alpha=0.1), nn.Linear(F, C, bias=False)
+        ),
+        (),
+    ),
+    "cheb_mean": (
+        lambda: TwoLayers(gnn.ChebConv(F, H, K=3, bias=False, aggr="mean"), gnn.ChebConv(H, C, bias=False, K=2)),
+        (),
+    ),
     "sg": (lambda: TwoLayers(gnn.SGConv(F, H, K=2, bias=False), gnn.SGConv(H, C, K=2, bias=False)), ()),
     "tag": (lambda: TwoLayers(gnn.TAGConv(F, H, K=2, bias=False), gnn.TAGConv(H, C, K=2, bias=False)), ()),
     "appnp": (
@@ -180,6 +205,10 @@ GAT_LAYERS = {
             gnn.GATConv(F, 3, heads=2, edge_dim=D, bias=False), gnn.GATConv(6, C, heads=2, edge_dim=D, bias=False)
         ),
         ("ea",),
+    ),
+    "gat_aggr_mean": (
+        lambda: TwoLayers(gnn.GATConv(F, 3, heads=2, bias=False, aggr="mean"), gnn.GATConv(6, C, bias=False)),
+        (),
     ),
     "gatv2_concat": (
         lambda: TwoLayers(gnn.GATv2Conv(F, 3, heads=2, bias=False), gnn.GATv2Conv(6, C, heads=2, bias=False)),
@@ -675,3 +704,28 @@ def test_gcn_with_a_filled_cache_explains_what_the_layer_computes():
         torch.testing.assert_close(res.node_feat, g * x)
     for before, after in zip(cached, model.c1._cached_edge_index):
         assert torch.equal(before, after)
+
+
+NONLINEAR_AGGR = {
+    "gcn": lambda a: gnn.GCNConv(F, C, aggr=a),
+    "graph": lambda a: gnn.GraphConv(F, C, aggr=a),
+    "sage": lambda a: gnn.SAGEConv(F, C, aggr=a),
+    "gin": lambda a: _gin(F, C, aggr=a),
+    "gine": lambda a: _gine(F, C, aggr=a),
+    "gat": lambda a: gnn.GATConv(F, C, aggr=a),
+    "sg": lambda a: gnn.SGConv(F, C, aggr=a),
+    "tag": lambda a: gnn.TAGConv(F, C, aggr=a),
+    "cheb": lambda a: gnn.ChebConv(F, C, K=2, aggr=a),
+}
+
+
+@pytest.mark.parametrize("aggr", ["max", ["mean", "max"]], ids=["max", "multi"])
+@pytest.mark.parametrize("layer", list(NONLINEAR_AGGR))
+def test_nonlinear_aggregation_is_refused_not_explained_as_a_sum(layer, aggr, inputs):
+    # max (or several aggregations at once) is no linear map: explaining it as a sum
+    # would describe another model than the one that ran.
+    x, _, ea = inputs
+    conv = NONLINEAR_AGGR[layer](aggr).double().eval()
+    kw = {"edge_attr": ea} if layer == "gine" else {}
+    with pytest.raises(ValueError, match=r"aggr=.*max.*not supported"):
+        sparse_lrp.explain(conv, x, EI, index=3, **kw)

@@ -511,14 +511,17 @@ class LayerCall:
         edge_ids: Tensor | None,
         extra: list[MapBranch] | None = None,
         bias: Tensor | None = None,
+        weight: Tensor | None = None,
     ) -> Tensor:
-        """Sum per-edge messages ``msg [E, C]`` into their targets (``rows[1]``).
+        """Sum per-edge messages ``msg [E, C]`` into their targets (``rows[1]``), each
+        scaled by ``weight [E]`` if given.
 
         The messages are the inputs of this map, so their relevance is edge relevance.
         """
         self._hop()
         op = EdgeOperator(rows, msg.shape[0], num_out)
-        branches = [MapBranch(op, msg.new_ones(msg.shape[0]), msg, edge_ids=edge_ids, rows_are_edges=True)]
+        w = msg.new_ones(msg.shape[0]) if weight is None else weight.detach()
+        branches = [MapBranch(op, w, msg, edge_ids=edge_ids, rows_are_edges=True)]
         return self.map(branches + list(extra or []), bias)
 
     def self_loops(self, x: Tensor, weight: float | Tensor) -> MapBranch:

@@ -91,23 +91,42 @@ def gcn_conv(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor
         ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], m.improved, m.add_self_loops, x.dtype)
     else:
         ei, w, ids = edge_index, edge_weight, None
+    w = _aggr_weights(call, ei, w, x.shape[0], h)
     return call.edges(h, ei, w, m.bias, edge_ids=ids)
 
 
-def _aggregate(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None, aggr: str) -> Tensor:
-    """Sum or mean of incoming messages ``w_e x_i`` as one edge map."""
+def _aggr_weights(call: LayerCall, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor):
+    """Per-edge weights under which the layer's aggregation is a plain sum over in-edges.
+
+    ``add``/``sum`` keep ``weight``; ``mean`` divides it by each target's number of
+    in-edges (complete for every node a target depends on, on k-hop subgraphs too).
+    Other aggregations (max, softmax, several at once) are not linear maps: refused.
+    """
+    aggr = _aggr_name(call.module)
     if aggr in ("add", "sum"):
-        return call.edges(x, edge_index, edge_weight)
+        return weight
     if aggr == "mean":
-        count = torch.bincount(edge_index[1], minlength=x.shape[0]).clamp(min=1).to(x.dtype)
-        w = x.new_ones(edge_index.shape[1]) if edge_weight is None else edge_weight.detach()
-        return call.edges(x, edge_index, w / count.index_select(0, edge_index[1]))
-    raise ValueError(f"{call.name} ({type(call.module).__name__}): aggr={aggr!r} is not supported (use add/sum/mean)")
+        count = torch.bincount(edge_index[1], minlength=num_out).clamp(min=1).to(like.dtype)
+        w = like.new_ones(edge_index.shape[1]) if weight is None else weight.detach()
+        return w / count.index_select(0, edge_index[1])
+    raise ValueError(
+        f"{call.name or '<model>'} ({type(call.module).__name__}): aggr={aggr!r} is not supported (use add/sum/mean): "
+        "LRP needs the aggregation to be a linear map"
+    )
+
+
+def _aggregate(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
+    """Sum or mean of incoming messages ``w_e x_i`` as one edge map."""
+    return call.edges(x, edge_index, _aggr_weights(call, edge_index, edge_weight, x.shape[0], x))
 
 
 def _aggr_name(module) -> str:
     aggr = module.aggr
-    return aggr if isinstance(aggr, str) else type(module.aggr_module).__name__.replace("Aggregation", "").lower()
+    if isinstance(aggr, str):
+        return aggr
+    if isinstance(aggr, (list, tuple)):
+        return "[" + ", ".join(map(str, aggr)) + "]"
+    return type(module.aggr_module).__name__.replace("Aggregation", "").lower()
 
 
 def _with_root(call: LayerCall, a: Tensor, x: Tensor, lin_neigh, lin_root) -> Tensor:
@@ -125,7 +144,7 @@ def graph_conv(call: LayerCall, x, edge_index, edge_weight=None, size=None) -> T
     """GraphConv: ``out = W_rel aggr_j(w_ji x_j) + W_root x_i + b``."""
     _check_plain(call, x, edge_index)
     m = call.module
-    a = _aggregate(call, x, edge_index, edge_weight, _aggr_name(m))
+    a = _aggregate(call, x, edge_index, edge_weight)
     return _with_root(call, a, x, m.lin_rel, m.lin_root)
 
 
@@ -137,7 +156,7 @@ def sage_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
         raise ValueError(f"{call.name}: SAGEConv(normalize=True) (L2 output normalisation) is not supported")
     # The projection feeds the neighbour messages only: PyG's root weight reads the raw x.
     h = call.passthrough(torch.relu, call.linear(x, m.lin.weight, m.lin.bias)) if m.project else x
-    a = _aggregate(call, h, edge_index, None, _aggr_name(m))
+    a = _aggregate(call, h, edge_index, None)
     return _with_root(call, a, x, m.lin_l, m.lin_r if m.root_weight else None)
 
 
@@ -145,7 +164,8 @@ def gin_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
     """GINConv: ``out = nn((1 + ε) x_i + sum_j x_j)``; ``nn`` is explained by its own layers."""
     _check_plain(call, x, edge_index)
     m = call.module
-    a = call.edges(x, edge_index, extra=[call.self_loops(x, 1.0 + float(m.eps))])
+    w = _aggr_weights(call, edge_index, None, x.shape[0], x)
+    a = call.edges(x, edge_index, w, extra=[call.self_loops(x, 1.0 + float(m.eps))])
     return m.nn(a)
 
 
@@ -164,7 +184,9 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
     num_edges = edge_index.shape[1]
     rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
     ids = call.ctx.edge_ids(edge_index)
-    return m.nn(call.messages(msg, rows, x.shape[0], ids, extra=[call.self_loops(x, 1.0 + float(m.eps))]))
+    w = _aggr_weights(call, edge_index, None, x.shape[0], x)
+    loops = [call.self_loops(x, 1.0 + float(m.eps))]
+    return m.nn(call.messages(msg, rows, x.shape[0], ids, extra=loops, weight=w))
 
 
 def _attention(call: LayerCall, x, edge_index, edge_attr):
@@ -185,6 +207,9 @@ def _attention(call: LayerCall, x, edge_index, edge_attr):
 def _heads(call: LayerCall, h, ei, alpha, ids, bias: Tensor | None, concat: bool) -> Tensor:
     """Per-head node mixing ``out_jh = sum_i α_jih h_ih`` as one edge map over (node, head) rows."""
     n, heads, c = h.shape
+    mean = _aggr_weights(call, ei, None, n, h)  # 1 / in-degree for mean, else None
+    if mean is not None:
+        alpha = alpha * mean[:, None]
     offs = torch.arange(heads, device=h.device)
     src = (ei[0][:, None] * heads + offs).reshape(-1)
     dst = (ei[1][:, None] * heads + offs).reshape(-1)
@@ -230,6 +255,7 @@ def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     _check_plain(call, x, edge_index)
     m = call.module
     ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
+    w = _aggr_weights(call, ei, w, x.shape[0], x)
     for _ in range(m.K):
         x = call.edges(x, ei, w, edge_ids=ids)
     return call.linear(x, m.lin.weight, m.lin.bias)
@@ -243,6 +269,7 @@ def tag_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
         ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, False, x.dtype)
     else:
         ei, w, ids = edge_index, edge_weight, None
+    w = _aggr_weights(call, ei, w, x.shape[0], x)
     hops = [x]
     for _ in range(m.K):
         hops.append(call.edges(hops[-1], ei, w, edge_ids=ids))
@@ -260,6 +287,7 @@ def appnp(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     ei, w, ids = edge_index, edge_weight, None
     if m.normalize:
         ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
+    w = _aggr_weights(call, ei, w, x.shape[0], x)
     w = x.new_ones(ei.shape[1]) if w is None else w
     h = x
     for _ in range(m.K):
@@ -284,6 +312,7 @@ def cheb_conv(call: LayerCall, x, edge_index, edge_weight=None, batch=None, lamb
     )
     positions = call.ctx.memo(("loops", edge_index, n), lambda: _replaced_loops(edge_index, n))
     ids = _follow(_model_ids(call, edge_index), positions) if positions.numel() == ei.shape[1] else None
+    norm = _aggr_weights(call, ei, norm, n, x)
     t = [x]
     if len(m.lins) > 1:
         t.append(call.edges(x, ei, norm, edge_ids=ids))
