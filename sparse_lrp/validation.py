@@ -31,8 +31,9 @@ def non_finite(t: Tensor) -> str | None:
         values = t.values()
     else:
         values = t
-    # A finite sum proves every entry finite (one reduction); only a non-finite sum needs the full check.
-    if values.numel() and not bool(torch.isfinite(values.sum())) and not bool(torch.isfinite(values).all()):
+    # A finite sum proves every entry finite (one reduction, read as a Python float: no
+    # elementwise isfinite on device); only a non-finite sum needs the full check.
+    if values.numel() and not math.isfinite(values.sum().item()) and not bool(torch.isfinite(values).all()):
         return "NaN" if bool(torch.isnan(values).any()) else "Inf"
     return None
 
