@@ -330,8 +330,9 @@ def _as_index(index, rows: int, what: str) -> tuple[Tensor | None, bool]:
     return idx % rows, True
 
 
-def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Gradient seed ``c = R / y`` at the output, the explained values and classes."""
+def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tensor | None, Tensor | float]:
+    """Gradient seed ``c = R / y`` at the output, the explained values and classes, and the
+    target relevance no seed can carry (given to outputs whose value is exactly 0)."""
     y2 = y.reshape(y.shape[0], -1)
     sel = torch.arange(y2.shape[0], device=y.device) if rows is None else rows.to(y.device)
     if isinstance(target, Tensor) and target.is_floating_point():
@@ -342,7 +343,9 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
                 f"got {tuple(target.shape)}"
             )
         rel = target.to(y2).reshape(-1, y2.shape[1])
-        if rel.shape[0] == sel.numel() and rel.shape[0] != y2.shape[0]:
+        # One row per index (also when the index lists every row, in any order), as for
+        # class targets; without an index, the relevance of every output row.
+        if rows is not None and rel.shape[0] == sel.numel():
             full = torch.zeros_like(y2)
             full[sel] = rel
             rel = full
@@ -355,7 +358,8 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
         rel = torch.where(mask, rel, 0.0)
         zero = y2 == 0
         seed = torch.where(zero, 0.0, rel / torch.where(zero, 1.0, y2))
-        return seed.reshape(y.shape), rel[sel].sum(1), None
+        # The backward pass carries R / y; at an output that is 0 no ratio carries R.
+        return seed.reshape(y.shape), rel[sel].sum(1), None, torch.where(zero, rel, 0.0).sum()
     if target is None:
         cls = y2[sel].argmax(1) if y2.shape[1] > 1 else torch.zeros_like(sel)
     elif isinstance(target, int):
@@ -376,11 +380,11 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
             raise ValueError("a one-column (binary) output takes target classes 0 or 1")
         sign = cls.to(y2.dtype) * 2 - 1
         seed[sel, 0] = sign
-        return seed.reshape(y.shape), sign * y2[sel, 0], cls
+        return seed.reshape(y.shape), sign * y2[sel, 0], cls, 0.0
     if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= y2.shape[1]):
         raise ValueError(f"target class out of range for an output with {y2.shape[1]} columns")
     seed[sel, cls] = 1.0
-    return seed.reshape(y.shape), y2[sel, cls], cls
+    return seed.reshape(y.shape), y2[sel, cls], cls, 0.0
 
 
 # -- subgraphs ----------------------------------------------------------------------
@@ -662,7 +666,8 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             raise _NotPerNodeError(
                 f"node-level task but the model returned {y.shape[0]} rows for {where}: it has no row per node"
             )
-        seed, value, cls = _seed(y, rows, target)
+        seed, value, cls, dropped = _seed(y, rows, target)
+        ctx.lost = ctx.lost + dropped
         if not bool(torch.isfinite(value).all()):
             raise ValueError(
                 f"the explained output is not finite ({value.flatten()[:4].tolist()}...): the model's "

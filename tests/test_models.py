@@ -790,6 +790,35 @@ def test_targets_are_read_per_index_also_when_there_are_as_many_as_nodes(data):
     assert_close(res.output, y[order, classes])
 
 
+def test_a_float_target_per_graph_follows_an_index_that_lists_every_graph(graph_batch):
+    """One relevance row per index, also when the index names every graph in another order
+    (PyG hands regression targets this way): row t explains graph index[t]."""
+    x, ei, batch = graph_batch
+    model = Pooled(gnn.global_add_pool, bias=False, out=2).double().eval()
+    y = model(x, ei, batch).detach()
+    order = [1, 3, 0, 2]
+    many = sparse_lrp.explain(model, x, ei, index=order, target=y[order], composite=LRP0, batch=batch)
+    assert_close(many.output, y[order].sum(1))
+    for t, g in enumerate(order):
+        (ref,) = grad_x_input(lambda v, g=g: model(v, ei, batch)[g].sum(), x)
+        assert_close(many.node_feat[t], ref)
+
+
+def test_relevance_given_to_an_output_that_is_zero_is_reported_lost():
+    """The backward pass carries R / y: at an output with y = 0 no ratio carries R. It must
+    show in the conservation report, not vanish (in + absorbed + lost = out)."""
+    lin = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 1.0], [1.0, -1.0]]))
+    x = torch.ones(1, 2, dtype=DT)  # y = [2, 0]
+    res = sparse_lrp.explain(lin, x, None, target=torch.tensor([[1.0, 1.0]], dtype=DT), composite=LRP0)
+    c = res.conservation
+    assert c["out"] == pytest.approx(2.0)
+    assert c["lost"] == pytest.approx(1.0)  # the relevance of the zero output
+    assert_close(res.node_feat, torch.tensor([[0.5, 0.5]], dtype=DT))  # the other output's, as y1 = x0 + x1
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"])
+
+
 def test_a_float_target_of_the_outputs_shape_with_node_targets(data):
     """Relevance given at the whole output [N, C] explains the indexed rows' relevance."""
     x, _ = data
