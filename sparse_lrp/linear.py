@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .kernel import STRATEGIES, propagate
 from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, TensorKeyed
-from .rules import Pass, Rule
+from .rules import Pass, Rule, broadcast_param
 from .validation import check_budget, check_finite, check_same, check_tensor
 
 __all__ = ["linear_lrp", "sparse_weight_edges"]
@@ -115,7 +115,7 @@ def _linear(x, weight, relevance, rule, bias, strategy, return_absorbed, max_mem
     if weight.layout not in (torch.sparse_coo, torch.sparse_csr):
         raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
     # The edge kernel works on [N_in, C]: inputs are rows, the batch is the channels.
-    rule = rule.map_inputs(lambda t: torch.broadcast_to(t.to(x), x.shape).T)
+    rule = rule.map_inputs(lambda t: broadcast_param(t, x).T)
     op, values = _operator(weight)
     b = bias[:, None] if bias is not None else None
     res = propagate(

@@ -46,7 +46,7 @@ __all__ = [
 
 # Names of input transforms. The kernel resolves them; "x", "pos" and "neg" make the
 # relevance proportional to the input (R_i = x_i * c_i), which lets model-level LRP
-# carry the ratio c through autograd. "one", "low" and "high" do not.
+# carry the ratio c through autograd. "one", "x-low" and "x-high" do not.
 PROPORTIONAL_INPUTS = ("x", "pos", "neg")
 
 
@@ -74,12 +74,24 @@ def _zeros(t: Tensor) -> Tensor:
     return torch.zeros_like(t)
 
 
+def broadcast_param(t: Tensor, x: Tensor) -> Tensor:
+    """An input-shaped rule parameter (ZBox bounds) broadcast to ``x``'s shape and dtype,
+    with an error that names it where it does not fit."""
+    try:
+        return torch.broadcast_to(t.to(x), x.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"a rule parameter (ZBox bound) of shape {tuple(t.shape)} does not broadcast against "
+            f"the input {tuple(x.shape)}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Term:
     """One contribution term ``f(x_i) * g(w_ji)``.
 
     ``inp`` names the input transform: ``"x"`` (x), ``"pos"`` (x⁺), ``"neg"`` (x⁻),
-    ``"one"`` (1), ``"low"``/``"high"`` (the ZBox bounds). ``weight`` maps weight
+    ``"one"`` (1), ``"x-low"``/``"x-high"`` (x less a ZBox bound). ``weight`` maps weight
     values elementwise (it sees only the stored, non-zero connections).
     """
 
@@ -315,6 +327,12 @@ class ZBox(Rule):
 
     Contributions ``x_i w_ji - low_i w_ji⁺ - high_i w_ji⁻``, bias share ``b_j``.
     ``low`` and ``high`` broadcast against the input.
+
+    The contributions are computed as ``(x_i - low_i) w_ji⁺ + (x_i - high_i) w_ji⁻``, the
+    same sum with two terms that are each >= 0 inside the box: where an output's
+    contributions all vanish (inputs at a bound), its large ``R / eps`` meets only zero
+    inputs, instead of cancelling between three products and taking the other outputs'
+    digits with it. ``w⁺``/``w⁻`` split the connections, so it is one fused product.
     """
 
     def __init__(
@@ -328,25 +346,27 @@ class ZBox(Rule):
                 raise ValueError(f"ZBox {name} must be finite (a box around the inputs)")
         self.groups = (
             Group(
-                (
-                    Term("x", _ident),
-                    Term("low", lambda t: -t.clamp(min=0), True),
-                    Term("high", lambda t: -t.clamp(max=0), True),
-                ),
+                (Term("x-low", _pos, True), Term("x-high", _neg, True)),
                 bias=_ident,
             ),
         )
 
     def input(self, name: str, x: Tensor) -> Tensor:
-        if name in ("low", "high"):
-            bound = self.low if name == "low" else self.high
-            bound = bound.to(device=x.device, dtype=x.dtype)
+        if name in ("x-low", "x-high"):
+            which = name[2:]
+            bound = (self.low if which == "low" else self.high).to(device=x.device, dtype=x.dtype)
             try:
-                return torch.broadcast_to(bound, x.shape)
+                torch.broadcast_shapes(bound.shape, x.shape)
             except RuntimeError as err:
                 raise ValueError(
-                    f"ZBox {name} of shape {tuple(bound.shape)} does not broadcast against input {tuple(x.shape)}"
+                    f"ZBox {which} of shape {tuple(bound.shape)} does not broadcast against input {tuple(x.shape)}"
                 ) from err
+            out = x - bound
+            if out.shape != x.shape:
+                raise ValueError(
+                    f"ZBox {which} of shape {tuple(bound.shape)} does not broadcast against input {tuple(x.shape)}"
+                )
+            return out
         return super().input(name, x)
 
     def map_inputs(self, fn: Callable[[Tensor], Tensor]) -> ZBox:

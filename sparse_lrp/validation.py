@@ -64,6 +64,9 @@ _SPARSE_HINT = (
 
 
 def check_edge_index(edge_index: Tensor, num_in: int, num_out: int) -> None:
+    for name, size in (("num_in", num_in), ("num_out", num_out)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"{name} must be an int >= 0 (a number of nodes), got {size!r}")
     if type(edge_index).__name__ == "SparseTensor":
         raise TypeError(f"edge_index is a torch_sparse SparseTensor; {_SPARSE_HINT}")
     if not isinstance(edge_index, Tensor):

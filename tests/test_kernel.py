@@ -643,3 +643,24 @@ def test_inference_mode_weights_and_inputs_that_require_grad(backend):
     Rb = torch.randn(2, 3, generator=g, dtype=torch.float64)
     r = linear_lrp(xb, W_inf, Rb, ZPlus())
     torch.testing.assert_close(r, linear_lrp(xb, W, Rb, ZPlus()))
+
+
+@pytest.mark.parametrize("layout", ["dense", "coo", "edges"])
+def test_zbox_keeps_float32_precision_where_an_output_has_no_contributions(layout):
+    """Inputs at the lower bound give an output with all contributions 0 (its R / eps is
+    huge); the other outputs' relevance must keep float32 precision (the formula in float64)."""
+    low, high = -1.0, 1.0
+    x = torch.tensor([[-1.0, -1.0, 0.3]])
+    W = torch.tensor([[0.7, 0.9, 0.0], [0.5, -0.4, 0.8]])  # output 0 reads only inputs at low
+    R = torch.tensor([[1.0, 1.0]])
+    xd, Wd, Rd = x.double(), W.double(), R.double()
+    c = xd[:, None, :] * Wd - low * Wd.clamp(min=0) - high * Wd.clamp(max=0)  # [B, out, in]
+    d = c.sum(2)
+    ref = (c * (Rd / (d + 1e-6 * torch.where(d >= 0, 1.0, -1.0)))[:, :, None]).sum(1)
+    rule = ZBox(low, high)
+    if layout == "edges":
+        ei = W.T.nonzero().T
+        got = edge_lrp(x.T, ei, W.T[ei[0], ei[1]], R.T, rule).T
+    else:
+        got = linear_lrp(x, W if layout == "dense" else W.to_sparse(), R, rule)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-7)

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import sparse_lrp
 from sparse_lrp import (
     AlphaBeta,
     Epsilon,
@@ -340,6 +341,20 @@ def test_zbox_bounds_that_do_not_broadcast():
     ei, xg, w, Rg = graph_inputs()
     with pytest.raises(ValueError, match="ZBox high of shape"):
         edge_lrp(xg, ei, w, Rg, ZBox(0.0, torch.ones(7)))
+    # a sparse weight runs the edge kernel on the transposed input: the bounds too
+    with pytest.raises(ValueError, match=r"ZBox bound\) of shape \(5,\)"):
+        linear_lrp(x, W.to_sparse(), R, ZBox(torch.zeros(5), 1.0))
+    layer = sparse_lrp.SparseLinear(W.to_sparse())
+    first = sparse_lrp.Composite(Epsilon(), first=ZBox(torch.zeros(5), 1.0))
+    with pytest.raises(ValueError, match=r"ZBox bound\) of shape \(5,\)"):
+        sparse_lrp.explain(layer, x, None, composite=first, target=0)
+
+
+@pytest.mark.parametrize("sizes", [(-1, 3), (4, -2), (4.0, 3), (True, 3)])
+def test_prepare_names_a_bad_number_of_nodes(sizes):
+    ei, _, _, _ = graph_inputs()
+    with pytest.raises(ValueError, match="must be an int >= 0"):
+        prepare(ei, *sizes)
 
 
 @pytest.mark.parametrize("rule", [Pass(), "epsilon", Epsilon, None], ids=["Pass()", "str", "class", "None"])

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..composites import Composite
 from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches, widen
 from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, nonzero_rows, rowdot
-from ..rules import Rule
+from ..rules import Rule, broadcast_param
 
 __all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError"]
 
@@ -310,7 +310,7 @@ class _MapFunction(torch.autograd.Function):
             # The model's input reaches this map transposed ([F, B]): per-feature or per-row
             # rule inputs (ZBox bounds) broadcast against the input, then follow it.
             first = next(x for x, k in zip(xs, keys) if k is not None and k[1])
-            rule = rule.map_inputs(lambda t: torch.broadcast_to(t.to(first), first.T.shape).T)
+            rule = rule.map_inputs(lambda t: broadcast_param(t, first.T).T)
         dtype = z.dtype
         half = dtype in HALF_DTYPES
         if half:  # computed in float32 (see kernel.widen), handed back narrowed
