@@ -12,7 +12,7 @@ from torch_geometric.explain.algorithm import ExplainerAlgorithm
 from torch_geometric.explain.config import ExplanationType, MaskType, ModelMode, ModelTaskLevel
 
 from .composites import Composite
-from .explain import explain
+from .explain import _as_index, explain
 from .rules import Rule
 
 __all__ = ["LRPExplainer"]
@@ -30,9 +30,20 @@ class LRPExplainer(ExplainerAlgorithm):
     ``"probs"`` the output of the model's last layer, before the (log-)softmax, is
     explained. For binary classification with one output, the logit is explained with
     the sign of the target class (evidence for class 1 is positive when the target is 1,
-    negated when it is 0). For several indices, ``node_mask``/``edge_mask`` are the sums
-    over targets (PyG's joint convention) and the per-target masks are attached as
-    ``node_mask_per_target [T, ...]`` and ``edge_mask_per_target [T, E]``.
+    negated when it is 0). Binary targets are class labels also when stored as floats
+    (``0.``/``1.``, as BCE-trained data holds them): they are rounded to ``0``/``1``. In
+    regression mode a float target is the relevance at the output.
+
+    For several indices, ``node_mask``/``edge_mask`` are the sums over the ``T`` targets
+    (PyG's joint convention) and the per-target masks are attached with the node or edge
+    axis first, where PyG looks for it (``get_explanation_subgraph()`` slices them along
+    with ``node_mask``/``edge_mask``): ``node_mask_per_target`` ``[N, T, F]``
+    (``attributes``), ``[N, T, 1]`` (``object``) or ``[1, T, F]`` (``common_attributes``,
+    not per node: like ``node_mask`` itself, PyG takes it for a node attribute only on a
+    one-node graph), and ``edge_mask_per_target`` ``[E, T]``; each is absent when its mask
+    type is None. They may be sparse COO tensors (for many node targets, see
+    :func:`sparse_lrp.explain`'s ``sparse_output``). PyG's ``threshold_config`` applies to
+    ``node_mask``/``edge_mask`` only: the per-target masks keep the raw relevance.
 
     Args:
         composite: a :class:`~sparse_lrp.composites.Composite`, one rule, or a preset
@@ -66,16 +77,21 @@ class LRPExplainer(ExplainerAlgorithm):
         if isinstance(x, dict):
             raise ValueError("LRPExplainer does not support heterogeneous graphs yet")
         cfg = self.model_config
-        task = "graph" if cfg.task_level == ModelTaskLevel.graph else "node"
+        graph_level = cfg.task_level == ModelTaskLevel.graph
         tgt = target
+        if cfg.mode == ModelMode.binary_classification and isinstance(tgt, Tensor) and tgt.is_floating_point():
+            # Class labels stored as floats (0./1.): a float target would be taken as
+            # relevance at the output, so they become the classes they name.
+            if not bool(torch.isfinite(tgt).all()):
+                raise ValueError("binary classification targets must be finite class labels 0 or 1")
+            tgt = tgt.round().long()
         if cfg.mode == ModelMode.regression and isinstance(tgt, Tensor):
             # The target (the prediction, or the phenomenon's values) is the relevance at
             # the output: every output explained by its own value.
             tgt = tgt.to(x.dtype).reshape(tgt.shape[0], -1)
         if isinstance(tgt, Tensor) and tgt.dim() > 0 and index is not None:
             # PyG hands one target per output row; explain takes one per index.
-            idx = torch.as_tensor(index, device=tgt.device)
-            tgt = tgt[idx.nonzero().view(-1) if idx.dtype == torch.bool else idx]
+            tgt = tgt[_rows(index, x, tgt, graph_level, kwargs)]
         res = explain(
             model,
             x,
@@ -83,7 +99,7 @@ class LRPExplainer(ExplainerAlgorithm):
             index=index,
             target=tgt,
             composite=self.composite,
-            task_level=task,
+            task_level="graph" if graph_level else "node",
             edges=self.explainer_config.edge_mask_type is not None,
             **self.explain_kwargs,
             **kwargs,
@@ -94,14 +110,18 @@ class LRPExplainer(ExplainerAlgorithm):
         node_mask = self._node_mask(node_feat)
         explanation = Explanation(node_mask=node_mask, edge_mask=edge if self._wants_edges() else None)
         if many and res.node_feat.shape[0] > 1:  # (one target: the joint masks are its own)
-            per_node = res.node_feat
-            if self.explainer_config.node_mask_type == MaskType.object:
-                per_node = res.node.unsqueeze(-1)
-            elif self.explainer_config.node_mask_type == MaskType.common_attributes:
-                per_node = res.node_feat.to_dense().sum(1, keepdim=True)
-            explanation.node_mask_per_target = per_node
+            # Node/edge axis first: PyG tells node and edge attributes by dim 0.
+            kind = self.explainer_config.node_mask_type
+            if kind == MaskType.attributes:
+                explanation.node_mask_per_target = _targets_second(res.node_feat)
+            elif kind == MaskType.object:
+                explanation.node_mask_per_target = _targets_second(res.node.unsqueeze(-1))
+            elif kind == MaskType.common_attributes:
+                feat = res.node_feat
+                per = torch.sparse.sum(feat, dim=1).to_dense() if feat.is_sparse else feat.sum(1)
+                explanation.node_mask_per_target = per.unsqueeze(0)  # [1, T, F]
             if self._wants_edges() and res.edge is not None:
-                explanation.edge_mask_per_target = res.edge
+                explanation.edge_mask_per_target = _targets_second(res.edge)
         return explanation
 
     def _wants_edges(self) -> bool:
@@ -126,6 +146,31 @@ class LRPExplainer(ExplainerAlgorithm):
         if cfg.node_mask_type not in (None, MaskType.attributes, MaskType.object, MaskType.common_attributes):
             return False
         return self.model_config.task_level in (ModelTaskLevel.node, ModelTaskLevel.graph)
+
+
+def _rows(index: Any, x: Tensor, target: Tensor, graph_level: bool, kwargs: dict[str, Any]) -> Tensor:
+    """The rows of PyG's per-output ``target`` that ``index`` explains, checked first
+    (with :func:`sparse_lrp.explain`'s own messages) so that a bad index is named as such."""
+    batch = kwargs.get("batch")
+    if not graph_level:
+        rows, what = x.shape[0], "nodes"
+    elif isinstance(batch, Tensor) and batch.numel():
+        rows, what = int(batch.max()) + 1, "graphs"
+    else:
+        rows, what = target.shape[0], "graphs"
+    idx, _ = _as_index(index, rows, what)
+    if target.shape[0] != rows:
+        raise ValueError(
+            f"target has {target.shape[0]} rows for {rows} {what}: give one target per output row "
+            "(as PyG's Explainer does); index picks the explained ones"
+        )
+    return idx.to(target.device)
+
+
+def _targets_second(t: Tensor) -> Tensor:
+    """``[T, M, ...]`` -> ``[M, T, ...]``: the node or edge axis first (sparse: coalesced)."""
+    t = t.transpose(0, 1)
+    return t.coalesce() if t.is_sparse else t
 
 
 def _sum_targets(t: Tensor) -> Tensor:

@@ -237,17 +237,18 @@ def test_several_indices(node, x):
     explainer = make_explainer(model, node=node)
     expl = explainer(x, EI, index=idx)
     res = sparse_lrp.explain(model, x, EI, index=idx, composite="zplus")
-    per = expected_node_mask(res.node_feat, node)
-    assert expl.node_mask_per_target.shape == (3, *SHAPES[node])
-    assert_close(expl.node_mask_per_target, per)
+    per = expected_node_mask(res.node_feat, node)  # [T, ...]
+    rows, cols = SHAPES[node]
+    assert expl.node_mask_per_target.shape == (rows, 3, cols)  # node axis first
+    assert_close(expl.node_mask_per_target, per.transpose(0, 1))
     assert_close(expl.node_mask, per.sum(0))
-    assert expl.edge_mask_per_target.shape == (3, E)
-    assert_close(expl.edge_mask_per_target, res.edge)
+    assert expl.edge_mask_per_target.shape == (E, 3)
+    assert_close(expl.edge_mask_per_target, res.edge.T)
     assert_close(expl.edge_mask, res.edge.sum(0))
     for t, i in enumerate(idx.tolist()):
         one = explainer(x, EI, index=i)
-        assert_close(expl.node_mask_per_target[t], one.node_mask)
-        assert_close(expl.edge_mask_per_target[t], one.edge_mask)
+        assert_close(expl.node_mask_per_target[:, t], one.node_mask)
+        assert_close(expl.edge_mask_per_target[:, t], one.edge_mask)
 
 
 @pytest.fixture
@@ -316,12 +317,12 @@ def test_graph_level_several_indices(graphs):
     model = randomise(GraphModel().double(), seed=5, scale=0.6).eval()
     explainer = make_explainer(model, task_level="graph")
     expl = explainer(xg, ei, index=torch.tensor([0, 2]), batch=batch)
-    assert expl.node_mask_per_target.shape == (2, *xg.shape)
+    assert expl.node_mask_per_target.shape == (xg.shape[0], 2, xg.shape[1])
     for t, g in enumerate([0, 2]):
         one = explainer(xg, ei, index=g, batch=batch)
-        assert_close(expl.node_mask_per_target[t], one.node_mask)
-        assert_close(expl.edge_mask_per_target[t], one.edge_mask)
-    assert_close(expl.node_mask, expl.node_mask_per_target.sum(0))
+        assert_close(expl.node_mask_per_target[:, t], one.node_mask)
+        assert_close(expl.edge_mask_per_target[:, t], one.edge_mask)
+    assert_close(expl.node_mask, expl.node_mask_per_target.sum(1))
 
 
 # --------------------------------------------------------------------------------------
@@ -417,7 +418,7 @@ def test_every_node_in_a_permuted_order_explains_each_nodes_own_prediction(x):
     assert not torch.equal(pred[order], pred)  # the permutation changes the classes
     for t in range(N):
         single = sparse_lrp.explain(model, x, EI, index=int(order[t]), target=int(pred[order[t]]), composite="zplus")
-        assert_close(expl.node_mask_per_target[t], single.node_feat)
+        assert_close(expl.node_mask_per_target[:, t], single.node_feat)
 
 
 def test_regression_explains_the_outputs_own_values_or_the_given_target(x):
@@ -454,3 +455,142 @@ def test_one_index_gets_only_the_joint_masks(x):
     assert not hasattr(expl, "node_mask_per_target") and not hasattr(expl, "edge_mask_per_target")
     res = sparse_lrp.explain(node_model(), x, EI, index=3, composite="zplus")
     assert_close(expl.node_mask, res.node_feat)
+
+
+# --------------------------------------------------------------------------------------
+# Regressions
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["flat", "column"])
+def test_binary_phenomenon_float_labels_are_class_labels(shape, x):
+    """BCE-trained data stores binary labels as floats (0./1., [N] or [N, 1]): they name
+    classes as long labels do (class 1 explains the logit, class 0 its negation), not
+    relevance at the output (label 0 gave an all-zero mask, label 1 one summing to 1)."""
+    model = node_model(out=1, bias=False)
+    explainer = make_explainer(
+        model, composite=Epsilon(0.0), explanation_type="phenomenon", mode="binary_classification"
+    )
+    logit = model(x, EI).detach()[:, 0]
+    labels = torch.arange(N) % 2
+    floats = labels.to(DT) if shape == "flat" else labels.to(DT)[:, None]
+    for i in (6, 9):  # labels 0 and 1
+        expl = explainer(x, EI, target=floats, index=i)
+        # LRP-0 on a bias-free model conserves the explained (signed) logit
+        assert_close(expl.node_mask.sum(), (2 * labels[i] - 1) * logit[i])
+        assert_close(expl.node_mask, explainer(x, EI, target=labels, index=i).node_mask)
+    both = explainer(x, EI, target=floats, index=torch.tensor([6, 9]))
+    for t, i in enumerate((6, 9)):
+        assert_close(both.node_mask_per_target[:, t], explainer(x, EI, target=labels, index=i).node_mask)
+
+
+@pytest.mark.parametrize("node", ["attributes", "object"])
+@pytest.mark.parametrize("targets", ["two", "as_many_as_nodes"])
+def test_per_target_masks_are_sliced_with_the_explanation_subgraph(node, targets, x):
+    """PyG tells node and edge attributes by dim 0: the per-target masks lie node/edge
+    axis first, so get_explanation_subgraph() slices them like node_mask/edge_mask (with
+    the target axis first they were left whole, or with T == N sliced along the targets)."""
+    model = node_model()
+    explainer = Explainer(
+        model,
+        algorithm=LRPExplainer(),
+        explanation_type="model",
+        node_mask_type=node,
+        edge_mask_type="object",
+        model_config={"mode": "multiclass_classification", "task_level": "node", "return_type": "raw"},
+        threshold_config={"threshold_type": "topk", "value": 5},  # drops nodes and edges
+    )
+    idx = torch.tensor([5, 2]) if targets == "two" else torch.arange(N).flip(0)
+    expl = explainer(x, EI, index=idx)
+    assert expl.node_mask_per_target.shape[:2] == (N, idx.numel())
+    assert expl.edge_mask_per_target.shape == (E, idx.numel())
+    sub = expl.get_explanation_subgraph()
+    # what PyG keeps: nodes with a positive node_mask, edges with a positive edge_mask
+    # whose ends are both kept
+    keep_node = expl.node_mask.sum(-1) > 0
+    keep_edge = (expl.edge_mask > 0) & keep_node[EI[0]] & keep_node[EI[1]]
+    assert 0 < int(keep_node.sum()) < N and 0 < int(keep_edge.sum()) < E
+    assert sub.node_mask_per_target.shape[:2] == (int(keep_node.sum()), idx.numel())
+    assert sub.edge_mask_per_target.shape == (int(keep_edge.sum()), idx.numel())
+    single = make_explainer(model, node=node)  # the same masks, unthresholded
+    for t, i in enumerate(idx.tolist()):
+        one = single(x, EI, index=i)
+        assert_close(sub.node_mask_per_target[:, t], one.node_mask[keep_node])
+        assert_close(sub.edge_mask_per_target[:, t], one.edge_mask[keep_edge])
+
+
+def test_per_target_layout_for_common_attributes_and_sparse_results(x, monkeypatch):
+    """common_attributes per target is [1, T, F] (not per node: PyG must not take it for
+    a node attribute when T == N); sparse results come node axis first too, coalesced,
+    and common_attributes sums them over nodes without densifying [T, N, F]."""
+    model = node_model()
+    idx = torch.arange(N).flip(0)  # T == N
+    singles = [sparse_lrp.explain(model, x, EI, index=int(i), composite="zplus") for i in idx]
+    common = make_explainer(model, node="common_attributes")(x, EI, index=idx)
+    assert common.node_mask_per_target.shape == (1, N, F)
+    assert not common.is_node_attr("node_mask_per_target")
+    assert common.is_edge_attr("edge_mask_per_target")
+    for t, one in enumerate(singles):
+        assert_close(common.node_mask_per_target[0, t], one.node_feat.sum(0))
+
+    def run(node, sparse_output):
+        explainer = Explainer(
+            model,
+            algorithm=LRPExplainer(sparse_output=sparse_output),
+            explanation_type="model",
+            node_mask_type=node,
+            edge_mask_type="object",
+            model_config={"mode": "multiclass_classification", "task_level": "node", "return_type": "raw"},
+        )
+        return explainer(x, EI, index=idx)
+
+    densified = []
+    to_dense = torch.Tensor.to_dense
+
+    def recording_to_dense(self, *args, **kwargs):
+        densified.append(tuple(self.shape))
+        return to_dense(self, *args, **kwargs)
+
+    for node, rows, cols in (("attributes", N, F), ("object", N, 1), ("common_attributes", 1, F)):
+        monkeypatch.setattr(torch.Tensor, "to_dense", recording_to_dense)
+        sparse = run(node, True)
+        monkeypatch.undo()
+        assert (N, N, F) not in densified  # no [T, N, F] result densified
+        per = sparse.node_mask_per_target
+        if node != "common_attributes":
+            assert per.is_sparse and per.is_coalesced()
+            assert sparse.edge_mask_per_target.is_sparse and sparse.edge_mask_per_target.is_coalesced()
+            per = per.to_dense()
+        assert per.shape == (rows, N, cols)
+        assert_close(sparse.edge_mask_per_target.to_dense(), torch.stack([one.edge for one in singles], 1))
+        for t, one in enumerate(singles):
+            assert_close(per[:, t], expected_node_mask(one.node_feat, node))
+
+
+@pytest.mark.parametrize("node,edge", [(None, "object"), ("attributes", None), ("object", None)])
+def test_no_per_target_mask_without_its_mask_type(node, edge, x):
+    expl = make_explainer(node_model(), node=node, edge=edge)(x, EI, index=torch.tensor([2, 5]))
+    assert hasattr(expl, "node_mask_per_target") == (node is not None)
+    assert hasattr(expl, "edge_mask_per_target") == (edge is not None)
+
+
+def test_bad_indices_get_clear_errors(x, graphs):
+    """A slice, float or out-of-range index is named as such (it failed inside the
+    target lookup with a raw RuntimeError/IndexError)."""
+    explainer = make_explainer(node_model())
+    with pytest.raises(TypeError, match="index must be"):
+        explainer(x, EI, index=slice(0, 3))
+    with pytest.raises(TypeError, match="index must hold integers"):
+        explainer(x, EI, index=torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=f"index out of range for {N} nodes"):
+        explainer(x, EI, index=torch.tensor([2, N]))
+    with pytest.raises(ValueError, match=f"index out of range for {N} nodes"):
+        explainer(x, EI, index=-N - 1)
+    xg, ei, batch = graphs
+    model = randomise(GraphModel().double(), seed=5, scale=0.6).eval()
+    with pytest.raises(ValueError, match="index out of range for 3 graphs"):
+        make_explainer(model, task_level="graph")(xg, ei, index=3, batch=batch)
+    # a phenomenon target must have one entry per output row, as PyG hands them
+    phen = make_explainer(node_model(), explanation_type="phenomenon")
+    with pytest.raises(ValueError, match=f"target has 2 rows for {N} nodes"):
+        phen(x, EI, target=torch.tensor([0, 1]), index=torch.tensor([0, 1]))

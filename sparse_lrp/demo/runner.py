@@ -314,10 +314,10 @@ def _explain_batched(explainer, task: str, targets: list[Target], device: torch.
     expl = explainer(x, ei, index=index, **kwargs)
     _sync(device)
     seconds = time.perf_counter() - start
-    per = getattr(expl, "edge_mask_per_target", None)
-    per = expl.edge_mask[None] if per is None else per
+    per = getattr(expl, "edge_mask_per_target", None)  # [E, T]; absent for one target
+    per = expl.edge_mask[:, None] if per is None else per
     per = (per.to_dense() if per.is_sparse else per).detach().cpu()
-    return seconds, [per[i, lo:hi] for i, (lo, hi) in enumerate(spans)]
+    return seconds, [per[lo:hi, i] for i, (lo, hi) in enumerate(spans)]
 
 
 def _figure_item(bench: Benchmark, t: Target) -> FigureItem:
