@@ -21,6 +21,7 @@ chunks.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -181,7 +182,50 @@ def _combine(acc: dict[str, Tensor], inputs: dict[str, Tensor], x: Tensor, ratio
     return out if signed is None else out.add_(signed)
 
 
+class RatioOverflowError(ArithmeticError):
+    """``R / stab(d)`` overflowed the dtype (a tiny denominator under large relevance)."""
+
+
 def propagate_branches(
+    branches: list[Branch],
+    relevance: Tensor,
+    rule: Rule,
+    bias: Tensor | None = None,
+    z: Tensor | None = None,
+    strategy: str = "auto",
+    want_edge: bool = False,
+    want_absorbed: bool | str = False,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    ratio: bool = False,
+    keep_wide: bool = False,
+) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor | None]:
+    """Run ``rule`` over ``z = sum_b op_b(x_b) + bias``, all branches sharing one denominator.
+
+    See :func:`_propagate_branches`. Where ``R / stab(d)`` overflows (float32: a
+    denominator near 1e-40, or huge relevance over a dead unit's eps), an infinite
+    ratio times a zero contribution would be NaN: the map is recomputed in float64 and
+    the results are returned in the inputs' dtype (in float64 with ``keep_wide``, for a
+    caller that narrows them itself).
+    """
+    args = (rule, bias, z, strategy, want_edge, want_absorbed, max_memory, ratio)
+    try:
+        return _propagate_branches(branches, relevance, *args)
+    except RatioOverflowError:
+        if relevance.dtype == torch.float64:
+            raise ValueError(
+                f"{rule!r}: relevance / denominator overflows float64 (denominators near 1e-300): "
+                "use a larger stabilizer"
+            ) from None
+    wide = [Branch(b.op, b.x.double(), b.weight.double()) for b in branches]
+    dbl = [None if t is None else t.double() for t in (relevance, bias, z)]
+    results, absorbed = _propagate_branches(wide, dbl[0], rule, dbl[1], dbl[2], *args[3:])
+    if keep_wide:
+        return results, absorbed
+    results = [(r.to(b.x.dtype), None if e is None else e.to(b.weight.dtype)) for (r, e), b in zip(results, branches)]
+    return results, None if absorbed is None else absorbed.to(relevance.dtype)
+
+
+def _propagate_branches(
     branches: list[Branch],
     relevance: Tensor,
     rule: Rule,
@@ -334,19 +378,23 @@ def propagate_branches(
             d = contrib = relevance.new_zeros(relevance.shape) if d is None else d
             if use_bias:
                 d = d + group.bias(bias)
-        # A non-finite denominator would turn its outputs' relevance into 0 or NaN silently.
-        kind = non_finite(d)
-        if kind:
-            raise ValueError(
-                f"{rule!r}: its contributions sum to {kind} in {d.dtype}: look for NaN/Inf in the weights "
-                "or inputs; an overflow needs smaller rule parameters or inputs, or float64"
-            )
         # With eps > 0 the stabilised denominator is never zero: skip the zero test.
         if rule.stabilizer > 0:
             stab, shift = stabilize(d, rule.stabilizer, return_shift=True)
             s = relevance / stab
         else:
             s = _safe_divide(relevance, d)
+        # One host read checks both: a non-finite denominator would turn its outputs'
+        # relevance into 0 or NaN silently; an overflowing ratio (finite d) is recomputed.
+        if not math.isfinite((d.sum() + s.sum()).item()):
+            kind = non_finite(d)
+            if kind:
+                raise ValueError(
+                    f"{rule!r}: its contributions sum to {kind} in {d.dtype}: look for NaN/Inf in the weights "
+                    "or inputs; an overflow needs smaller rule parameters or inputs, or float64"
+                )
+            if non_finite(s):
+                raise RatioOverflowError
         if group.where is not None:
             s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
         if group.coef != 1.0:

@@ -654,3 +654,34 @@ def test_explain_names_bad_hops_and_max_union(option, value, err, match):
     ref = sparse_lrp.explain(model, x, ei, index=[1, 2])
     again = sparse_lrp.explain(model, x, ei, index=[1, 2], hops=torch.tensor(2), max_union=torch.tensor(64))
     torch.testing.assert_close(again.node_feat, ref.node_feat)
+
+
+@pytest.mark.parametrize("layout", ["dense", "coo", "edges"])
+def test_an_overflowing_ratio_gives_no_nan(layout):
+    """R / d overflows float32 (d near 1e-40; or a dead unit's R / eps under huge R): an
+    infinite ratio times a zero contribution would be NaN. The formula in float64 holds."""
+
+    def run(x, W, R, rule):
+        if layout == "edges":
+            ei = W.T.nonzero().T
+            return edge_lrp(x.T, ei, W.T[ei[0], ei[1]], R.T, rule).T
+        return linear_lrp(x, W if layout == "dense" else W.to_sparse(), R, rule)
+
+    x = torch.tensor([[1e-20, 0.0, 1.0]])
+    W = torch.tensor([[1e-20, 5.0, 0.0]])  # z = 1e-40, a float32 subnormal
+    torch.testing.assert_close(run(x, W, torch.ones(1, 1), Z()), torch.tensor([[1.0, 0.0, 0.0]]))
+    x = torch.tensor([[1.0, 2.0]])
+    W = torch.tensor([[0.0, 0.0], [1.0, 1.0]])  # output 0 dead: its R / eps is 1e39 (inf)
+    got = run(x, W, torch.tensor([[1e33, 1.0]]), Epsilon())
+    torch.testing.assert_close(got, torch.tensor([[1.0, 2.0]]) / (3 + 1e-6))  # output 1's share only
+
+
+def test_an_overflowing_ratio_in_a_model_gives_no_nan():
+    """In a model: z+ without stabiliser, a positive part near 1e-40 under relevance -1."""
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1e-20, -1.0]]))
+    x = torch.tensor([[1e-20, 1.0]])  # x+w+ = 1e-40; the output, -1, is all opposing
+    res = sparse_lrp.explain(lin, x, None, target=1, composite=ZPlus(stabilizer=0.0))
+    assert torch.isfinite(res.node_feat).all()
+    torch.testing.assert_close(res.node_feat, torch.tensor([[-1.0, 0.0]]))  # the formula: all of R to x0

@@ -335,6 +335,7 @@ class _MapFunction(torch.autograd.Function):
             want_absorbed="total",
             max_memory=ctx.max_memory,
             ratio=ratio,
+            keep_wide=True,  # results come back in float64 where R / d overflowed: narrowed below
         )
         if sub is not None:
             results = sub.expand(results, branches, xs)
@@ -345,10 +346,11 @@ class _MapFunction(torch.autograd.Function):
                 ctx.record_edges(call.name, b.edge_ids, edge.to(dtype))
             if b.rows_are_edges and ctx.want_edges:
                 flat = r_in.flatten(1)  # (also with zero rows, where reshape(0, -1) fails)
-                rows = rowdot(x.flatten(1), flat) if ratio else flat.sum(1)
+                rows = rowdot(x.flatten(1).to(flat.dtype), flat) if ratio else flat.sum(1)
                 ctx.record_edges(call.name, b.edge_ids, rows.to(dtype))
+            narrow = r_in.dtype != dtype  # half precision, or a float64 recomputation
             if ratio:
-                grads.append(_narrow(ctx, r_in, x, dtype) if half else r_in)
+                grads.append(_narrow(ctx, r_in, x, dtype) if narrow else r_in)
                 continue
             if key is not None:
                 # Exact side channel for input-independent rules on the model's input.
@@ -356,9 +358,9 @@ class _MapFunction(torch.autograd.Function):
                 ctx.side[key[0]] = ctx.side.get(key[0], 0) + side.to(dtype)
                 grads.append(torch.zeros(x.shape, dtype=dtype, device=x.device))
                 continue
-            ratio_in, lost = _ratio(r_in, x)
+            ratio_in, lost = _ratio(r_in, x.to(r_in.dtype))
             ctx.lost = ctx.lost + lost
-            grads.append(_narrow(ctx, ratio_in, x, dtype) if half else ratio_in)
+            grads.append(_narrow(ctx, ratio_in, x, dtype) if narrow else ratio_in)
         return (None, None, *grads)
 
 
