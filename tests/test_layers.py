@@ -729,3 +729,66 @@ def test_nonlinear_aggregation_is_refused_not_explained_as_a_sum(layer, aggr, in
     kw = {"edge_attr": ea} if layer == "gine" else {}
     with pytest.raises(ValueError, match=r"aggr=.*max.*not supported"):
         sparse_lrp.explain(conv, x, EI, index=3, **kw)
+
+
+class _LinAPPNP(nn.Module):
+    """A bias-free ``Linear`` then ``APPNP(cached=True)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(F, C, bias=False)
+        self.prop = gnn.APPNP(K=3, alpha=0.2, cached=True)
+
+    def forward(self, x, edge_index):
+        return self.prop(self.lin(x), edge_index)
+
+
+def test_appnp_with_a_filled_cache_explains_what_the_layer_computes(inputs):
+    """APPNP(cached=True) with a filled cache propagates over its cached normalised graph,
+    whatever graph it is given; the handler used to normalise the given graph, so a cache
+    from another graph was explained at another output. Single targets keep the whole
+    graph for it, and explaining leaves the cache as it was."""
+    x, _, _ = inputs
+    model = _LinAPPNP().double().eval()
+    _no_bias(model)
+    other = torch.randint(0, N, (2, 20), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        model(x, other)  # cache filled from another graph (as during training on it)
+    cached = [t.clone() for t in model.prop._cached_edge_index]
+    node = 5
+    out = model(x, EI).detach()  # (uses the other graph's cache)
+    (gx,) = grad_x_input(lambda x_: model(x_, EI)[node, 0], x)
+    for index in (node, None):
+        if index is None:
+            target = torch.zeros_like(out)
+            target[node, 0] = out[node, 0]
+            res = sparse_lrp.explain(model, x, EI, target=target, composite=Epsilon(0.0))
+        else:
+            res = sparse_lrp.explain(model, x, EI, index=node, target=0, composite=Epsilon(0.0))
+        assert res.output.sum().item() == pytest.approx(out[node, 0].item(), abs=1e-10)
+        assert_close(res.node_feat, gx)
+    for before, after in zip(cached, model.prop._cached_edge_index):
+        assert torch.equal(before, after)
+
+
+def test_sgconv_with_a_filled_cache_is_refused_and_an_empty_one_left_empty(inputs):
+    """SGConv(cached=True) with a filled cache returns lin(_cached_x): a constant of x,
+    which the handler explained as if it depended on x. It is refused now, naming the fix;
+    an empty cache is explained as usual and not filled (nor a filled one cleared)."""
+    import copy
+
+    x, _, _ = inputs
+    model = gnn.SGConv(F, C, K=2, cached=True, bias=False).double().eval()
+    reference = copy.deepcopy(model)  # its forward (in grad_x_input) fills its own cache
+    res = sparse_lrp.explain(model, x, EI, index=3, target=0, composite=Epsilon(0.0))
+    assert model._cached_x is None  # not filled by explaining
+    (gx,) = grad_x_input(lambda x_: reference(x_, EI)[3, 0], x)
+    assert_close(res.node_feat, gx)
+
+    with torch.no_grad():
+        model(x, EI)  # filled by the layer's own forward
+    filled = model._cached_x.clone()
+    for index in (3, None, [1, 3]):
+        with pytest.raises(ValueError, match=r"SGConv.*cache.*no longer depend on the input.*cached=False.*_cached_x"):
+            sparse_lrp.explain(model, x, EI, index=index, composite=Epsilon(0.0))
+    assert torch.equal(model._cached_x, filled)  # not cleared by explaining

@@ -254,6 +254,15 @@ def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """SGConv: ``out = Θ Â^K x + b``."""
     _check_plain(call, x, edge_index)
     m = call.module
+    if getattr(m, "_cached_x", None) is not None:
+        # The layer's own forward then returns lin(_cached_x), whatever x and graph it is
+        # given: a constant of the input, with nothing to explain. (Read, never written:
+        # explaining neither fills nor clears the cache.)
+        raise ValueError(
+            f"{call.name or '<model>'} (SGConv): its cache (cached=True) holds propagated features "
+            "that no longer depend on the input x, so its output cannot be explained in terms of x. "
+            "Construct it with cached=False for explaining, or clear the cache (layer._cached_x = None)"
+        )
     ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
     w = _aggr_weights(call, ei, w, x.shape[0], x)
     for _ in range(m.K):
@@ -285,7 +294,13 @@ def appnp(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     _check_plain(call, x, edge_index)
     m = call.module
     ei, w, ids = edge_index, edge_weight, None
-    if m.normalize:
+    cache = getattr(m, "_cached_edge_index", None)
+    if m.normalize and cache is not None and not call.ctx.on_subgraphs:
+        # As GCNConv: the layer's own forward uses its cached normalised graph (filled on
+        # its first call when cached=True), whatever graph it is given.
+        ei, w = cache
+        ids = call.ctx.edge_ids(ei)
+    elif m.normalize:
         ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
     w = _aggr_weights(call, ei, w, x.shape[0], x)
     w = x.new_ones(ei.shape[1]) if w is None else w
@@ -335,9 +350,9 @@ def _register() -> None:
     register_handler(g.GINEConv, gine_conv, children=("nn", "lin"), subgraph=())
     register_handler(g.GATConv, gat_conv, subgraph=())
     register_handler(g.GATv2Conv, gatv2_conv, subgraph=())
-    register_handler(g.SGConv, sg_conv, subgraph=deg)
+    register_handler(g.SGConv, sg_conv, subgraph=_sg_needs)
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
-    register_handler(g.APPNP, appnp, subgraph=deg)
+    register_handler(g.APPNP, appnp, subgraph=_appnp_needs)
     register_handler(g.ChebConv, cheb_conv, subgraph=_cheb_needs)
 
 
@@ -346,6 +361,22 @@ def _gcn_needs(m) -> tuple[str, ...] | None:
     # the whole graph to use it; batched targets recompute it per subgraph (exact when the
     # cache was built from the given graph, as in transductive training).
     if m.cached and getattr(m, "_cached_edge_index", None) is not None:
+        return None
+    return ("weighted_in_degrees",)
+
+
+def _appnp_needs(m) -> tuple[str, ...] | None:
+    # As GCNConv: a filled cache is the graph the layer uses (its forward reads it whenever
+    # it normalises), so a single node target keeps the whole graph to use it.
+    if m.normalize and getattr(m, "_cached_edge_index", None) is not None:
+        return None
+    return ("weighted_in_degrees",)
+
+
+def _sg_needs(m) -> tuple[str, ...] | None:
+    # A filled cache makes the handler refuse the layer (on the whole graph or a subgraph
+    # alike): no subgraph is cut for a single node target that cannot be explained.
+    if getattr(m, "_cached_x", None) is not None:
         return None
     return ("weighted_in_degrees",)
 
