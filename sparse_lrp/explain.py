@@ -28,7 +28,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from .composites import Composite, resolve
 from .layers import find_handler, subgraph_needs, supported_types
-from .layers.base import Context, LayerCall, MergedEdgesError, record_input
+from .layers.base import Context, LayerCall, MergedEdgesError, pass_through, record_input
 from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints
 from .rules import Rule
 from .validation import check_budget, check_edge_index, check_finite, check_tensor, non_finite
@@ -255,7 +255,11 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
     if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
         args = (record_input(call, args[0]), *args[1:])
     before = ctx.hops_run
-    out = handler(call, *args, **kwargs)
+    ctx.in_handler += 1
+    try:
+        out = handler(call, *args, **kwargs)
+    finally:
+        ctx.in_handler -= 1
     if isinstance(module, MessagePassing):  # (its K, should a handler mix nodes by other maps)
         ctx.hops_run = max(ctx.hops_run, before + _layer_hops(module))
     if isinstance(out, Tensor):
@@ -590,8 +594,71 @@ def _validate(model, x, edge_index, kwargs) -> None:
 
 # Functional code a classifier may end with (log_softmax, softmax, sigmoid): the logits
 # are their input. View-like steps between them and the layer are looked through.
+# Element-wise functions that are not positively homogeneous: called in the model's own
+# code (not as modules), autograd would carry relevance through them by their gradient,
+# which does not conserve it. Found on the autograd graph by their backward nodes...
+_GLUE_NODES = frozenset(
+    {
+        "EluBackward0", "CeluBackward0", "GeluBackward0", "SiluBackward0", "MishBackward0",
+        "SoftplusBackward0", "HardtanhBackward0", "HardswishBackward0", "HardsigmoidBackward0",
+        "LogSigmoidBackward0", "SoftshrinkBackward0", "TanhBackward0", "SigmoidBackward0",
+    }
+)  # fmt: skip
+_F = torch.nn.functional
+# ...and then routed through the Pass rule, as their modules are (nn.ELU, nn.Tanh...).
+_GLUE_FUNCTIONS = frozenset(
+    {
+        _F.elu, _F.selu, _F.celu, _F.gelu, _F.silu, _F.mish, _F.softplus, _F.hardtanh, _F.relu6, _F.hardswish,
+        _F.hardsigmoid, _F.logsigmoid, _F.softshrink, _F.tanh, _F.sigmoid, torch.tanh, torch.sigmoid,
+        torch.selu, torch.celu, torch.special.expit, Tensor.tanh, Tensor.sigmoid,
+    }
+)  # fmt: skip
+_SIGMOIDS = frozenset({_F.sigmoid, torch.sigmoid, torch.special.expit, Tensor.sigmoid})
+# Models whose forward calls such functions: later calls route them from the start.
+_ROUTES_GLUE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _GlueActivations(torch.overrides.TorchFunctionMode):
+    """Routes the model's own calls of :data:`_GLUE_FUNCTIONS` through the Pass rule
+    (calls inside layer handlers are the handlers' business)."""
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__()
+        self.ctx = ctx
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _GLUE_FUNCTIONS and not self.ctx.in_handler and args and isinstance(args[0], Tensor):
+            x, rest = args[0], args[1:]
+            if x.requires_grad and x.is_floating_point():
+                return pass_through(self.ctx, lambda t: func(t, *rest, **kwargs), x, normaliser=func in _SIGMOIDS)
+        return func(*args, **kwargs)
+
+
+def _glue_nodes(y: Tensor) -> list[str]:
+    """Backward nodes of :data:`_GLUE_NODES` on ``y``'s autograd graph."""
+    found, seen, stack = [], set(), [y.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if type(fn).__name__ in _GLUE_NODES:
+            found.append(type(fn).__name__)
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
+
+
 _NORMALISERS = ("LogSoftmaxBackward0", "SoftmaxBackward0", "SigmoidBackward0")
-_VIEWS = ("ViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0")
+_VIEWS = (
+    "ViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0",
+    "_RecordFunctionBackward",  # (the identity that records relevance reaching a layer)
+)  # fmt: skip
+
+
+def _is_normaliser(fn) -> bool:
+    """A softmax/log_softmax/sigmoid node (a sigmoid module's Pass node included)."""
+    return fn is not None and (type(fn).__name__ in _NORMALISERS or getattr(fn, "normaliser", False) is True)
 
 
 def _logits(y: Tensor, outputs: list[tuple[int, Tensor]]) -> tuple[int | None, Tensor]:
@@ -602,19 +669,20 @@ def _logits(y: Tensor, outputs: list[tuple[int, Tensor]]) -> tuple[int | None, T
     produced ``y`` or its logits, else (``y`` computed from several layers, a residual
     sum) the last layer with ``y``'s shape, while ``y`` itself is explained.
     """
-    found = next((i for i, out in reversed(outputs) if out is y), None)
-    if found is not None:
-        return found, y
     fn, normalised = y.grad_fn, False
+    found = next((i for i, out in reversed(outputs) if out is y), None)
+    if found is not None and not _is_normaliser(fn):  # (an nn.Sigmoid's output is no logit)
+        return found, y
     while fn is not None:
-        hit = next(((i, out) for i, out in reversed(outputs) if out.grad_fn is fn), None)
-        if hit is not None:
-            return hit if normalised else (hit[0], y)
-        name = type(fn).__name__
-        if name not in _NORMALISERS + _VIEWS:
-            break
-        normalised = normalised or name in _NORMALISERS
-        fn = fn.next_functions[0][0]
+        is_normaliser = _is_normaliser(fn)
+        if not is_normaliser:
+            hit = next(((i, out) for i, out in reversed(outputs) if out.grad_fn is fn), None)
+            if hit is not None:
+                return hit if normalised else (hit[0], y)
+            if type(fn).__name__ not in _VIEWS:
+                break
+        normalised = normalised or is_normaliser
+        fn = next(f for f, _ in fn.next_functions if f is not None) if fn.next_functions else None
     if normalised:
         raise ValueError(
             "the model's output is a softmax/log_softmax/sigmoid of a tensor that no layer "
@@ -653,13 +721,32 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
     else:
         ea = None
     ctx.edge_index = edge_index
-    with _patched(model, ctx), torch.enable_grad():
-        args = (x_in,) if edge_index is None else (x_in, edge_index)
-        y = model(*args, **kwargs)
+    route = _ROUTES_GLUE.get(model, False)
+    hops = ctx.hops_run
+    while True:
+        glue = _GlueActivations(ctx) if route else contextlib.nullcontext()
+        with _patched(model, ctx), torch.enable_grad(), glue:
+            args = (x_in,) if edge_index is None else (x_in, edge_index)
+            y = model(*args, **kwargs)
         if not isinstance(y, Tensor):
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
         top, y = _logits(y, ctx.outputs)
+        found = _glue_nodes(y)
+        if not found:
+            break
+        if route:
+            raise ValueError(
+                f"the model's forward applies {sorted(set(found))} in a way that could not be routed through "
+                "the Pass rule (not a torch.tanh/F.elu-style call): their gradient would carry relevance "
+                "unconserved. Use the module form (nn.Tanh(), nn.ELU()...)"
+            )
+        # The forward called such functions itself: run it again with them routed.
+        _ROUTES_GLUE[model] = route = True
+        ctx.outputs.clear()
+        ctx.normalised.clear()
+        ctx.hops_run = hops
+    with torch.enable_grad():
         ctx.top_call = top
         if task_level == "node" and y.shape[0] != x.shape[0]:
             where = f"a target's {x.shape[0]}-node subgraph" if ctx.on_subgraphs else f"{x.shape[0]} nodes"

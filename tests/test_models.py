@@ -959,3 +959,72 @@ def test_a_graph_index_beyond_the_graphs_is_named_as_such(data):
     for index in (7, [0, 7]):
         with pytest.raises(ValueError, match="out of range for 2 graphs"):
             sparse_lrp.explain(model, x, EI, index=index, batch=batch)
+
+
+# --------------------------------------------------------------------------------------
+# Element-wise functions called in the model's own code
+# --------------------------------------------------------------------------------------
+
+GLUE = {
+    "torch.tanh": torch.tanh,
+    "Tensor.tanh": lambda t: t.tanh(),
+    "torch.sigmoid": torch.sigmoid,
+    "F.elu": torch.nn.functional.elu,
+    "F.gelu": torch.nn.functional.gelu,
+    "F.silu": torch.nn.functional.silu,
+    "F.softplus": torch.nn.functional.softplus,
+    "F.relu6": torch.nn.functional.relu6,
+}
+
+
+class _GlueMLP(nn.Module):
+    """``l2(act(l1(x)))`` with ``act`` a plain function call, optionally a sigmoid on top."""
+
+    def __init__(self, act, sigmoid=False):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(4, 5, bias=False), nn.Linear(5, 2, bias=False)
+        self.act, self.sigmoid = act, sigmoid
+
+    def forward(self, x):
+        y = self.l2(self.act(self.l1(x)))
+        return torch.sigmoid(y) if self.sigmoid else y
+
+
+@pytest.mark.parametrize("name", list(GLUE))
+def test_functional_activations_pass_relevance_as_their_modules_do(name):
+    """A non-homogeneous function called as such (F.elu, torch.tanh...) follows the Pass
+    rule like its module: with LRP-0 the relevance is the layer-by-layer formula, and
+    conserved. (Its gradient would carry x f'(x) c instead of f(x) c.)"""
+    model = randomise(_GlueMLP(GLUE[name]).double(), seed=3).eval()
+    x = torch.randn(3, 4, dtype=DT, generator=torch.Generator().manual_seed(8))
+    for _ in range(2):  # the first call finds the functions, later ones route them from the start
+        res = sparse_lrp.explain(model, x, None, index=1, target=0, composite=LRP0)
+        W1, W2 = model.l1.weight.detach(), model.l2.weight.detach()
+        z = x[1] @ W1.T
+        h = GLUE[name](z)
+        r_h = h * W2[0]  # LRP-0 of the top layer for the logit y0 = sum_j h_j W2[0, j]
+        r_x = (x[1][None, :] * W1 / z[:, None] * r_h[:, None]).sum(0)  # Pass, then LRP-0
+        assert_close(res.node_feat[1], r_x)
+        assert_close(res.node_feat.sum(), (h * W2[0]).sum())
+        assert abs(res.conservation["lost"]) < 1e-12
+
+
+@pytest.mark.parametrize("module", [False, True], ids=["torch.sigmoid", "nn.Sigmoid"])
+def test_a_final_sigmoid_explains_the_logit_as_a_function_or_a_module(module):
+    act = nn.Tanh() if module else torch.tanh
+    model = _GlueMLP(act, sigmoid=not module).double().eval()
+    if module:
+        model = nn.Sequential(model, nn.Sigmoid())
+    x = torch.randn(3, 4, dtype=DT, generator=torch.Generator().manual_seed(9))
+    inner = model[0] if module else model
+    logit = inner.l2(torch.tanh(inner.l1(x))).detach()
+    res = sparse_lrp.explain(model, x, None, index=2, target=1, composite=LRP0)
+    assert_close(res.output, logit[2, 1].reshape(1))
+    assert_close(res.node_feat.sum(), logit[2, 1])
+
+
+def test_an_element_wise_function_that_cannot_be_routed_is_refused():
+    model = _GlueMLP(torch.ops.aten.tanh.default).double().eval()
+    x = torch.randn(3, 4, dtype=DT)
+    with pytest.raises(ValueError, match=r"TanhBackward0.*module form"):
+        sparse_lrp.explain(model, x, None, index=0, target=0)

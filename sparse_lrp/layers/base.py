@@ -36,7 +36,7 @@ from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches,
 from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, nonzero_rows, rowdot
 from ..rules import Rule, broadcast_param
 
-__all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError"]
+__all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError", "pass_through"]
 
 
 def _ratio(r: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,6 +114,7 @@ class Context:
     normalised: list = field(default_factory=list)  # (name, type, output) of softmax-like modules
     traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
     watched: list | None = None  # (name, module, kind) run as they are but watched (explain._watched)
+    in_handler: int = 0  # depth of handler calls running (their own element-wise calls are theirs)
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
@@ -365,12 +366,16 @@ class _MapFunction(torch.autograd.Function):
 
 
 class _PassFunction(torch.autograd.Function):
-    """Forward: an element-wise ``y = fn(x)``. Backward: ``R_x = R_y`` (ratio ``c_y y / x``)."""
+    """Forward: an element-wise ``y = fn(x)``. Backward: ``R_x = R_y`` (ratio ``c_y y / x``).
+
+    ``normaliser`` marks a sigmoid: as a model's last step its input, the logit, is
+    what is explained (the node's ``normaliser`` attribute tells the output search).
+    """
 
     @staticmethod
-    def forward(fctx, call: LayerCall, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    def forward(fctx, call, fn: Callable[[Tensor], Tensor], x: Tensor, normaliser: bool = False) -> Tensor:
         y = fn(x)
-        fctx.call = call
+        fctx.call, fctx.normaliser = call, normaliser
         fctx.save_for_backward(x, y)
         return y
 
@@ -380,7 +385,20 @@ class _PassFunction(torch.autograd.Function):
         ratio, lost = _ratio(y * grad, x)
         ctx = fctx.call.ctx
         ctx.lost = ctx.lost + lost
-        return None, None, ratio
+        return None, None, ratio, None
+
+
+def pass_through(ctx: Context, fn: Callable[[Tensor], Tensor], x: Tensor, normaliser: bool = False) -> Tensor:
+    """``fn(x)`` for an element-wise ``fn`` under the Pass rule, outside any layer (the
+    model's own glue code calling ``torch.tanh``, ``F.elu``...)."""
+    return _PassFunction.apply(_Glue(ctx), fn, x, normaliser)
+
+
+@dataclass
+class _Glue:
+    """What a Pass node outside a layer call needs: the explanation's context."""
+
+    ctx: Context
 
 
 class _RecordFunction(torch.autograd.Function):
@@ -534,6 +552,7 @@ class LayerCall:
         w = torch.as_tensor(weight, dtype=x.dtype, device=x.device).expand(n).contiguous()
         return MapBranch(self.ctx.operator(loop, n, n).identity_pattern(), w, x)
 
-    def passthrough(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-        """An element-wise ``fn(x)`` under the Pass rule."""
-        return _PassFunction.apply(self, fn, x)
+    def passthrough(self, fn: Callable[[Tensor], Tensor], x: Tensor, normaliser: bool = False) -> Tensor:
+        """An element-wise ``fn(x)`` under the Pass rule (``normaliser``: a sigmoid, whose
+        input is explained when it is the model's last step)."""
+        return _PassFunction.apply(self, fn, x, normaliser)

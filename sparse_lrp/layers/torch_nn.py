@@ -61,7 +61,7 @@ def activation(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
         return torch.nn.functional.prelu(x, m.weight.detach())
     # The class's forward: call.original may be another name's handler for a shared module.
     forward = type(m).forward.__get__(m)
-    return call.passthrough(lambda t: forward(t, *args, **kwargs), x)
+    return call.passthrough(lambda t: forward(t, *args, **kwargs), x, normaliser=isinstance(m, nn.Sigmoid))
 
 
 def identity(call: LayerCall, x: Tensor, *args, **kwargs) -> Tensor:
