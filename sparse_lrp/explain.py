@@ -889,8 +889,14 @@ def explain(
                 raise beyond_graphs from None
     rows_total = num_graphs if is_graph and num_graphs is not None else n
     rows, many = _as_index(index, rows_total, "graphs" if is_graph else "rows")
+    one_graph = None  # a graph-level model on one graph without `batch`: it is graph 0
     if is_graph and many and batch is None:
-        raise ValueError("graph-level targets need the `batch` vector (forward kwarg batch=...)")
+        if rows.numel() != 1 or int(rows[0]) != 0:
+            raise ValueError(
+                "graph-level targets need the `batch` vector (forward kwarg batch=...); without it the "
+                "input is one graph, index 0"
+            )
+        one_graph = torch.zeros(n, dtype=torch.long, device=x.device)
     if task_level is None and edge_index is None:
         is_graph = True  # a plain model: rows are samples, explained jointly in one pass
     if many and is_graph and rows.unique().numel() != rows.numel():
@@ -940,8 +946,8 @@ def explain(
     if guessed and y.shape[0] == n:
         return as_nodes()
     res = _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index)
-    if many and is_graph and batch is not None:
-        res = _split_graphs(res, rows, batch, edge_index)
+    if many and is_graph and (batch is not None or one_graph is not None):
+        res = _split_graphs(res, rows, batch if batch is not None else one_graph, edge_index)
     elif many and edge_index is None:  # samples (or nodes without a graph): each its own row
         res = _split_graphs(res, rows, torch.arange(n, device=x.device), None)
     elif many:  # one node target, given as a list, on the whole graph: its [1, ...] results

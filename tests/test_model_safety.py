@@ -328,6 +328,29 @@ def test_missing_batch_for_several_graph_targets():
         sparse_lrp.explain(Pooled().double(), xg, ei, index=[0, 1], task_level="graph")
 
 
+def test_a_graph_model_on_one_graph_without_batch_takes_index_zero():
+    """PyG's Explainer hands index=0 as tensor([0]): one graph, no batch vector, is graph 0."""
+    ei, batch = make_batch((5,), seed=2)
+    xg = torch.randn(batch.numel(), F, dtype=DT)
+
+    class Pooled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = gnn.GCNConv(F, C, bias=False)
+
+        def forward(self, x, edge_index, batch=None):
+            return gnn.global_add_pool(self.conv(x, edge_index).relu(), batch)
+
+    model = Pooled().double().eval()
+    (ref,) = grad_x_input(lambda v: model(v, ei)[0, 1], xg)
+    for index in ([0], torch.tensor([0])):
+        res = sparse_lrp.explain(model, xg, ei, index=index, target=1, task_level="graph", composite=Epsilon(0.0))
+        assert res.node_feat.shape == (1, *xg.shape)
+        assert_close(res.node_feat[0], ref)
+    with pytest.raises(ValueError, match="batch"):
+        sparse_lrp.explain(model, xg, ei, index=[1], target=1, task_level="graph")
+
+
 def test_dtype_mismatch_between_input_and_model_is_clear(x):
     model = make_net().float().eval()
     with pytest.raises((TypeError, ValueError), match=r"float64.*float32|float32.*float64"):
