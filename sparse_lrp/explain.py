@@ -938,6 +938,17 @@ def explain(
                     ) from None
                 # (a single target runs on the whole graph below)
         level = "graph" if is_graph else task_level
+        if many and (edge_index is None or batch is not None or one_graph is not None):
+            # One joint pass for several samples or graphs: which rows belong to which target.
+            pos = torch.full((rows_total if batch is None else num_graphs,), -1, dtype=torch.long, device=x.device)
+            if one_graph is not None:
+                pos = pos[:1]
+            pos[rows.to(x.device)] = torch.arange(rows.numel(), device=x.device)
+            if edge_index is None and batch is None:
+                ctx.row_groups = pos
+            else:
+                ctx.row_groups, ctx.graph_groups = pos[batch if batch is not None else one_graph], pos
+            ctx.num_groups = rows.numel()
         node_feat, ea_rel, value, cls, _, y = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
     finally:
         ctx.release()
@@ -1037,9 +1048,13 @@ def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: T
     def by_edge(t: Tensor) -> Tensor:
         return split(t, edge_mask)
 
+    def by_kind(k: str, v: Tensor) -> Tensor | None:
+        if k == "edge_local":  # a layer's own connections: per target already, or a joint sum
+            return v if v.dim() == 2 and v.shape[0] == rows.numel() else None
+        return by_edge(v) if k == "edge" else by_rows(v)
+
     layers = {
-        name: {k: (by_edge(v) if k == "edge" else by_rows(v)) for k, v in rec.items()}
-        for name, rec in res.layers.items()
+        name: {k: out for k, v in rec.items() if (out := by_kind(k, v)) is not None} for name, rec in res.layers.items()
     }
     return ExplainResult(
         node_feat=by_node(res.node_feat),
@@ -1151,6 +1166,7 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
         cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
         cctx.handled, cctx.traversed, cctx.watched = ctx.handled, ctx.traversed, ctx.watched
         cctx.few_rows = cctx.on_subgraphs = True
+        cctx.row_groups, cctx.num_groups = node_t, count  # (chunk-local target of each union node)
         merged = edge_e == num_edges  # edges standing for all edges into a border node
         is_real = None if not bool(merged.any()) else ~merged
         sub_kwargs, summed = {}, []
@@ -1201,6 +1217,8 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
 
         edge_u = feat.new_zeros(edge_e.numel())
         for name, rec in cctx.records.items():
+            if "edge_local" in rec:  # a layer's own connections, [count, E'] per target
+                pieces.setdefault(f"local:{name}", []).append((None, None, rec["edge_local"], None))
             if "edge" in rec:
                 rec_e = on_edges(rec["edge"])
                 pieces.setdefault(f"layer:{name}:edge", []).append((edge_t, edge_e, rec_e, num_edges))
@@ -1249,6 +1267,9 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
         if key.startswith("layer:"):
             _, name, kind = key.split(":", 2)
             records.setdefault(name, {})[kind] = functools.partial(place, key)
+        elif key.startswith("local:"):
+            chunks = [p[2] for p in pieces[key]]
+            records.setdefault(key[len("local:") :], {})["edge_local"] = functools.partial(torch.cat, chunks)
     layers = {name: LazyRecords(build) for name, build in records.items()}
     return ExplainResult(
         node_feat=place("node_feat"),

@@ -187,3 +187,58 @@ def test_from_dense_keeps_masked_zero_weights():
     torch.testing.assert_close(got, torch.tensor([[1 / 3, 1 / 3 + 1 / 2, 1 / 3 + 1 / 2]], dtype=DT))
     with pytest.raises(ValueError, match="mask must have the weight's shape"):
         SparseLinear.from_dense(lin, torch.ones(3, 2, dtype=torch.bool))
+
+
+def _connection_records(res, name="0"):
+    return res.layers[name]["edge_local"]
+
+
+@pytest.mark.parametrize("rule", [Epsilon(0.0), ZPlus(), Gamma(0.25)], ids=["lrp0", "zplus", "gamma"])
+def test_connection_relevance_per_target_for_several_samples(rule):
+    """Several samples share one pass; each gets its own connection relevance, the same
+    as its single call's (and they add up to the joint explanation's)."""
+    _, sparse, x = pruned_pair(seed=5)
+    index = [3, 0, 4]
+    many = sparse_lrp.explain(sparse, x, None, index=index, composite=rule)
+    rec = _connection_records(many)
+    assert rec.shape == (3, sparse[0].weight._nnz())
+    for t, i in enumerate(index):
+        torch.testing.assert_close(
+            rec[t], _connection_records(sparse_lrp.explain(sparse, x, None, index=i, composite=rule))
+        )
+
+
+def test_connection_relevance_per_target_for_graphs_and_node_targets():
+    import torch_geometric.nn as gnn
+    from gnn_reference import make_batch
+
+    ei, batch = make_batch((5, 6, 4), seed=7)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(batch.numel(), 6, generator=g, dtype=DT)
+    mask = torch.rand(8, 6, generator=g) < 0.5
+    layer = SparseLinear.from_dense(nn.Linear(6, 8).double(), mask)
+
+    class Net(nn.Module):
+        def __init__(self, pool):
+            super().__init__()
+            self.features, self.conv, self.pool = layer, gnn.GraphConv(8, 3).double(), pool
+
+        def forward(self, x, edge_index, batch=None):
+            h = self.conv(torch.relu(self.features(x)), edge_index)
+            return gnn.global_add_pool(h, batch) if self.pool else h
+
+    graphs = Net(pool=True).eval()
+    many = sparse_lrp.explain(graphs, x, ei, index=[2, 0], composite="zplus", batch=batch)
+    for t, i in enumerate([2, 0]):
+        one = sparse_lrp.explain(graphs, x, ei, index=i, composite="zplus", batch=batch)
+        torch.testing.assert_close(_connection_records(many, "features")[t], _connection_records(one, "features"))
+    nodes = Net(pool=False).eval()
+    y = nodes(x, ei).detach()
+    many = sparse_lrp.explain(nodes, x, ei, index=[4, 11], composite="zplus", max_union=40)  # two chunks
+    for t, i in enumerate([4, 11]):
+        one = sparse_lrp.explain(nodes, x, ei, index=i, composite="zplus")  # on its subgraph
+        seed = torch.zeros_like(y)
+        seed[i, y[i].argmax()] = y[i].max()
+        whole = sparse_lrp.explain(nodes, x, ei, target=seed, composite="zplus")  # the whole graph
+        torch.testing.assert_close(_connection_records(one, "features"), _connection_records(whole, "features"))
+        torch.testing.assert_close(_connection_records(many, "features")[t], _connection_records(one, "features"))

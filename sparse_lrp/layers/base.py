@@ -115,6 +115,12 @@ class Context:
     traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
     watched: list | None = None  # (name, module, kind) run as they are but watched (explain._watched)
     in_handler: int = 0  # depth of handler calls running (their own element-wise calls are theirs)
+    # Several targets in one pass: the target (0..T-1, or -1) of each row of the model's
+    # input (samples, nodes), and of each graph for graph-level models. Maps whose
+    # channels are those rows (SparseLinear) then report connection relevance per target.
+    row_groups: Tensor | None = None
+    graph_groups: Tensor | None = None
+    num_groups: int = 0
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
@@ -184,6 +190,19 @@ class Context:
         full = values.new_zeros(self.edge_index.shape[1]).index_add_(0, ids[keep], values[keep])
         rec["edge"] = full if "edge" not in rec else rec["edge"] + full
 
+    def record_local_per_target(self, name: str, values: Tensor) -> None:
+        """Add per-target relevance ``[T, E]`` through a layer's own connections."""
+        rec = self.records.setdefault(name, {})
+        rec["edge_local"] = values if "edge_local" not in rec else rec["edge_local"] + values
+
+    def channel_groups(self, channels: int) -> Tensor | None:
+        """The target of each of ``channels`` channels that are rows of the model's input
+        (or its graphs), when several targets share the pass and the count tells which."""
+        for groups in (self.row_groups, self.graph_groups):
+            if groups is not None and groups.numel() == channels:
+                return groups
+        return None
+
     def record_node(self, name: str, x: Tensor, ratio: Tensor) -> None:
         """Add the relevance ``x * ratio`` reaching a layer's input, summed per row."""
         if x.dim() == 2:
@@ -216,6 +235,7 @@ class MapBranch:
     edge_ids: Tensor | None = None
     record_edges: bool = False
     rows_are_edges: bool = False
+    channels_are_rows: bool = False  # x is [in, rows]: its channels are the model's rows
 
 
 # Below this many output rows, or above this share of them carrying relevance, the
@@ -322,6 +342,16 @@ class _MapFunction(torch.autograd.Function):
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
         ratio = rule.proportional
+        groups = None
+        if want_edge and len(branches) == 1 and branches[0].channels_are_rows and ctx.num_groups:
+            groups = ctx.channel_groups(xs[0].shape[1])
+        if groups is not None:
+            # Several targets' rows are this map's channels: each channel is its own column of
+            # the rule, so the kernel runs per target's channels to split connection relevance.
+            results, absorbed, per_target = _by_target(ctx, branches[0], xs[0], r_out, z, bias, rule, groups, ratio)
+            ctx.absorbed = ctx.absorbed + absorbed
+            ctx.record_local_per_target(call.name, per_target.to(dtype))
+            return (None, None, *_flowing_on(ctx, branches, xs, keys, results, ratio, dtype, record=False))
         # The ratio flowing in marks the rows with relevance.
         sub = _Restricted.find(grad, branches, xs, rule) if ctx.few_rows else None
         n = r_out.shape[0]
@@ -341,28 +371,69 @@ class _MapFunction(torch.autograd.Function):
         if sub is not None:
             results = sub.expand(results, branches, xs)
         ctx.absorbed = ctx.absorbed + absorbed  # a tensor: read once at the end, no sync per layer
-        grads = []
-        for b, x, key, (r_in, edge) in zip(branches, xs, keys, results):
-            if b.record_edges and edge is not None:
-                ctx.record_edges(call.name, b.edge_ids, edge.to(dtype))
-            if b.rows_are_edges and ctx.want_edges:
-                flat = r_in.flatten(1)  # (also with zero rows, where reshape(0, -1) fails)
-                rows = rowdot(x.flatten(1).to(flat.dtype), flat) if ratio else flat.sum(1)
-                ctx.record_edges(call.name, b.edge_ids, rows.to(dtype))
-            narrow = r_in.dtype != dtype  # half precision, or a float64 recomputation
-            if ratio:
-                grads.append(_narrow(ctx, r_in, x, dtype) if narrow else r_in)
-                continue
-            if key is not None:
-                # Exact side channel for input-independent rules on the model's input.
-                side = r_in.T if key[1] else r_in
-                ctx.side[key[0]] = ctx.side.get(key[0], 0) + side.to(dtype)
-                grads.append(torch.zeros(x.shape, dtype=dtype, device=x.device))
-                continue
-            ratio_in, lost = _ratio(r_in, x.to(r_in.dtype))
-            ctx.lost = ctx.lost + lost
-            grads.append(_narrow(ctx, ratio_in, x, dtype) if narrow else ratio_in)
-        return (None, None, *grads)
+        return (None, None, *_flowing_on(ctx, branches, xs, keys, results, ratio, dtype, name=call.name))
+
+
+def _flowing_on(ctx, branches, xs, keys, results, ratio, dtype, name=None, record=True) -> list[Tensor]:
+    """What flows on from a map's inputs (ratios, or zeros where a side channel took the
+    relevance), recording edge relevance on the way unless ``record`` is False."""
+    grads = []
+    for b, x, key, (r_in, edge) in zip(branches, xs, keys, results):
+        if record and b.record_edges and edge is not None:
+            ctx.record_edges(name, b.edge_ids, edge.to(dtype))
+        if record and b.rows_are_edges and ctx.want_edges:
+            flat = r_in.flatten(1)  # (also with zero rows, where reshape(0, -1) fails)
+            rows = rowdot(x.flatten(1).to(flat.dtype), flat) if ratio else flat.sum(1)
+            ctx.record_edges(name, b.edge_ids, rows.to(dtype))
+        narrow = r_in.dtype != dtype  # half precision, or a float64 recomputation
+        if ratio:
+            grads.append(_narrow(ctx, r_in, x, dtype) if narrow else r_in)
+            continue
+        if key is not None:
+            # Exact side channel for input-independent rules on the model's input.
+            side = r_in.T if key[1] else r_in
+            ctx.side[key[0]] = ctx.side.get(key[0], 0) + side.to(dtype)
+            grads.append(torch.zeros(x.shape, dtype=dtype, device=x.device))
+            continue
+        ratio_in, lost = _ratio(r_in, x.to(r_in.dtype))
+        ctx.lost = ctx.lost + lost
+        grads.append(_narrow(ctx, ratio_in, x, dtype) if narrow else ratio_in)
+    return grads
+
+
+def _by_target(ctx, branch, x, r_out, z, bias, rule, groups, ratio):
+    """The kernel per target's channels of a one-branch map: ``([(R_in, None)], absorbed,
+    per-target connection relevance [T, E])``. Channels of no target carry no relevance."""
+    per_target = x.new_zeros(ctx.num_groups, branch.op.num_edges)
+    r_in, absorbed = None, 0.0
+    for t in range(ctx.num_groups):
+        cols = (groups == t).nonzero().view(-1)
+        if cols.numel() == 0:
+            continue
+        b_t = bias if bias is None or bias.dim() < 2 or bias.shape[1] == 1 else bias[:, cols]
+        # (input-shaped rule parameters, per-sample ZBox bounds, follow their channels)
+        rule_t = rule.map_inputs(lambda p, cols=cols: p[:, cols] if p.shape == x.shape else p)
+        (res,), ab = propagate_branches(
+            [Branch(branch.op, x[:, cols], branch.weight)],
+            r_out[:, cols],
+            rule_t,
+            bias=b_t,
+            z=z[:, cols],
+            strategy=ctx.strategy,
+            want_edge=True,
+            want_absorbed="total",
+            max_memory=ctx.max_memory,
+            ratio=ratio,
+            keep_wide=True,
+        )
+        if r_in is None:
+            r_in = res[0].new_zeros(x.shape)
+        r_in[:, cols] = res[0]
+        per_target[t] = res[1]
+        absorbed = absorbed + ab
+    if r_in is None:
+        r_in = torch.zeros_like(x)
+    return [(r_in, None)], absorbed, per_target
 
 
 class _PassFunction(torch.autograd.Function):
@@ -475,7 +546,10 @@ class LayerCall:
         # The inputs travel through apply() (autograd saves and frees them); the spec keeps
         # only operators and weights, so nothing outlives the backward pass through it.
         spec = (
-            tuple(MapBranch(b.op, b.weight, None, b.edge_ids, b.record_edges, b.rows_are_edges) for b in branches),
+            tuple(
+                MapBranch(b.op, b.weight, None, b.edge_ids, b.record_edges, b.rows_are_edges, b.channels_are_rows)
+                for b in branches
+            ),
             None if bias is None else bias.detach(),
         )
         return _MapFunction.apply(self, spec, *[b.x for b in branches])

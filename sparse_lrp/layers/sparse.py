@@ -64,7 +64,7 @@ def sparse_linear(call: LayerCall, x: Tensor) -> Tensor:
     op, values = _operator(m.weight)  # (built once per weight version)
     flat = x.reshape(-1, x.shape[-1])
     bias = None if m.bias is None else m.bias[:, None]
-    z = call.map([MapBranch(op, values.detach(), flat.T, record_edges=True)], bias)
+    z = call.map([MapBranch(op, values.detach(), flat.T, record_edges=True, channels_are_rows=True)], bias)
     return z.T.reshape(*x.shape[:-1], m.out_features)
 
 
