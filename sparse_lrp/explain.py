@@ -395,7 +395,7 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
 # Each graph's edges grouped by source and by target (the edge kernel's own CSR
 # structures): explaining node after node on one graph (as PyG's Explainer does) sorts
 # them once.
-_GRAPHS = TensorKeyed(8)
+_GRAPHS = TensorKeyed(8, content=True)
 
 
 def _graph(edge_index: Tensor, num_nodes: int) -> EdgeOperator:
@@ -542,7 +542,7 @@ def _khop_union(
 
 
 # -- the explanation ----------------------------------------------------------------
-_CHECKED = TensorKeyed(8)
+_CHECKED = TensorKeyed(8, content=True)
 _FINITE = TensorKeyed(4096)
 
 

@@ -28,7 +28,7 @@ def sparse_weight_edges(weight: Tensor) -> tuple[Tensor, Tensor]:
 
 # A pruned layer explained batch after batch coalesces its weight and builds its CSR
 # structures once.
-_OPERATORS = TensorKeyed(64)
+_OPERATORS = TensorKeyed(64, content=True)
 
 
 def _operator(weight: Tensor) -> tuple[EdgeOperator, Tensor]:

@@ -112,6 +112,20 @@ def _storage(t: Tensor) -> tuple:
     return (t.layout, tuple(t.shape), t.dtype, *(p.data_ptr() for p in parts), *(p.shape[-1] for p in parts))
 
 
+def _content(t: Tensor) -> float | int:
+    """A one-pass sum of ``t``'s values (a sparse tensor's stored ones)."""
+    if t.layout == torch.sparse_coo:
+        t = t._values()
+    elif t.layout == torch.sparse_csr:
+        t = t.values()
+    elif t.layout != torch.strided:
+        return 0
+    t = t.detach()
+    if t.dtype in (torch.float16, torch.bfloat16):
+        return t.sum(dtype=torch.float32).item()
+    return t.sum().item()  # (in its own dtype: a float64 accumulation of float32 costs 10x)
+
+
 class TensorKeyed:
     """Values derived from a tensor, reused while it lives and until it changes.
 
@@ -119,15 +133,19 @@ class TensorKeyed:
     reference: a graph or weight explained call after call pays its sorts once, and a
     freed, modified or re-pointed tensor (``t.data = ...``), or another tensor that now
     sits at a freed one's address, is never served stale values. Inference tensors have
-    no version counter: they are not cached.
+    no version counter: they are not cached. With ``content``, the key also holds the sum
+    of the values, which sees most edits that bypass the version counter (through
+    ``t.data[...] = ...`` or a NumPy view, as pruning code does), at one read per lookup.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, content: bool = False) -> None:
         self.limit = limit
+        self.content = content
         self._entries: dict[tuple, tuple[weakref.ref, tuple, object]] = {}
 
     def _state(self, t: Tensor) -> tuple:
-        return (t._version, *_storage(t))
+        state = (t._version, *_storage(t))
+        return (*state, _content(t)) if self.content else state
 
     def peek(self, t: Tensor, *extra):
         """The cached value for ``t`` (and ``extra``), or None."""
@@ -176,8 +194,8 @@ class EdgeOperator:
         self.num_edges = int(edge_index.shape[1])
         self._by_dst: tuple[Tensor, Tensor, Tensor] | None = None
         self._by_src: tuple[Tensor, Tensor, Tensor] | None = None
-        self._perm = TensorKeyed(1)  # the last weight seen, in both CSR orders
-        self._fused = TensorKeyed(4)  # bounded: weights change per layer (attention) or call
+        self._perm = TensorKeyed(1, content=True)  # the last weight seen, in both CSR orders
+        self._fused = TensorKeyed(4, content=True)  # bounded: weights change per layer (attention) or call
         self._diagonal = False  # edge e is e -> e (identity_pattern): products are row scalings
 
     @property
@@ -485,7 +503,7 @@ class EdgeValues:
 
 
 # Transformed layer weights, weakly keyed by the parameter (a weight per entry: bounded).
-_TRANSFORMS = TensorKeyed(32)
+_TRANSFORMS = TensorKeyed(32, content=True)
 
 
 class DenseOperator:

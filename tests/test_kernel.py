@@ -664,3 +664,17 @@ def test_zbox_keeps_float32_precision_where_an_output_has_no_contributions(layou
     else:
         got = linear_lrp(x, W if layout == "dense" else W.to_sparse(), R, rule)
     torch.testing.assert_close(got.double(), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_a_prepared_operator_sees_weights_edited_through_data():
+    """``w.data.mul_(-1)`` keeps the version counter and storage: the fused z+ structure
+    cached for ``w`` must still follow the new values."""
+    ei = torch.tensor([[0, 1, 2, 0], [1, 0, 1, 2]])
+    op = prepare(ei, 3, 3)
+    x = torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64)
+    R = torch.ones(3, 1, dtype=torch.float64)
+    w = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64)
+    for rule in (ZPlus(), Gamma(0.25)):
+        edge_lrp(x, op, w, R, rule)
+        w.data.mul_(-1)
+        torch.testing.assert_close(edge_lrp(x, op, w, R, rule), edge_lrp(x, ei, w.clone(), R, rule))

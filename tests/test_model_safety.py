@@ -4,6 +4,8 @@ and custom layers plug in through ``register_handler``.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch_geometric.nn as gnn
@@ -809,3 +811,30 @@ def test_softmax_inside_a_handled_layer_or_over_constants_is_not_refused(clean_h
 
     c = sparse_lrp.explain(Mix().double().eval(), x[:5], index=1, composite=Epsilon(0.0)).conservation
     assert c["in"] == pytest.approx(c["out"], abs=1e-12)
+
+
+def test_edits_that_bypass_the_version_counter_are_seen():
+    """Pruning code edits weights through ``.data`` (no version bump, same storage); a
+    graph may change through ``.data`` or a NumPy view: cached transforms and sorted
+    graphs must follow, as a fresh model and graph would."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    xs = torch.randn(5, 4, dtype=DT)
+    for rule in (ZPlus(), Gamma(0.5)):
+        sparse_lrp.explain(mlp, xs, None, composite=rule, target=0)  # fills the caches
+        w = mlp[0].weight.data
+        w[w.abs() < 0.3] = 0.0
+        w.mul_(-1.5)
+        fresh = copy.deepcopy(mlp)
+        got = sparse_lrp.explain(mlp, xs, None, composite=rule, target=0).node_feat
+        assert_close(got, sparse_lrp.explain(fresh, xs, None, composite=rule, target=0).node_feat)
+    model = make_net().eval()
+    x = torch.randn(N, F, dtype=DT)
+    ei = EI.clone()
+    sparse_lrp.explain(model, x, ei, index=3)
+    ei.data[1, :4] = ei.data[1, :4].flip(0)  # re-wired through .data
+    ei.numpy()[0, 5] = (ei[0, 5].item() + 1) % N  # and through a NumPy view
+    got = sparse_lrp.explain(model, x, ei, index=3)
+    want = sparse_lrp.explain(model, x, ei.clone(), index=3)
+    assert_close(got.node_feat, want.node_feat)
+    assert_close(got.edge, want.edge)
