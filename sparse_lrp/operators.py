@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .backend import scatter_add
+from .rules import _ident
 
 __all__ = [
     "EdgeOperator",
@@ -522,6 +523,8 @@ class DenseOperator:
         """``fn(weight)``; a layer's own weight (``source``, its parameter) keeps its
         transforms (w⁺, w + γw⁺, ...) until it changes, so explaining call after call
         pays them once."""
+        if fn is _ident:  # (Epsilon's weights as they are: nothing to keep)
+            return weight
         if self.source is None or weight is not self.weight:
             return fn(weight)
         src = self.source
