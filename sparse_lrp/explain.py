@@ -603,6 +603,7 @@ _GLUE_NODES = frozenset(
         "EluBackward0", "CeluBackward0", "GeluBackward0", "SiluBackward0", "MishBackward0",
         "SoftplusBackward0", "HardtanhBackward0", "HardswishBackward0", "HardsigmoidBackward0",
         "LogSigmoidBackward0", "SoftshrinkBackward0", "TanhBackward0", "SigmoidBackward0",
+        "AtanBackward0", "ErfBackward0", "SinBackward0", "CosBackward0", "ExpBackward0",
     }
 )  # fmt: skip
 _F = torch.nn.functional
@@ -612,6 +613,8 @@ _GLUE_FUNCTIONS = frozenset(
         _F.elu, _F.selu, _F.celu, _F.gelu, _F.silu, _F.mish, _F.softplus, _F.hardtanh, _F.relu6, _F.hardswish,
         _F.hardsigmoid, _F.logsigmoid, _F.softshrink, _F.tanh, _F.sigmoid, torch.tanh, torch.sigmoid,
         torch.selu, torch.celu, torch.special.expit, Tensor.tanh, Tensor.sigmoid,
+        torch.atan, torch.erf, torch.special.erf, torch.sin, torch.cos, torch.exp, Tensor.atan, Tensor.erf,
+        Tensor.sin, Tensor.cos, Tensor.exp, _F.softsign, _F.tanhshrink,
     }
 )  # fmt: skip
 _SIGMOIDS = frozenset({_F.sigmoid, torch.sigmoid, torch.special.expit, Tensor.sigmoid})
@@ -629,10 +632,15 @@ class _GlueActivations(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _GLUE_FUNCTIONS and not self.ctx.in_handler and args and isinstance(args[0], Tensor):
-            x, rest = args[0], args[1:]
-            if x.requires_grad and x.is_floating_point():
+        if func in _GLUE_FUNCTIONS and not self.ctx.in_handler:
+            if args:
+                x, rest = args[0], args[1:]
+            else:  # (the tensor passed by keyword: torch.tanh(input=h))
+                x, rest = kwargs.get("input"), ()
+                kwargs = {k: v for k, v in kwargs.items() if k != "input"}
+            if isinstance(x, Tensor) and x.requires_grad and x.is_floating_point():
                 return pass_through(self.ctx, lambda t: func(t, *rest, **kwargs), x, normaliser=func in _SIGMOIDS)
+            return func(x, *rest, **kwargs) if args else func(input=x, **kwargs)
         return func(*args, **kwargs)
 
 
@@ -959,6 +967,14 @@ def explain(
         return as_nodes()
     res = _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index)
     if many and is_graph and (batch is not None or one_graph is not None):
+        if batch is not None and edge_index is not None and edge_index.numel():
+            # One joint pass explains several graphs only if no edge joins two of them.
+            if bool((batch[edge_index[0]] != batch[edge_index[1]]).any()):
+                raise ValueError(
+                    "edges join nodes of different graphs of the batch: its graphs are not separate, so "
+                    "one joint pass cannot tell their relevance apart; explain one graph at a time "
+                    "(index=g) or check the batch vector"
+                )
         res = _split_graphs(res, rows, batch if batch is not None else one_graph, edge_index)
     elif many and edge_index is None:  # samples (or nodes without a graph): each its own row
         res = _split_graphs(res, rows, torch.arange(n, device=x.device), None)
@@ -1218,7 +1234,7 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
 
         edge_u = feat.new_zeros(edge_e.numel())
         for name, rec in cctx.records.items():
-            if "edge_local" in rec:  # a layer's own connections, [count, E'] per target
+            if "edge_local" in rec and rec["edge_local"].dim() == 2:  # own connections, [count, E'] per target
                 pieces.setdefault(f"local:{name}", []).append((None, None, rec["edge_local"], None))
             if "edge" in rec:
                 rec_e = on_edges(rec["edge"])

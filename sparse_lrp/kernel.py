@@ -285,6 +285,7 @@ def _propagate_branches(
     acc: list[dict[str, Tensor]] = [{} for _ in branches]
     edges: list[Tensor | None] = [None for _ in branches]
     flowed = None  # want_absorbed=True: the relevance that reached the inputs, per output
+    denominators: list[Tensor] = []
     left, extra = None, 0.0  # "total": what did not (a tensor to sum, or already a sum) + bias dots
     # A single stabilised group over all outputs absorbs exactly s * (bias share + shift).
     g0 = rule.groups[0]
@@ -384,17 +385,7 @@ def _propagate_branches(
             s = relevance / stab
         else:
             s = _safe_divide(relevance, d)
-        # One host read checks both: a non-finite denominator would turn its outputs'
-        # relevance into 0 or NaN silently; an overflowing ratio (finite d) is recomputed.
-        if not math.isfinite((d.sum() + s.sum()).item()):
-            kind = non_finite(d)
-            if kind:
-                raise ValueError(
-                    f"{rule!r}: its contributions sum to {kind} in {d.dtype}: look for NaN/Inf in the weights "
-                    "or inputs; an overflow needs smaller rule parameters or inputs, or float64"
-                )
-            if non_finite(s):
-                raise RatioOverflowError
+        denominators.append(d)  # (checked with the results, in one host read at the end)
         if group.where is not None:
             s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
         if group.coef != 1.0:
@@ -442,7 +433,32 @@ def _propagate_branches(
         absorbed = (left.sum() if left is not None else relevance.sum()) + extra
     elif want_absorbed:
         absorbed = relevance - flowed if flowed is not None else relevance.clone()
+    _check_finite_run(rule, denominators, results, absorbed)
     return results, absorbed
+
+
+def _check_finite_run(rule: Rule, denominators: list[Tensor], results: list, absorbed) -> None:
+    """One host read over the denominators, results and absorbed relevance. A non-finite
+    denominator would turn its outputs' relevance into 0 or NaN silently: an error. With
+    finite denominators, a non-finite result is an overflow (``R / stab(d)``, or a sum on
+    the way) in this dtype: :class:`RatioOverflowError`, recomputed in float64."""
+    parts = [d.sum() for d in denominators]
+    parts += [t.sum() for r, e in results for t in (r, e) if t is not None and t.numel()]
+    if isinstance(absorbed, Tensor):
+        parts.append(absorbed.sum())
+    if not parts or math.isfinite(sum(parts).item()):
+        return
+    for d in denominators:
+        kind = non_finite(d)
+        if kind:
+            raise ValueError(
+                f"{rule!r}: its contributions sum to {kind} in {d.dtype}: look for NaN/Inf in the weights "
+                "or inputs; an overflow needs smaller rule parameters or inputs, or float64"
+            )
+    if any(non_finite(t) for r, e in results for t in (r, e) if t is not None) or (
+        isinstance(absorbed, Tensor) and non_finite(absorbed)
+    ):
+        raise RatioOverflowError
 
 
 def propagate(

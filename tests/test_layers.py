@@ -792,3 +792,18 @@ def test_sgconv_with_a_filled_cache_is_refused_and_an_empty_one_left_empty(input
         with pytest.raises(ValueError, match=r"SGConv.*cache.*no longer depend on the input.*cached=False.*_cached_x"):
             sparse_lrp.explain(model, x, EI, index=index, composite=Epsilon(0.0))
     assert torch.equal(model._cached_x, filled)  # not cleared by explaining
+
+
+@pytest.mark.parametrize("layer", ["gcn", "gin", "sage"])
+def test_aggregation_objects_are_read_as_their_names(layer, inputs):
+    from torch_geometric.nn.aggr import MeanAggregation, SumAggregation
+
+    x, _, _ = inputs
+    for obj, name in ((MeanAggregation(), "mean"), (SumAggregation(), "add")):
+        torch.manual_seed(0)
+        a = NONLINEAR_AGGR[layer](obj).double().eval()
+        torch.manual_seed(0)
+        b = NONLINEAR_AGGR[layer](name).double().eval()
+        ra = sparse_lrp.explain(a, x, EI, index=3, target=1, composite=Epsilon(0.0))
+        rb = sparse_lrp.explain(b, x, EI, index=3, target=1, composite=Epsilon(0.0))
+        assert_close(ra.node_feat, rb.node_feat)

@@ -967,6 +967,8 @@ def test_a_graph_index_beyond_the_graphs_is_named_as_such(data):
 
 GLUE = {
     "torch.tanh": torch.tanh,
+    "torch.tanh(input=)": lambda t: torch.tanh(input=t),
+    "torch.atan": torch.atan,
     "Tensor.tanh": lambda t: t.tanh(),
     "torch.sigmoid": torch.sigmoid,
     "F.elu": torch.nn.functional.elu,

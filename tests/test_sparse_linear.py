@@ -242,3 +242,32 @@ def test_connection_relevance_per_target_for_graphs_and_node_targets():
         whole = sparse_lrp.explain(nodes, x, ei, target=seed, composite="zplus")  # the whole graph
         torch.testing.assert_close(_connection_records(one, "features"), _connection_records(whole, "features"))
         torch.testing.assert_close(_connection_records(many, "features")[t], _connection_records(one, "features"))
+
+
+def test_connection_relevance_per_target_for_batch_first_inputs_and_reordered_rows():
+    """``[B, S, F]`` inputs give each sample S channels; a forward that reorders the rows
+    keeps its node relevance exact and leaves the per-target record out (no wrong rows)."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 4, generator=g, dtype=DT) * (torch.rand(6, 4, generator=g) < 0.5)
+
+    class Seq(nn.Module):
+        def __init__(self, flip=False):
+            super().__init__()
+            self.a, self.b, self.flip = SparseLinear(w), nn.Linear(6, 3, bias=False).double(), flip
+
+        def forward(self, x):
+            if self.flip:
+                return self.b(torch.relu(self.a(x.flip(0)))).flip(0)
+            return self.b(torch.relu(self.a(x))).sum(1)  # x [B, S, F]
+
+    kw = {"target": 0, "composite": Epsilon(0.0)}
+    seq, x3 = Seq().eval(), torch.randn(4, 3, 4, generator=g, dtype=DT)
+    many = sparse_lrp.explain(seq, x3, None, index=[1, 2], **kw)
+    for t, i in enumerate([1, 2]):
+        one = sparse_lrp.explain(seq, x3, None, index=i, **kw)
+        torch.testing.assert_close(many.layers["a"]["edge_local"][t], one.layers["a"]["edge_local"])
+    flipped, x2 = Seq(flip=True).eval(), torch.randn(4, 4, generator=g, dtype=DT)
+    many = sparse_lrp.explain(flipped, x2, None, index=[0, 1], **kw)
+    assert "edge_local" not in many.layers["a"]
+    for t, i in enumerate([0, 1]):
+        torch.testing.assert_close(many.node_feat[t], sparse_lrp.explain(flipped, x2, None, index=i, **kw).node_feat)

@@ -685,3 +685,38 @@ def test_an_overflowing_ratio_in_a_model_gives_no_nan():
     res = sparse_lrp.explain(lin, x, None, target=1, composite=ZPlus(stabilizer=0.0))
     assert torch.isfinite(res.node_feat).all()
     torch.testing.assert_close(res.node_feat, torch.tensor([[-1.0, 0.0]]))  # the formula: all of R to x0
+
+
+def test_an_overflowing_sum_gives_the_float64_result():
+    """Relevance near float32's limit: no ratio overflows, a sum on the way does; the
+    results fit float32 and must come back finite (the formula in float64)."""
+    g = torch.Generator().manual_seed(0)
+    x, W = torch.randn(3, 4, generator=g), torch.randn(5, 4, generator=g)
+    R = torch.randn(3, 5, generator=g) * 1e38
+    xd, Wd, Rd = x.double(), W.double(), R.double()
+    c = xd.clamp(min=0)[:, None] * Wd.clamp(min=0)[None] + xd.clamp(max=0)[:, None] * Wd.clamp(max=0)[None]
+    ref = (c / c.sum(-1, keepdim=True) * Rd[..., None]).sum(1)
+    assert ref.abs().max() < torch.finfo(torch.float32).max
+    got = linear_lrp(x, W, R, ZPlus(stabilizer=0.0))
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0.0)
+
+
+def test_batched_graph_targets_need_separate_graphs():
+    import torch_geometric.nn as gnn
+
+    conv = gnn.GraphConv(3, 2).double().eval()
+
+    class Pooled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x, edge_index, batch):
+            return gnn.global_add_pool(self.conv(x, edge_index), batch)
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    ei = torch.tensor([[0, 1, 2], [1, 2, 3]])  # 1 -> 2 joins the two graphs
+    batch = torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match="different graphs"):
+        sparse_lrp.explain(Pooled(), x, ei, index=[0, 1], batch=batch)
+    sparse_lrp.explain(Pooled(), x, ei, index=1, batch=batch)  # one graph at a time is exact

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ..composites import Composite
 from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches, widen
-from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, nonzero_rows, rowdot
+from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, has_nonzero, nonzero_rows, rowdot
 from ..rules import Rule, broadcast_param
 
 __all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError", "pass_through"]
@@ -196,11 +196,13 @@ class Context:
         rec["edge_local"] = values if "edge_local" not in rec else rec["edge_local"] + values
 
     def channel_groups(self, channels: int) -> Tensor | None:
-        """The target of each of ``channels`` channels that are rows of the model's input
-        (or its graphs), when several targets share the pass and the count tells which."""
+        """The target of each of ``channels`` channels taken as the rows of the model's
+        input (or its graphs) in order, batch-first (``[B, S, F]`` inputs: ``S`` channels per
+        row), when several targets share the pass and the count allows it. The caller
+        checks that no relevance sits outside the targets' channels."""
         for groups in (self.row_groups, self.graph_groups):
-            if groups is not None and groups.numel() == channels:
-                return groups
+            if groups is not None and groups.numel() and channels % groups.numel() == 0:
+                return groups.repeat_interleave(channels // groups.numel())
         return None
 
     def record_node(self, name: str, x: Tensor, ratio: Tensor) -> None:
@@ -345,6 +347,8 @@ class _MapFunction(torch.autograd.Function):
         groups = None
         if want_edge and len(branches) == 1 and branches[0].channels_are_rows and ctx.num_groups:
             groups = ctx.channel_groups(xs[0].shape[1])
+        if groups is not None and has_nonzero(r_out[:, groups < 0]):
+            groups = None  # relevance where no target's rows are: the rows are not in order
         if groups is not None:
             # Several targets' rows are this map's channels: each channel is its own column of
             # the rule, so the kernel runs per target's channels to split connection relevance.

@@ -121,12 +121,12 @@ def _aggregate(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tens
 
 
 def _aggr_name(module) -> str:
-    aggr = module.aggr
-    if isinstance(aggr, str):
-        return aggr
-    if isinstance(aggr, (list, tuple)):
-        return "[" + ", ".join(map(str, aggr)) + "]"
-    return type(module.aggr_module).__name__.replace("Aggregation", "").lower()
+    # PyG resolves aggr (a name, an Aggregation object, a list) into aggr_module.
+    agg = getattr(module, "aggr_module", None)
+    if agg is None:
+        return str(module.aggr)
+    kind = type(agg).__name__.replace("Aggregation", "").lower()
+    return "add" if kind == "sum" else kind if kind != "multi" else str(module.aggr)
 
 
 def _with_root(call: LayerCall, a: Tensor, x: Tensor, lin_neigh, lin_root) -> Tensor:
