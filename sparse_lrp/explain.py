@@ -670,35 +670,58 @@ def _is_normaliser(fn) -> bool:
     return fn is not None and (type(fn).__name__ in _NORMALISERS or getattr(fn, "normaliser", False) is True)
 
 
-def _logits(y: Tensor, outputs: list[tuple[int, Tensor]]) -> tuple[int | None, Tensor]:
-    """``(layer call, tensor)`` whose values are explained: the model's output ``y``
-    itself, or, where ``y`` normalises a layer's output, that output (the logits).
-
-    The call also marks the top layer for a composite's ``top`` rule: the layer that
-    produced ``y`` or its logits, else (``y`` computed from several layers, a residual
-    sum) the last layer with ``y``'s shape, while ``y`` itself is explained.
-    """
+def _logits(y: Tensor, outputs: list[tuple[int, Tensor]]) -> Tensor:
+    """The tensor whose values are explained: the model's output ``y`` itself, or, where
+    ``y`` normalises a layer's output (softmax, log_softmax, sigmoid), that output."""
     fn, normalised = y.grad_fn, False
-    found = next((i for i, out in reversed(outputs) if out is y), None)
-    if found is not None and not _is_normaliser(fn):  # (an nn.Sigmoid's output is no logit)
-        return found, y
+    if not _is_normaliser(fn):  # (an nn.Sigmoid's output is a layer output, but no logit)
+        return y
     while fn is not None:
         is_normaliser = _is_normaliser(fn)
         if not is_normaliser:
-            hit = next(((i, out) for i, out in reversed(outputs) if out.grad_fn is fn), None)
+            hit = next((out for _, out in outputs if out.grad_fn is fn), None)
             if hit is not None:
-                return hit if normalised else (hit[0], y)
+                return hit
             if type(fn).__name__ not in _VIEWS:
                 break
         normalised = normalised or is_normaliser
         fn = next(f for f, _ in fn.next_functions if f is not None) if fn.next_functions else None
-    if normalised:
-        raise ValueError(
-            "the model's output is a softmax/log_softmax/sigmoid of a tensor that no layer "
-            "returned: LRP explains logits, so return them (or end the model with a layer)"
-        )
-    top = next((i for i, out in reversed(outputs) if out.shape == y.shape), None)
-    return top, y
+    raise ValueError(
+        "the model's output is a softmax/log_softmax/sigmoid of a tensor that no layer "
+        "returned: LRP explains logits, so return them (or end the model with a layer)"
+    )
+
+
+# Ops between the last layers and the explained output that keep them "top": sums (a
+# residual), views, pooling over nodes (sum, mean, max) and the identity that records.
+_TOP_GLUE = frozenset(
+    {
+        "AddBackward0", "ScatterAddBackward0", "IndexAddBackward0", "ScatterReduceBackward0",
+        "SumBackward0", "SumBackward1", "MeanBackward0", "MeanBackward1", "DivBackward0", "MulBackward0",
+        "SegmentReduceBackward0", "IndexBackward0", "CatBackward0", "StackBackward0", *_VIEWS,
+    }
+)  # fmt: skip
+
+
+def _top_calls(y: Tensor, outputs: list[tuple[int, Tensor]]) -> frozenset:
+    """The layer calls a composite's ``top`` rule takes: those whose outputs make ``y``
+    through sums, views and pooling only (every summand of a residual output; the last
+    conv under a global pooling). A layer output that a call inside another returned
+    (GINConv's MLP) counts as the inner call's, the map that computed it."""
+    producer: dict = {}
+    for i, out in outputs:  # (inner calls return first: the first call per tensor is its own)
+        producer.setdefault(out.grad_fn, i)
+    found, seen, stack = set(), set(), [y.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if fn in producer:
+            found.add(producer[fn])
+        elif type(fn).__name__ in _TOP_GLUE:
+            stack.extend(f for f, _ in fn.next_functions)
+    return frozenset(found)
 
 
 def _check_normalisers(ctx: Context, y: Tensor) -> None:
@@ -740,7 +763,7 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         if not isinstance(y, Tensor):
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
-        top, y = _logits(y, ctx.outputs)
+        y = _logits(y, ctx.outputs)
         found = _glue_nodes(y)
         if not found:
             break
@@ -754,9 +777,9 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         _ROUTES_GLUE[model] = route = True
         ctx.outputs.clear()
         ctx.normalised.clear()
-        ctx.hops_run = hops
+        ctx.hops_run, ctx.feature_seen = hops, False
     with torch.enable_grad():
-        ctx.top_call = top
+        ctx.top_calls = _top_calls(y, ctx.outputs)
         if task_level == "node" and y.shape[0] != x.shape[0]:
             where = f"a target's {x.shape[0]}-node subgraph" if ctx.on_subgraphs else f"{x.shape[0]} nodes"
             raise _NotPerNodeError(

@@ -250,10 +250,17 @@ def test_bench_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     for argv, message in (
         (["--device", "nope"], "invalid --device"),
         (["--out", str(blocker / "sub")], "cannot write to output folder"),
+        (["--min-edges", "5e3", "--max-edges", "1e3"], "--min-edges 5000 is above --max-edges 1000"),
     ):
         assert cli_main(["bench", "--tiny", "--suites", "dense", "--no-plot", *argv]) == 2
         assert message in capsys.readouterr().err
-    for argv in (["--threads", "0"], ["--repeats", "-2"], ["--warmup", "-1"]):
+    for argv in (
+        ["--threads", "0"],
+        ["--repeats", "-2"],
+        ["--warmup", "-1"],
+        ["--max-seconds", "nan"],
+        ["--min-seconds", "-5"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             cli_main(["bench", "--tiny", "--out", str(tmp_path), *argv])
         assert exit_info.value.code == 2

@@ -838,3 +838,21 @@ def test_edits_that_bypass_the_version_counter_are_seen():
     want = sparse_lrp.explain(model, x, ei.clone(), index=3)
     assert_close(got.node_feat, want.node_feat)
     assert_close(got.edge, want.edge)
+
+
+def test_a_subgraph_need_given_by_name(clean_handlers, x):
+    """``subgraph="in_degrees"`` (one need by name, as the docs write it) is that need."""
+
+    class Sum(gnn.MessagePassing):
+        def forward(self, x, edge_index):
+            return self.propagate(edge_index, x=x)
+
+    def handler(call, x, edge_index):
+        return call.edges(x, edge_index)
+
+    sparse_lrp.register_handler(Sum, handler, subgraph="in_degrees")
+    from sparse_lrp.layers import subgraph_needs
+
+    assert subgraph_needs([Sum()]) == frozenset({"in_degrees"})
+    sparse_lrp.register_handler(Sum, handler, subgraph="")
+    assert subgraph_needs([Sum()]) == frozenset()

@@ -33,6 +33,16 @@ def _count(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from err
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number of seconds >= 0, got {text!r}")
+    return value
+
+
 def _at_least(low: int):
     def parse(text: str) -> int:
         try:
@@ -76,11 +86,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=_at_least(1), default=None, help="timed repeats per measurement (median)")
     parser.add_argument("--warmup", type=_at_least(0), default=None, help="untimed calls before timing (1; --tiny 0)")
     parser.add_argument(
-        "--max-seconds", type=float, default=None, help="stop repeating a method after this much time (>= 3 repeats)"
+        "--max-seconds", type=_seconds, default=None, help="stop repeating a method after this much time (>= 3 repeats)"
     )
     parser.add_argument(
         "--min-seconds",
-        type=float,
+        type=_seconds,
         default=None,
         help="repeat a method until this much time is timed (quick 0.3, full 1; up to 200 rounds)",
     )
@@ -103,6 +113,7 @@ def config_from_args(args: argparse.Namespace):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("sparse-lrp bench: --device cuda but torch sees no CUDA device")
+
     return Config(
         mode=args.mode,
         device=device,
@@ -211,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.device != "auto":
             check_device(args.device)
+        if args.min_edges is not None and args.max_edges is not None and args.min_edges > args.max_edges:
+            raise UsageError(f"--min-edges {args.min_edges:g} is above --max-edges {args.max_edges:g}")
         check_out(Path(args.out).expanduser())
     except UsageError as err:
         print(f"sparse-lrp bench: error: {err}", file=sys.stderr)

@@ -66,6 +66,8 @@ def register_handler(
 
 
 def _checked_needs(subgraph) -> frozenset[str] | None:
+    if isinstance(subgraph, str):  # one need by name ("in_degrees"); "" declares none
+        subgraph = (subgraph,) if subgraph else ()
     if subgraph is not None and not set(subgraph) <= set(SUBGRAPH_NEEDS):
         raise ValueError(f"subgraph needs must be among {SUBGRAPH_NEEDS}, got {subgraph!r}")
     return None if subgraph is None else frozenset(subgraph)

@@ -94,7 +94,6 @@ class Context:
     want_edges: bool = True
     inputs: dict[str, Tensor] = field(default_factory=dict)  # model inputs by key ("x", "edge_attr")
     edge_index: Tensor | None = None  # the model's edge_index: per-layer edges map onto it
-    top_call: int | None = None
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     side: dict[str, Tensor] = field(default_factory=dict)
     absorbed: float | Tensor = 0.0  # sums over layers (0-d tensors once a layer added to them)
@@ -115,6 +114,8 @@ class Context:
     traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
     watched: list | None = None  # (name, module, kind) run as they are but watched (explain._watched)
     in_handler: int = 0  # depth of handler calls running (their own element-wise calls are theirs)
+    feature_seen: bool = False  # the forward's first feature map has run (composite `first`)
+    top_calls: frozenset = frozenset()  # the layer calls whose outputs make the explained output
     # Several targets in one pass: the target (0..T-1, or -1) of each row of the model's
     # input (samples, nodes), and of each graph for graph-level models. Maps whose
     # channels are those rows (SparseLinear) then report connection relevance per target.
@@ -307,7 +308,7 @@ class _MapFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(fctx, call: LayerCall, spec: tuple, *xs: Tensor) -> Tensor:
-        branches, bias = spec
+        branches, bias, _ = spec
         strategy = _resolve_strategy(call.ctx.strategy, xs[0])  # (no CSR products in half precision)
         z = None
         for b, x in zip(branches, xs):
@@ -325,10 +326,14 @@ class _MapFunction(torch.autograd.Function):
     def backward(fctx, grad: Tensor):
         z, *xs = fctx.saved_tensors
         call: LayerCall = fctx.call
-        branches, bias = fctx.spec
+        branches, bias, first = fctx.spec
         ctx = call.ctx
         keys = [ctx.input_key(x) for x in xs]
-        rule = call.rule(reads_input=any(k is not None for k in keys))
+        # `first` takes feature maps that read the model's input (or the forward's first
+        # feature map), not node mixing: a propagation's weights are the graph's, not a
+        # transformation of the input features.
+        reads_input = first or any(k is not None and _is_feature_map(b) for b, k in zip(branches, keys))
+        rule = call.rule(reads_input=reads_input)
         if any(k is not None and k[1] for k in keys):
             # The model's input reaches this map transposed ([F, B]): per-feature or per-row
             # rule inputs (ZBox bounds) broadcast against the input, then follow it.
@@ -440,6 +445,11 @@ def _by_target(ctx, branch, x, r_out, z, bias, rule, groups, ratio):
     return [(r_in, None)], absorbed, per_target
 
 
+def _is_feature_map(b: MapBranch) -> bool:
+    """A map over features (dense weight, SparseLinear), not node mixing over edges."""
+    return not isinstance(b.op, EdgeOperator) or b.channels_are_rows
+
+
 class _PassFunction(torch.autograd.Function):
     """Forward: an element-wise ``y = fn(x)``. Backward: ``R_x = R_y`` (ratio ``c_y y / x``).
 
@@ -525,7 +535,7 @@ class LayerCall:
 
     def rule(self, reads_input: bool = False) -> Rule:
         return self.ctx.composite.rule(
-            self.name, self.module, reads_input=reads_input, is_top=self.index == self.ctx.top_call
+            self.name, self.module, reads_input=reads_input, is_top=self.index in self.ctx.top_calls
         )
 
     def degree_weights(self, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor | None:
@@ -549,12 +559,18 @@ class LayerCall:
         """``sum_b op_b(w_b) x_b + bias`` as one linear map under this layer's rule."""
         # The inputs travel through apply() (autograd saves and frees them); the spec keeps
         # only operators and weights, so nothing outlives the backward pass through it.
+        # The forward's first feature map (a dense or sparse weight, not node mixing) takes a
+        # composite's `first` rule even where its input is not the model's own (GIN's MLP
+        # after the aggregation, features sliced or cast before the first layer).
+        first = not self.ctx.feature_seen and any(_is_feature_map(b) for b in branches)
+        self.ctx.feature_seen = self.ctx.feature_seen or first
         spec = (
             tuple(
                 MapBranch(b.op, b.weight, None, b.edge_ids, b.record_edges, b.rows_are_edges, b.channels_are_rows)
                 for b in branches
             ),
             None if bias is None else bias.detach(),
+            first,
         )
         return _MapFunction.apply(self, spec, *[b.x for b in branches])
 
