@@ -920,14 +920,19 @@ def explain(
             except _NotPerNodeError:  # a graph-level model after all: the index is the problem
                 raise beyond_graphs from None
     rows_total = num_graphs if is_graph and num_graphs is not None else n
-    rows, many = _as_index(index, rows_total, "graphs" if is_graph else "rows")
+    if is_graph and batch is None and edge_index is not None:
+        rows_total = 1  # a graph-level model without `batch`: the input is one graph
+    try:
+        rows, many = _as_index(index, rows_total, "graphs" if is_graph else "rows")
+    except ValueError as err:
+        if rows_total != 1 or batch is not None or edge_index is None:
+            raise
+        raise ValueError(
+            f"{err}: graph-level targets need the `batch` vector (forward kwarg batch=...); without it the "
+            "input is one graph, index 0"
+        ) from None
     one_graph = None  # a graph-level model on one graph without `batch`: it is graph 0
-    if is_graph and many and batch is None:
-        if rows.numel() != 1 or int(rows[0]) != 0:
-            raise ValueError(
-                "graph-level targets need the `batch` vector (forward kwarg batch=...); without it the "
-                "input is one graph, index 0"
-            )
+    if is_graph and many and batch is None and edge_index is not None:
         one_graph = torch.zeros(n, dtype=torch.long, device=x.device)
     if task_level is None and edge_index is None:
         is_graph = True  # a plain model: rows are samples, explained jointly in one pass
@@ -959,6 +964,15 @@ def explain(
                     model, ctx, x, edge_index, rows, target, hops, forward_kwargs, sparse_output, max_union, needs
                 )
                 return res if many else _only_target(res)
+            except _NotPerNodeError as err:
+                if task_level is not None or batch is not None:
+                    raise ValueError(f"{err}; for a graph-level model pass task_level='graph'") from None
+                # One row for the whole graph and no `batch`: a graph-level model on one graph.
+                return explain(
+                    model, x, edge_index, index=index, target=target, composite=composite, task_level="graph",
+                    edges=edges, hops=hops, strategy=strategy, max_memory=max_memory, sparse_output=sparse_output,
+                    max_union=max_union, **forward_kwargs,
+                )  # fmt: skip
             except _BeyondSubgraphError as err:
                 if several:
                     raise ValueError(

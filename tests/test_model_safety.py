@@ -351,6 +351,16 @@ def test_a_graph_model_on_one_graph_without_batch_takes_index_zero():
         assert_close(res.node_feat[0], ref)
     with pytest.raises(ValueError, match="batch"):
         sparse_lrp.explain(model, xg, ei, index=[1], target=1, task_level="graph")
+    for index in (-1, 5):  # a scalar too: -1 is that one graph, 5 names none
+        if index == 5:
+            with pytest.raises(ValueError, match=r"out of range for 1 graphs.*batch"):
+                sparse_lrp.explain(model, xg, ei, index=index, target=1, task_level="graph")
+        else:
+            res = sparse_lrp.explain(model, xg, ei, index=index, target=1, task_level="graph", composite=Epsilon(0.0))
+            assert_close(res.node_feat, ref)
+    # without task_level: a model returning one row for the whole graph is that graph's model
+    res = sparse_lrp.explain(model, xg, ei, index=0, target=1, composite=Epsilon(0.0))
+    assert_close(res.node_feat, ref)
 
 
 def test_dtype_mismatch_between_input_and_model_is_clear(x):
