@@ -966,7 +966,7 @@ def explain(
                 return res if many else _only_target(res)
             except _NotPerNodeError as err:
                 if task_level is not None or batch is not None:
-                    raise ValueError(f"{err}; for a graph-level model pass task_level='graph'") from None
+                    raise _NotPerNodeError(f"{err}; for a graph-level model pass task_level='graph'") from None
                 # One row for the whole graph and no `batch`: a graph-level model on one graph.
                 return explain(
                     model, x, edge_index, index=index, target=target, composite=composite, task_level="graph",
