@@ -186,6 +186,15 @@ class RatioOverflowError(ArithmeticError):
     """``R / stab(d)`` overflowed the dtype (a tiny denominator under large relevance)."""
 
 
+class _Options(NamedTuple):
+    rule: Rule
+    strategy: str
+    want_edge: bool
+    want_absorbed: bool | str
+    max_memory: int
+    ratio: bool
+
+
 def propagate_branches(
     branches: list[Branch],
     relevance: Tensor,
@@ -201,44 +210,6 @@ def propagate_branches(
 ) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor | None]:
     """Run ``rule`` over ``z = sum_b op_b(x_b) + bias``, all branches sharing one denominator.
 
-    See :func:`_propagate_branches`. Where ``R / stab(d)`` overflows (float32: a
-    denominator near 1e-40, or huge relevance over a dead unit's eps), an infinite
-    ratio times a zero contribution would be NaN: the map is recomputed in float64 and
-    the results are returned in the inputs' dtype (in float64 with ``keep_wide``, for a
-    caller that narrows them itself).
-    """
-    args = (rule, bias, z, strategy, want_edge, want_absorbed, max_memory, ratio)
-    try:
-        return _propagate_branches(branches, relevance, *args)
-    except RatioOverflowError:
-        if relevance.dtype == torch.float64:
-            raise ValueError(
-                f"{rule!r}: relevance / denominator overflows float64 (denominators near 1e-300): "
-                "use a larger stabilizer"
-            ) from None
-    wide = [Branch(b.op, b.x.double(), b.weight.double()) for b in branches]
-    dbl = [None if t is None else t.double() for t in (relevance, bias, z)]
-    results, absorbed = _propagate_branches(wide, dbl[0], rule, dbl[1], dbl[2], *args[3:])
-    if keep_wide:
-        return results, absorbed
-    results = [(r.to(b.x.dtype), None if e is None else e.to(b.weight.dtype)) for (r, e), b in zip(results, branches)]
-    return results, None if absorbed is None else absorbed.to(relevance.dtype)
-
-
-def _propagate_branches(
-    branches: list[Branch],
-    relevance: Tensor,
-    rule: Rule,
-    bias: Tensor | None = None,
-    z: Tensor | None = None,
-    strategy: str = "auto",
-    want_edge: bool = False,
-    want_absorbed: bool | str = False,
-    max_memory: int = DEFAULT_MAX_MEMORY,
-    ratio: bool = False,
-) -> tuple[list[tuple[Tensor, Tensor | None]], Tensor | None]:
-    """Run ``rule`` over ``z = sum_b op_b(x_b) + bias``, all branches sharing one denominator.
-
     A layer that adds several linear maps (a root weight beside the neighbour
     aggregation, APPNP's teleport term) is one linear map over the concatenated inputs;
     sharing the denominator applies the rule to that joint map, not to each summand.
@@ -246,16 +217,42 @@ def _propagate_branches(
     for ``want_absorbed=True``, its sum (a 0-d tensor) for ``"total"``, else None.
     ``ratio=True`` (proportional rules) returns ``R_in_b / x_b`` (any finite value where
     ``x_b = 0``) in place of ``R_in_b``. No input checks (see :func:`edge_lrp`).
+
+    Half precisions compute in float32 (see :func:`widen`). Where ``R / stab(d)``, or a
+    sum on the way, overflows (float32: a denominator near 1e-40, or huge relevance over
+    a dead unit's eps), an infinite ratio times a zero contribution would be NaN: the map
+    is recomputed in float64. Results come back in the inputs' dtype, or as computed
+    with ``keep_wide`` (for a caller that narrows them itself).
     """
-    if relevance.dtype in HALF_DTYPES:
-        wide = [Branch(b.op, widen(b.x), widen(b.weight)) for b in branches]
-        results, absorbed = propagate_branches(
-            wide, widen(relevance), rule, widen(bias), widen(z), strategy, want_edge, want_absorbed, max_memory, ratio
-        )
-        results = [
-            (r.to(b.x.dtype), None if e is None else e.to(b.weight.dtype)) for (r, e), b in zip(results, branches)
-        ]
-        return results, None if absorbed is None else absorbed.to(relevance.dtype)
+    opts = _Options(rule, strategy, want_edge, want_absorbed, max_memory, ratio)
+    work = torch.float32 if relevance.dtype in HALF_DTYPES else relevance.dtype
+    try:
+        results, absorbed = _in_dtype(work, branches, relevance, bias, z, opts)
+    except RatioOverflowError:
+        if work == torch.float64:
+            raise ValueError(
+                f"{rule!r}: relevance / denominator overflows float64 (denominators near 1e-300): "
+                "use a larger stabilizer"
+            ) from None
+        work = torch.float64
+        results, absorbed = _in_dtype(work, branches, relevance, bias, z, opts)
+    if keep_wide or work == relevance.dtype:
+        return results, absorbed
+    results = [(r.to(b.x.dtype), None if e is None else e.to(b.weight.dtype)) for (r, e), b in zip(results, branches)]
+    return results, None if absorbed is None else absorbed.to(relevance.dtype)
+
+
+def _in_dtype(dtype, branches, relevance, bias, z, opts: _Options):
+    """:func:`_propagate_branches` on inputs cast to ``dtype`` (a no-op where they are)."""
+    if relevance.dtype != dtype:
+        branches = [Branch(b.op, b.x.to(dtype), b.weight.to(dtype)) for b in branches]
+        relevance, bias, z = (None if t is None else t.to(dtype) for t in (relevance, bias, z))
+    return _propagate_branches(branches, relevance, bias, z, opts)
+
+
+def _propagate_branches(branches: list[Branch], relevance: Tensor, bias, z, opts: _Options):
+    """:func:`propagate_branches` in ``relevance``'s dtype."""
+    rule, strategy, want_edge, want_absorbed, max_memory, ratio = opts
     strategy = _resolve_strategy(strategy, relevance)
     if ratio and not rule.proportional:
         raise ValueError(f"{rule!r} is not proportional to its input: no ratio form")
