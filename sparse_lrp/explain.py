@@ -145,10 +145,13 @@ def _collect(model: nn.Module, traversed: set | None = None) -> list[tuple[str, 
         if entry is not None:
             handler, children = entry
             found.append((name, module, handler))
+            called = set()
             for child in children:
                 sub = getattr(module, child, None)
                 if isinstance(sub, nn.Module):
+                    called.update(id(m) for m in sub.modules())
                     visit(f"{name}.{child}" if name else child, sub)
+            _check_read_only(name, module, called)
             return
         if isinstance(module, _NONLINEAR_FREE):
             raise TypeError(
@@ -172,6 +175,25 @@ def _collect(model: nn.Module, traversed: set | None = None) -> list[tuple[str, 
 
     visit("", model)
     return found
+
+
+def _check_read_only(name: str, module: nn.Module, called: set) -> None:
+    """A handler reads the weights of the submodules it does not call (GCNConv's ``lin``):
+    hooks on them would not run, so the explanation would describe another model.
+    Pruning's pre-hooks (``torch.nn.utils.prune``) only refresh the weight that is read."""
+    from torch.nn.utils.prune import BasePruningMethod
+
+    for sub_name, sub in module.named_modules():
+        if sub is module or id(sub) in called:
+            continue
+        pre = [h for h in sub._forward_pre_hooks.values() if not isinstance(h, BasePruningMethod)]
+        if sub._forward_hooks or pre:
+            path = f"{name}.{sub_name}" if name else sub_name
+            raise ValueError(
+                f"module {path!r} has forward hooks, but its layer's LRP handler "
+                f"({type(module).__name__}) reads its weights without calling it: the hooks would not "
+                "run in the explanation. Remove them while explaining, or hook the layer itself"
+            )
 
 
 @contextlib.contextmanager
@@ -361,10 +383,14 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
         mask = torch.zeros_like(y2, dtype=torch.bool)
         mask[sel] = True
         rel = torch.where(mask, rel, 0.0)
-        zero = y2 == 0
-        seed = torch.where(zero, 0.0, rel / torch.where(zero, 1.0, y2))
-        # The backward pass carries R / y; at an output that is 0 no ratio carries R.
-        return seed.reshape(y.shape), rel[sel].sum(1), None, torch.where(zero, rel, 0.0).sum()
+        # The backward pass carries R / y; at an output that is 0 no ratio carries R, and
+        # in half precision none whose R / y exceeds the dtype (computed in float32 first).
+        wide = y2.float() if y2.dtype in (torch.float16, torch.bfloat16) else y2
+        zero = wide == 0
+        seed = torch.where(zero, 0.0, rel.to(wide) / torch.where(zero, 1.0, wide)).to(y2.dtype)
+        dropped = zero | ~torch.isfinite(seed)
+        seed = seed.masked_fill(dropped, 0.0)
+        return seed.reshape(y.shape), rel[sel].sum(1), None, torch.where(dropped, rel, 0.0).sum()
     if target is None:
         cls = y2[sel].argmax(1) if y2.shape[1] > 1 else torch.zeros_like(sel)
     elif isinstance(target, int):
@@ -999,7 +1025,8 @@ def explain(
     finally:
         ctx.release()
         for p, flag in was_grad.items():
-            p.requires_grad_(flag)
+            if p.requires_grad != flag:  # (inference-mode parameters refuse any setting)
+                p.requires_grad_(flag)
     if guessed and y.shape[0] == n:
         return as_nodes()
     res = _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index)

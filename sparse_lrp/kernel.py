@@ -235,7 +235,13 @@ def propagate_branches(
                 "use a larger stabilizer"
             ) from None
         work = torch.float64
-        results, absorbed = _in_dtype(work, branches, relevance, bias, z, opts)
+        try:
+            results, absorbed = _in_dtype(work, branches, relevance, bias, z, opts)
+        except RatioOverflowError:
+            raise ValueError(
+                f"{rule!r}: relevance / denominator overflows even in float64 (inputs or relevance "
+                "near the dtype's limit): scale them down or use a larger stabilizer"
+            ) from None
     if keep_wide or work == relevance.dtype:
         return results, absorbed
     results = [(r.to(b.x.dtype), None if e is None else e.to(b.weight.dtype)) for (r, e), b in zip(results, branches)]

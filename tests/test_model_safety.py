@@ -866,3 +866,45 @@ def test_a_subgraph_need_given_by_name(clean_handlers, x):
     assert subgraph_needs([Sum()]) == frozenset({"in_degrees"})
     sparse_lrp.register_handler(Sum, handler, subgraph="")
     assert subgraph_needs([Sum()]) == frozenset()
+
+
+def test_hooks_on_a_submodule_a_handler_only_reads_are_refused_pruning_is_not():
+    """GCNConv's handler reads ``lin``'s weight without calling ``lin``: a hook there would
+    not run, so the explanation would describe another model. Pruning's pre-hook only
+    refreshes the weight that is read, so a pruned layer is explained as it computes."""
+    torch.manual_seed(0)
+    model = gnn.GCN(F, H, 2, C).double().eval()
+    x = torch.randn(N, F, dtype=DT)
+    handle = model.convs[0].lin.register_forward_hook(lambda m, i, o: o * 3)
+    with pytest.raises(ValueError, match=r"'convs.0.lin' has forward hooks"):
+        sparse_lrp.explain(model, x, EI, index=2)
+    assert model.convs[0].lin._forward_hooks  # (the model is left as it was)
+    handle.remove()
+    torch.nn.utils.prune.l1_unstructured(model.convs[0].lin, "weight", amount=0.5)
+    y = model(x, EI).detach()
+    res = sparse_lrp.explain(model, x, EI, index=2)
+    assert_close(res.output, y[2].max().reshape(1))
+
+
+def test_parameters_made_under_inference_mode_are_left_as_they_are():
+    with torch.inference_mode():
+        lin = nn.Linear(4, 2).double()
+    x = torch.randn(3, 4, dtype=DT)
+    flags = [p.requires_grad for p in lin.parameters()]
+    res = sparse_lrp.explain(lin, x, None, target=0, composite=Epsilon(0.0))
+    assert_close(res.node_feat.sum() + res.conservation["absorbed"], lin(x)[:, 0].sum().detach())
+    assert [p.requires_grad for p in lin.parameters()] == flags and lin.weight.is_inference()
+
+
+def test_a_half_precision_target_ratio_that_overflows_is_reported_lost():
+    """R / y at a float16 output must fit float16 to flow backwards: what does not is lost."""
+    torch.manual_seed(1)
+    lin = nn.Linear(4, 3).half().eval()
+    x = torch.randn(2, 4).half()
+    y = lin(x).detach()
+    target = torch.zeros(2, 3)
+    target[0, 1] = 1000.0 * abs(float(y[0, 1])) * 100  # R / y = 1e5 > 65504
+    res = sparse_lrp.explain(lin, x, None, target=target.half(), composite=Epsilon())
+    c = res.conservation
+    assert torch.isfinite(res.node_feat).all()
+    assert c["lost"] == pytest.approx(float(target.half().sum()), rel=1e-3)
