@@ -180,13 +180,17 @@ def _collect(model: nn.Module, traversed: set | None = None) -> list[tuple[str, 
 def _check_read_only(name: str, module: nn.Module, called: set) -> None:
     """A handler reads the weights of the submodules it does not call (GCNConv's ``lin``):
     hooks on them would not run, so the explanation would describe another model.
-    Pruning's pre-hooks (``torch.nn.utils.prune``) only refresh the weight that is read."""
+    Pre-hooks that only refresh the weight that is read (``torch.nn.utils.prune``,
+    ``weight_norm``, ``spectral_norm``) are fine: it holds their last forward's value."""
     from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
 
+    refresh = (BasePruningMethod, WeightNorm, SpectralNorm)
     for sub_name, sub in module.named_modules():
         if sub is module or id(sub) in called:
             continue
-        pre = [h for h in sub._forward_pre_hooks.values() if not isinstance(h, BasePruningMethod)]
+        pre = [h for h in sub._forward_pre_hooks.values() if not isinstance(h, refresh)]
         if sub._forward_hooks or pre:
             path = f"{name}.{sub_name}" if name else sub_name
             raise ValueError(

@@ -5,6 +5,7 @@ and custom layers plug in through ``register_handler``.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -881,6 +882,9 @@ def test_hooks_on_a_submodule_a_handler_only_reads_are_refused_pruning_is_not():
     assert model.convs[0].lin._forward_hooks  # (the model is left as it was)
     handle.remove()
     torch.nn.utils.prune.l1_unstructured(model.convs[0].lin, "weight", amount=0.5)
+    with warnings.catch_warnings():  # (deprecated for parametrizations in newer torch)
+        warnings.simplefilter("ignore")
+        torch.nn.utils.weight_norm(model.convs[1].lin)
     y = model(x, EI).detach()
     res = sparse_lrp.explain(model, x, EI, index=2)
     assert_close(res.output, y[2].max().reshape(1))
