@@ -430,7 +430,9 @@ _GRAPHS = TensorKeyed(8, content=True)
 
 
 def _graph(edge_index: Tensor, num_nodes: int) -> EdgeOperator:
-    return _GRAPHS.get(edge_index, lambda: EdgeOperator(edge_index, num_nodes, num_nodes), num_nodes)
+    # The cache keeps the sorted structures only (not the graph: a graph the caller drops
+    # is freed, and its entry with it).
+    return EdgeOperator(edge_index, num_nodes, num_nodes, store=_GRAPHS.get(edge_index, dict, num_nodes))
 
 
 def _self_loops(edge_index: Tensor, num_nodes: int) -> tuple[EdgeOperator, Tensor]:

@@ -170,8 +170,14 @@ class TensorKeyed:
         self._entries.pop(key, None)
         if len(self._entries) >= self.limit:
             self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = (weakref.ref(t), self._state(t), value)
+        self._entries[key] = (weakref.ref(t, functools.partial(self._drop, key)), self._state(t), value)
         return value
+
+    def _drop(self, key: tuple, ref: weakref.ref) -> None:
+        # The tensor was freed: its values go with it (unless a newer entry took the key).
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is ref:
+            del self._entries[key]
 
 
 class EdgeOperator:
@@ -186,7 +192,10 @@ class EdgeOperator:
     :func:`~sparse_lrp.edge_lrp` for many layers or targets pays the sort only once.
     """
 
-    def __init__(self, edge_index: Tensor, num_in: int, num_out: int) -> None:
+    def __init__(self, edge_index: Tensor, num_in: int, num_out: int, store: dict | None = None) -> None:
+        # `store` keeps the built CSR structures for other operators over the same graph;
+        # they are new tensors, so a cache holding it does not hold the graph alive.
+        self._store = store if store is not None else {}
         self.edge_index = edge_index
         self.src = edge_index[0]
         self.dst = edge_index[1]
@@ -280,12 +289,16 @@ class EdgeOperator:
 
     def _csr_by_dst(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._by_dst is None:
-            self._by_dst = self._csr_index(self.dst, self.src, self.num_out, self.num_in)
+            if "dst" not in self._store:
+                self._store["dst"] = self._csr_index(self.dst, self.src, self.num_out, self.num_in)
+            self._by_dst = self._store["dst"]
         return self._by_dst
 
     def _csr_by_src(self) -> tuple[Tensor, Tensor, Tensor]:
         if self._by_src is None:
-            self._by_src = self._csr_index(self.src, self.dst, self.num_in, self.num_out)
+            if "src" not in self._store:
+                self._store["src"] = self._csr_index(self.src, self.dst, self.num_in, self.num_out)
+            self._by_src = self._store["src"]
         return self._by_src
 
     def csr(self, values: Tensor | EdgeValues) -> Tensor:

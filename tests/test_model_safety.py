@@ -912,3 +912,22 @@ def test_a_half_precision_target_ratio_that_overflows_is_reported_lost():
     c = res.conservation
     assert torch.isfinite(res.node_feat).all()
     assert c["lost"] == pytest.approx(float(target.half().sum()), rel=1e-3)
+
+
+def test_a_graph_the_caller_drops_is_freed_with_its_cached_structures():
+    import gc
+    import weakref
+
+    from sparse_lrp.explain import _GRAPHS
+
+    model = make_net().eval()
+    x = torch.randn(N, F, dtype=DT)
+    ei = EI.clone()
+    sparse_lrp.explain(model, x, ei, index=3)
+    sparse_lrp.explain(model, x, ei, index=4)  # (served from the cache)
+    alive, before = weakref.ref(ei), len(_GRAPHS._entries)
+    assert before > 0
+    del ei
+    gc.collect()
+    assert alive() is None
+    assert len(_GRAPHS._entries) < before
