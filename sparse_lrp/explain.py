@@ -209,7 +209,11 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
     try:
         for m in training:  # the flags only: a module's own train() override must not run
             m.training = False
+        routed = set()
         for name, module, handler in modules:
+            if id(module) in routed:  # (a module under two names runs through its first one)
+                continue
+            routed.add(id(module))
             had = "forward" in module.__dict__
             original = module.__dict__.get("forward", module.forward)
             saved.append((module, had, original))
@@ -287,11 +291,29 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
         out = handler(call, *args, **kwargs)
     finally:
         ctx.in_handler -= 1
+    if call.maps == 0 and not handler.__module__.startswith("sparse_lrp.") and _has_weight_matrix(module):
+        raise TypeError(
+            f"the handler of {name or '<model>'!r} ({type(module).__name__}) issued no LRP map "
+            "(call.linear / edges / map / messages) although the layer has weight matrices: they "
+            "would pass relevance as a gradient, under no rule. Rewrite them with those primitives"
+        )
     if isinstance(module, MessagePassing):  # (its K, should a handler mix nodes by other maps)
         ctx.hops_run = max(ctx.hops_run, before + _layer_hops(module))
     if isinstance(out, Tensor):
         ctx.outputs.append((call.index, out))
     return out
+
+
+def _has_weight_matrix(module: nn.Module) -> bool:
+    """A weight matrix (a parameter that mixes channels) of ``module`` outside the children
+    its handler calls (explained themselves); scales and biases may act elementwise."""
+    entry = find_handler(module)
+    called = set()
+    for child in entry[1] if entry is not None else ():
+        sub = getattr(module, child, None)
+        if isinstance(sub, nn.Module):
+            called.update(id(p) for p in sub.parameters())
+    return any(id(p) not in called and p.dim() >= 2 for p in module.parameters())
 
 
 def _layer_hops(m: nn.Module) -> int:
@@ -1324,8 +1346,9 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
         values.append(value.detach())
         classes.append(cls)
 
-    width = x[0].numel() if x.shape[0] else 1
-    dense_bytes = t_count * (n * (width + 1) + 2 * num_edges * (1 + len(pieces))) * x.element_size()
+    # What the dense [T, size, ...] results would take: every record's rows times its width.
+    row_widths = [(p[0][3], p[0][2][0].numel()) for p in pieces.values() if p[0][3] is not None and p[0][2].numel()]
+    dense_bytes = t_count * x.element_size() * sum(size * width for size, width in row_widths)
     dense = not sparse_output if sparse_output is not None else dense_bytes <= DENSE_OUTPUT_BYTES
 
     positions: dict[tuple, Tensor] = {}  # results over the same rows share one index tensor

@@ -264,3 +264,17 @@ def test_bench_usage_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:
             cli_main(["bench", "--tiny", "--out", str(tmp_path), *argv])
         assert exit_info.value.code == 2
+
+
+def test_graph_sizes_follow_one_given_bound_and_suites_run_once():
+    from sparse_lrp.bench.graphs import edge_sizes
+    from sparse_lrp.bench.main import _suites
+
+    def sizes(mode, lo=None, hi=None):
+        return edge_sizes(Config(mode=mode, min_edges=lo, max_edges=hi))
+
+    assert sizes("quick", hi=5000) == [5000]  # below the default smallest: that size alone
+    assert sizes("tiny", lo=5000) == [5000]
+    assert sizes("tiny", lo=2000, hi=2000) == [2000]
+    assert sizes("quick", lo=1e4, hi=1e6) == [10_000, 100_000, 1_000_000]
+    assert _suites("dense,dense,graphs") == ("dense", "graphs")

@@ -931,3 +931,68 @@ def test_a_graph_the_caller_drops_is_freed_with_its_cached_structures():
     gc.collect()
     assert alive() is None
     assert len(_GRAPHS._entries) < before
+
+
+class _Mix(nn.Module):
+    """``W1 x_i + sum_j W2 x_j`` as a plain module (not MessagePassing)."""
+
+    def __init__(self, i, o):
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(i, o, bias=False), nn.Linear(i, o, bias=False)
+
+    def forward(self, x, edge_index):
+        agg = torch.zeros_like(x).index_add_(0, edge_index[1], x[edge_index[0]])
+        return self.w1(x) + self.w2(agg)
+
+
+def _mix_handler(call, x, edge_index):
+    m = call.module
+    w = x.new_ones(edge_index.shape[1])
+    agg = sparse_lrp.layers.base.MapBranch(call.ctx.operator(edge_index, x.shape[0], x.shape[0]), w, x)
+    mixed = call.map([agg])  # the neighbour sum through call.map itself
+    return call.map([call.dense_branch(x, m.w1.weight), call.dense_branch(mixed, m.w2.weight)])
+
+
+def test_a_custom_layer_mixing_nodes_through_call_map_counts_its_hops(clean_handlers, x):
+    sparse_lrp.register_handler(_Mix, _mix_handler, subgraph=())
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = _Mix(F, H), _Mix(H, C)
+
+        def forward(self, x, edge_index):
+            return self.b(torch.relu(self.a(x, edge_index)), edge_index)
+
+    torch.manual_seed(5)
+    model = Two().double().eval()
+    for index in (3, [3, 7]):
+        res = sparse_lrp.explain(model, x, EI, index=index, target=1, composite=Epsilon(0.0))
+        for t, node in enumerate([index] if isinstance(index, int) else index):
+            (ref,) = grad_x_input(lambda v, node=node: model(v, EI)[node, 1], x)
+            assert_close(res.node_feat if isinstance(index, int) else res.node_feat[t], ref)
+
+
+def test_a_handler_that_applies_weights_without_primitives_is_refused(clean_handlers, x):
+    sparse_lrp.register_handler(_Mix, lambda call, x, ei: call.original(x, ei), subgraph=())
+    model = _Mix(F, C).double().eval()
+    with pytest.raises(TypeError, match="issued no LRP map"):
+        sparse_lrp.explain(model, x, EI, index=3)
+
+
+def test_children_given_as_one_name(clean_handlers, x):
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Sequential(nn.Linear(F, H), nn.ReLU(), nn.Linear(H, C))
+
+        def forward(self, x):
+            return self.mlp(x)
+
+    sparse_lrp.register_handler(Wrap, lambda call, x: call.module.mlp(x), children="mlp", subgraph=())
+    torch.manual_seed(6)
+    model = Wrap().double().eval()
+    res = sparse_lrp.explain(model, x, None, target=0, composite=ZPlus())
+    assert set(res.layers) >= {"mlp.0", "mlp.2"}
+    want = sparse_lrp.explain(model.mlp, x, None, target=0, composite=ZPlus())
+    assert_close(res.node_feat, want.node_feat)

@@ -194,3 +194,21 @@ def test_per_layer_records_of_node_targets_are_laid_out_when_read():
         copy = pickle.loads(pickle.dumps(rec))
         assert type(copy) is dict and all(torch.equal(copy[k], rec[k]) for k in rec)
         assert repr(rec) == repr(dict(rec.items()))
+
+
+def test_results_go_sparse_only_above_the_documented_size(monkeypatch):
+    """The automatic switch compares what the dense results would really take (every
+    record's rows times its width) with the limit: dense up to it, sparse beyond."""
+    import importlib
+
+    explain_module = importlib.import_module("sparse_lrp.explain")
+    torch.manual_seed(0)
+    x, ei = _graph()
+    model = GCN(5, 16, 3, 3).eval()
+    dense = sparse_lrp.explain(model, x, ei, index=[1, 2, 7], sparse_output=False)
+    tensors = [dense.node_feat, dense.node, dense.edge] + [t for rec in dense.layers.values() for t in rec.values()]
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    monkeypatch.setattr(explain_module, "DENSE_OUTPUT_BYTES", size)
+    assert not sparse_lrp.explain(model, x, ei, index=[1, 2, 7]).node_feat.is_sparse
+    monkeypatch.setattr(explain_module, "DENSE_OUTPUT_BYTES", size - 1)
+    assert sparse_lrp.explain(model, x, ei, index=[1, 2, 7]).node_feat.is_sparse

@@ -47,8 +47,10 @@ def edge_sizes(cfg: Config) -> list[int]:
     lo, hi = DEFAULT_EDGES[cfg.mode]
     lo = cfg.min_edges or lo
     hi = cfg.max_edges or hi
+    if lo > hi:  # one bound given beyond the other's default: that bound wins
+        lo, hi = (hi, hi) if cfg.max_edges else (lo, lo)
     if cfg.tiny:
-        return [int(v) for v in (lo, hi)]
+        return sorted({int(lo), int(hi)})
     sizes, e = [], float(lo)
     while e <= hi * 1.0001:
         sizes.append(round(e))

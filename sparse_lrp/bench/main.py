@@ -57,7 +57,7 @@ def _at_least(low: int):
 
 
 def _suites(text: str) -> tuple[str, ...]:
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    names = tuple(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))  # (each once, in order)
     if names == ("all",):
         return SUITES
     unknown = [s for s in names if s not in SUITES]

@@ -61,7 +61,7 @@ def register_handler(
         raise TypeError(f"module_type must be an nn.Module subclass, got {module_type!r}")
     if not callable(subgraph):
         subgraph = _checked_needs(subgraph)
-    _HANDLERS[module_type] = (handler, tuple(children))
+    _HANDLERS[module_type] = (handler, (children,) if isinstance(children, str) else tuple(children))
     _SUBGRAPH[module_type] = subgraph
 
 

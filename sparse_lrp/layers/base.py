@@ -516,6 +516,7 @@ class LayerCall:
         self.original = original  # the module's own forward, for what a handler reuses as is
         ctx._calls += 1
         self.index = ctx._calls
+        self.maps = 0  # linear maps issued: a layer with weights must use at least one
 
     def _hop(self) -> None:
         # Each node-mixing map reaches one edge further: a layer's hops are counted as its
@@ -562,6 +563,9 @@ class LayerCall:
         # The forward's first feature map (a dense or sparse weight, not node mixing) takes a
         # composite's `first` rule even where its input is not the model's own (GIN's MLP
         # after the aggregation, features sliced or cast before the first layer).
+        if any(not _is_feature_map(b) and not b.op.is_diagonal for b in branches):
+            self._hop()  # node mixing over edges (a self-loop branch alone reaches no further)
+        self.maps += 1
         first = not self.ctx.feature_seen and any(_is_feature_map(b) for b in branches)
         self.ctx.feature_seen = self.ctx.feature_seen or first
         spec = (
@@ -599,7 +603,6 @@ class LayerCall:
         identity, else the layer's edges are reported on their own).
         """
         num_out = x.shape[0] if num_out is None else num_out
-        self._hop()
         op = self.ctx.operator(edge_index, x.shape[0], num_out)
         w = x.new_ones(edge_index.shape[1]) if edge_weight is None else edge_weight.detach()
         ids = edge_ids if edge_ids is not None else self.ctx.edge_ids(edge_index)
@@ -632,7 +635,6 @@ class LayerCall:
 
         The messages are the inputs of this map, so their relevance is edge relevance.
         """
-        self._hop()
         op = EdgeOperator(rows, msg.shape[0], num_out)
         w = msg.new_ones(msg.shape[0]) if weight is None else weight.detach()
         branches = [MapBranch(op, w, msg, edge_ids=edge_ids, rows_are_edges=True)]
