@@ -698,20 +698,6 @@ class _GlueActivations(torch.overrides.TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _glue_nodes(y: Tensor) -> list[str]:
-    """Backward nodes of :data:`_GLUE_NODES` on ``y``'s autograd graph."""
-    found, seen, stack = [], set(), [y.grad_fn]
-    while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        if type(fn).__name__ in _GLUE_NODES:
-            found.append(type(fn).__name__)
-        stack.extend(f for f, _ in fn.next_functions)
-    return found
-
-
 _NORMALISERS = ("LogSoftmaxBackward0", "SoftmaxBackward0", "SigmoidBackward0")
 _VIEWS = (
     "ViewBackward0", "ReshapeAliasBackward0", "SqueezeBackward0", "SqueezeBackward1", "UnsqueezeBackward0",
@@ -757,25 +743,33 @@ _TOP_GLUE = frozenset(
 )  # fmt: skip
 
 
-def _top_calls(y: Tensor, outputs: list[tuple[int, Tensor]]) -> frozenset:
-    """The layer calls a composite's ``top`` rule takes: those whose outputs make ``y``
-    through sums, views and pooling only (every summand of a residual output; the last
-    conv under a global pooling). A layer output that a call inside another returned
-    (GINConv's MLP) counts as the inner call's, the map that computed it."""
+def _walk(y: Tensor, outputs: list[tuple[int, Tensor]]) -> tuple[list[str], frozenset]:
+    """One pass over ``y``'s autograd graph for two things:
+
+    * backward nodes of :data:`_GLUE_NODES` (element-wise functions the model's own code
+      called, to be routed through the Pass rule);
+    * the layer calls a composite's ``top`` rule takes: those whose outputs make ``y``
+      through sums, views and pooling only (every summand of a residual output; the last
+      conv under a global pooling). A layer output that a call inside another returned
+      (GINConv's MLP) counts as the inner call's, the map that computed it.
+    """
     producer: dict = {}
     for i, out in outputs:  # (inner calls return first: the first call per tensor is its own)
         producer.setdefault(out.grad_fn, i)
-    found, seen, stack = set(), set(), [y.grad_fn]
+    glue, top, seen, stack = [], set(), set(), [(y.grad_fn, True)]
     while stack:
-        fn = stack.pop()
-        if fn is None or fn in seen:
+        fn, near_top = stack.pop()  # near_top: reached from y through _TOP_GLUE nodes only
+        if fn is None or (fn, near_top) in seen:
             continue
-        seen.add(fn)
-        if fn in producer:
-            found.add(producer[fn])
-        elif type(fn).__name__ in _TOP_GLUE:
-            stack.extend(f for f, _ in fn.next_functions)
-    return frozenset(found)
+        seen.add((fn, near_top))
+        if (fn, not near_top) not in seen and type(fn).__name__ in _GLUE_NODES:
+            glue.append(type(fn).__name__)
+        if near_top and fn in producer:
+            top.add(producer[fn])
+            near_top = False
+        near_top = near_top and type(fn).__name__ in _TOP_GLUE
+        stack.extend((f, near_top) for f, _ in fn.next_functions)
+    return glue, frozenset(top)
 
 
 def _check_normalisers(ctx: Context, y: Tensor) -> None:
@@ -818,7 +812,7 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
         y = _logits(y, ctx.outputs)
-        found = _glue_nodes(y)
+        found, top_calls = _walk(y, ctx.outputs)
         if not found:
             break
         if route:
@@ -833,7 +827,7 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         ctx.normalised.clear()
         ctx.hops_run, ctx.feature_seen = hops, False
     with torch.enable_grad():
-        ctx.top_calls = _top_calls(y, ctx.outputs)
+        ctx.top_calls = top_calls
         if task_level == "node" and y.shape[0] != x.shape[0]:
             where = f"a target's {x.shape[0]}-node subgraph" if ctx.on_subgraphs else f"{x.shape[0]} nodes"
             raise _NotPerNodeError(

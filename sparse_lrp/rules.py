@@ -74,16 +74,14 @@ def _zeros(t: Tensor) -> Tensor:
     return torch.zeros_like(t)
 
 
-def broadcast_param(t: Tensor, x: Tensor) -> Tensor:
+def broadcast_param(t: Tensor, x: Tensor, name: str = "a rule parameter (ZBox bound)") -> Tensor:
     """An input-shaped rule parameter (ZBox bounds) broadcast to ``x``'s shape and dtype,
     with an error that names it where it does not fit."""
     try:
         return torch.broadcast_to(t.to(x), x.shape)
     except RuntimeError:
-        raise ValueError(
-            f"a rule parameter (ZBox bound) of shape {tuple(t.shape)} does not broadcast against "
-            f"the input {tuple(x.shape)}"
-        ) from None
+        shapes = f"of shape {tuple(t.shape)} does not broadcast against the input {tuple(x.shape)}"
+        raise ValueError(f"{name} {shapes}") from None
 
 
 @dataclass(frozen=True)
@@ -354,19 +352,7 @@ class ZBox(Rule):
     def input(self, name: str, x: Tensor) -> Tensor:
         if name in ("x-low", "x-high"):
             which = name[2:]
-            bound = (self.low if which == "low" else self.high).to(device=x.device, dtype=x.dtype)
-            try:
-                torch.broadcast_shapes(bound.shape, x.shape)
-            except RuntimeError as err:
-                raise ValueError(
-                    f"ZBox {which} of shape {tuple(bound.shape)} does not broadcast against input {tuple(x.shape)}"
-                ) from err
-            out = x - bound
-            if out.shape != x.shape:
-                raise ValueError(
-                    f"ZBox {which} of shape {tuple(bound.shape)} does not broadcast against input {tuple(x.shape)}"
-                )
-            return out
+            return x - broadcast_param(self.low if which == "low" else self.high, x, f"ZBox {which}")
         return super().input(name, x)
 
     def map_inputs(self, fn: Callable[[Tensor], Tensor]) -> ZBox:

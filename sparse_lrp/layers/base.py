@@ -445,6 +445,16 @@ def _by_target(ctx, branch, x, r_out, z, bias, rule, groups, ratio):
     return [(r_in, None)], absorbed, per_target
 
 
+def aggr_name(module: nn.Module) -> str:
+    """A message-passing layer's aggregation by name (``"add"``, ``"mean"``, ``"max"``...)."""
+    # PyG resolves aggr (a name, an Aggregation object, a list) into aggr_module.
+    agg = getattr(module, "aggr_module", None)
+    if agg is None:
+        return str(getattr(module, "aggr", "add"))
+    kind = type(agg).__name__.replace("Aggregation", "").lower()
+    return "add" if kind == "sum" else kind if kind != "multi" else str(module.aggr)
+
+
 def _is_feature_map(b: MapBranch) -> bool:
     """A map over features (dense weight, SparseLinear), not node mixing over edges."""
     return not isinstance(b.op, EdgeOperator) or b.channels_are_rows
@@ -614,6 +624,36 @@ class LayerCall:
         if bias is not None:
             bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
         return self.map(branches, bias).reshape(num_out, *lead)
+
+    def aggregate(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None, **edges) -> Tensor:
+        """A message-passing layer's propagation: :meth:`edges` (``bias``, ``edge_ids``,
+        ``extra`` as there) under the layer's own aggregation (see :meth:`aggr_weights`)."""
+        w = self.aggr_weights(edge_index, edge_weight, x.shape[0], x)
+        return self.edges(x, edge_index, w, **edges)
+
+    def aggr_weights(self, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor) -> Tensor | None:
+        """Edge weights under which the layer's aggregation is a plain sum over in-edges.
+
+        ``add``/``sum`` keep ``weight``; ``mean`` divides it by each target's number of
+        in-edges (complete for every node a target depends on, on k-hop subgraphs too;
+        computed once per graph and explanation). Other aggregations (max, softmax, several
+        at once) are not linear maps: refused.
+        """
+        aggr = aggr_name(self.module)
+        if aggr in ("add", "sum"):
+            return weight
+
+        def mean() -> Tensor:
+            count = torch.bincount(edge_index[1], minlength=num_out).clamp(min=1).to(like.dtype)
+            w = like.new_ones(edge_index.shape[1]) if weight is None else weight.detach()
+            return w / count.index_select(0, edge_index[1])
+
+        if aggr == "mean":
+            return self.ctx.memo(("mean", edge_index, weight, num_out, like.dtype), mean)
+        raise ValueError(
+            f"{self.name or '<model>'} ({type(self.module).__name__}): aggr={aggr!r} is not supported "
+            "(use add/sum/mean): LRP needs the aggregation to be a linear map"
+        )
 
     def dense_branch(self, x: Tensor, weight: Tensor) -> MapBranch:
         """A branch ``x Wᵀ`` (rows of ``x`` are samples/nodes) to combine in :meth:`map`."""

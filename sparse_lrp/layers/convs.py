@@ -82,51 +82,31 @@ def gcn_conv(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor
     _check_plain(call, x, edge_index)
     m = call.module
     h = call.linear(x, m.lin.weight, m.lin.bias)
-    cache = getattr(m, "_cached_edge_index", None) if m.cached else None
-    if m.normalize and cache is not None and not call.ctx.on_subgraphs:
-        # The layer's own forward uses its cached normalised graph, whatever it is given.
-        ei, w = cache
-        ids = call.ctx.edge_ids(ei)
-    elif m.normalize:
-        ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], m.improved, m.add_self_loops, x.dtype)
+    if m.normalize:
+        ei, w, ids = _normalised(call, edge_index, edge_weight, x, m.improved, m.add_self_loops)
     else:
         ei, w, ids = edge_index, edge_weight, None
-    w = _aggr_weights(call, ei, w, x.shape[0], h)
-    return call.edges(h, ei, w, m.bias, edge_ids=ids)
+    return call.aggregate(h, ei, w, bias=m.bias, edge_ids=ids)
 
 
-def _aggr_weights(call: LayerCall, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor):
-    """Per-edge weights under which the layer's aggregation is a plain sum over in-edges.
+def _cached_graph(m) -> tuple[Tensor, Tensor] | None:
+    """The normalised graph a GCN-style layer's forward takes from its cache, whatever
+    graph it is given (PyG's GCNConv reads it only when ``cached=True``, APPNP whenever
+    it is filled)."""
+    from torch_geometric.nn import GCNConv
 
-    ``add``/``sum`` keep ``weight``; ``mean`` divides it by each target's number of
-    in-edges (complete for every node a target depends on, on k-hop subgraphs too).
-    Other aggregations (max, softmax, several at once) are not linear maps: refused.
-    """
-    aggr = _aggr_name(call.module)
-    if aggr in ("add", "sum"):
-        return weight
-    if aggr == "mean":
-        count = torch.bincount(edge_index[1], minlength=num_out).clamp(min=1).to(like.dtype)
-        w = like.new_ones(edge_index.shape[1]) if weight is None else weight.detach()
-        return w / count.index_select(0, edge_index[1])
-    raise ValueError(
-        f"{call.name or '<model>'} ({type(call.module).__name__}): aggr={aggr!r} is not supported (use add/sum/mean): "
-        "LRP needs the aggregation to be a linear map"
-    )
+    if not m.normalize or (isinstance(m, GCNConv) and not m.cached):
+        return None
+    return getattr(m, "_cached_edge_index", None)
 
 
-def _aggregate(call: LayerCall, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None) -> Tensor:
-    """Sum or mean of incoming messages ``w_e x_i`` as one edge map."""
-    return call.edges(x, edge_index, _aggr_weights(call, edge_index, edge_weight, x.shape[0], x))
-
-
-def _aggr_name(module) -> str:
-    # PyG resolves aggr (a name, an Aggregation object, a list) into aggr_module.
-    agg = getattr(module, "aggr_module", None)
-    if agg is None:
-        return str(module.aggr)
-    kind = type(agg).__name__.replace("Aggregation", "").lower()
-    return "add" if kind == "sum" else kind if kind != "multi" else str(module.aggr)
+def _normalised(call: LayerCall, edge_index, edge_weight, x, improved, add_self_loops):
+    """``(edge_index, weight, ids)`` of the layer's normalised graph: its cached one on the
+    whole graph (k-hop subgraphs recompute it, exact when the cache came from this graph)."""
+    cache = _cached_graph(call.module)
+    if cache is not None and not call.ctx.on_subgraphs:
+        return (*cache, call.ctx.edge_ids(cache[0]))
+    return _gcn_norm(call, edge_index, edge_weight, x.shape[0], improved, add_self_loops, x.dtype)
 
 
 def _with_root(call: LayerCall, a: Tensor, x: Tensor, lin_neigh, lin_root) -> Tensor:
@@ -144,7 +124,7 @@ def graph_conv(call: LayerCall, x, edge_index, edge_weight=None, size=None) -> T
     """GraphConv: ``out = W_rel aggr_j(w_ji x_j) + W_root x_i + b``."""
     _check_plain(call, x, edge_index)
     m = call.module
-    a = _aggregate(call, x, edge_index, edge_weight)
+    a = call.aggregate(x, edge_index, edge_weight)
     return _with_root(call, a, x, m.lin_rel, m.lin_root)
 
 
@@ -156,7 +136,7 @@ def sage_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
         raise ValueError(f"{call.name}: SAGEConv(normalize=True) (L2 output normalisation) is not supported")
     # The projection feeds the neighbour messages only: PyG's root weight reads the raw x.
     h = call.passthrough(torch.relu, call.linear(x, m.lin.weight, m.lin.bias)) if m.project else x
-    a = _aggregate(call, h, edge_index, None)
+    a = call.aggregate(h, edge_index)
     return _with_root(call, a, x, m.lin_l, m.lin_r if m.root_weight else None)
 
 
@@ -164,8 +144,7 @@ def gin_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
     """GINConv: ``out = nn((1 + ε) x_i + sum_j x_j)``; ``nn`` is explained by its own layers."""
     _check_plain(call, x, edge_index)
     m = call.module
-    w = _aggr_weights(call, edge_index, None, x.shape[0], x)
-    a = call.edges(x, edge_index, w, extra=[call.self_loops(x, 1.0 + float(m.eps))])
+    a = call.aggregate(x, edge_index, extra=[call.self_loops(x, 1.0 + float(m.eps))])
     return m.nn(a)
 
 
@@ -184,7 +163,7 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
     num_edges = edge_index.shape[1]
     rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
     ids = call.ctx.edge_ids(edge_index)
-    w = _aggr_weights(call, edge_index, None, x.shape[0], x)
+    w = call.aggr_weights(edge_index, None, x.shape[0], x)
     loops = [call.self_loops(x, 1.0 + float(m.eps))]
     return m.nn(call.messages(msg, rows, x.shape[0], ids, extra=loops, weight=w))
 
@@ -207,9 +186,6 @@ def _attention(call: LayerCall, x, edge_index, edge_attr):
 def _heads(call: LayerCall, h, ei, alpha, ids, bias: Tensor | None, concat: bool) -> Tensor:
     """Per-head node mixing ``out_jh = sum_i α_jih h_ih`` as one edge map over (node, head) rows."""
     n, heads, c = h.shape
-    mean = _aggr_weights(call, ei, None, n, h)  # 1 / in-degree for mean, else None
-    if mean is not None:
-        alpha = alpha * mean[:, None]
     offs = torch.arange(heads, device=h.device)
     src = (ei[0][:, None] * heads + offs).reshape(-1)
     dst = (ei[1][:, None] * heads + offs).reshape(-1)
@@ -219,7 +195,7 @@ def _heads(call: LayerCall, h, ei, alpha, ids, bias: Tensor | None, concat: bool
     if bias is not None:
         b = bias.view(1, heads, c) if concat else bias.view(1, 1, c)
         b = torch.broadcast_to(b, (n, heads, c)).reshape(n * heads, c)
-    out = call.edges(h.reshape(n * heads, c), stacked, alpha.reshape(-1), b, edge_ids=ids)
+    out = call.aggregate(h.reshape(n * heads, c), stacked, alpha.reshape(-1), bias=b, edge_ids=ids)
     out = out.view(n, heads, c)
     return out.reshape(n, heads * c) if concat else out.mean(1)
 
@@ -264,9 +240,8 @@ def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
             "Construct it with cached=False for explaining, or clear the cache (layer._cached_x = None)"
         )
     ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
-    w = _aggr_weights(call, ei, w, x.shape[0], x)
     for _ in range(m.K):
-        x = call.edges(x, ei, w, edge_ids=ids)
+        x = call.aggregate(x, ei, w, edge_ids=ids)
     return call.linear(x, m.lin.weight, m.lin.bias)
 
 
@@ -278,10 +253,9 @@ def tag_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
         ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, False, x.dtype)
     else:
         ei, w, ids = edge_index, edge_weight, None
-    w = _aggr_weights(call, ei, w, x.shape[0], x)
     hops = [x]
     for _ in range(m.K):
-        hops.append(call.edges(hops[-1], ei, w, edge_ids=ids))
+        hops.append(call.aggregate(hops[-1], ei, w, edge_ids=ids))
     bias = m.bias
     for lin in m.lins:
         if lin.bias is not None:
@@ -294,15 +268,9 @@ def appnp(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     _check_plain(call, x, edge_index)
     m = call.module
     ei, w, ids = edge_index, edge_weight, None
-    cache = getattr(m, "_cached_edge_index", None)
-    if m.normalize and cache is not None and not call.ctx.on_subgraphs:
-        # As GCNConv: the layer's own forward uses its cached normalised graph (filled on
-        # its first call when cached=True), whatever graph it is given.
-        ei, w = cache
-        ids = call.ctx.edge_ids(ei)
-    elif m.normalize:
-        ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
-    w = _aggr_weights(call, ei, w, x.shape[0], x)
+    if m.normalize:
+        ei, w, ids = _normalised(call, edge_index, edge_weight, x, False, m.add_self_loops)
+    w = call.aggr_weights(ei, w, x.shape[0], x)  # (once: each step scales it by 1 - α)
     w = x.new_ones(ei.shape[1]) if w is None else w
     h = x
     for _ in range(m.K):
@@ -327,7 +295,7 @@ def cheb_conv(call: LayerCall, x, edge_index, edge_weight=None, batch=None, lamb
     )
     positions = call.ctx.memo(("loops", edge_index, n), lambda: _replaced_loops(edge_index, n))
     ids = _follow(_model_ids(call, edge_index), positions) if positions.numel() == ei.shape[1] else None
-    norm = _aggr_weights(call, ei, norm, n, x)
+    norm = call.aggr_weights(ei, norm, n, x)  # (once: the recursion doubles it)
     t = [x]
     if len(m.lins) > 1:
         t.append(call.edges(x, ei, norm, edge_ids=ids))
@@ -343,7 +311,7 @@ def _register() -> None:
     # GCN-style normalisation reads the in-degree of every message's source, as a sum of
     # edge weights (gcn_norm gets them from LayerCall.degree_weights).
     deg = ("weighted_in_degrees",)
-    register_handler(g.GCNConv, gcn_conv, subgraph=_gcn_needs)
+    register_handler(g.GCNConv, gcn_conv, subgraph=_cached_graph_needs)
     register_handler(g.GraphConv, graph_conv, subgraph=())
     register_handler(g.SAGEConv, sage_conv, subgraph=())
     register_handler(g.GINConv, gin_conv, children=("nn",), subgraph=())
@@ -352,25 +320,15 @@ def _register() -> None:
     register_handler(g.GATv2Conv, gatv2_conv, subgraph=())
     register_handler(g.SGConv, sg_conv, subgraph=_sg_needs)
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
-    register_handler(g.APPNP, appnp, subgraph=_appnp_needs)
+    register_handler(g.APPNP, appnp, subgraph=_cached_graph_needs)
     register_handler(g.ChebConv, cheb_conv, subgraph=_cheb_needs)
 
 
-def _gcn_needs(m) -> tuple[str, ...] | None:
-    # A filled cache (cached=True) is the graph the layer uses: a single node target keeps
-    # the whole graph to use it; batched targets recompute it per subgraph (exact when the
-    # cache was built from the given graph, as in transductive training).
-    if m.cached and getattr(m, "_cached_edge_index", None) is not None:
-        return None
-    return ("weighted_in_degrees",)
-
-
-def _appnp_needs(m) -> tuple[str, ...] | None:
-    # As GCNConv: a filled cache is the graph the layer uses (its forward reads it whenever
-    # it normalises), so a single node target keeps the whole graph to use it.
-    if m.normalize and getattr(m, "_cached_edge_index", None) is not None:
-        return None
-    return ("weighted_in_degrees",)
+def _cached_graph_needs(m) -> tuple[str, ...] | None:
+    # A filled cache is the graph the layer uses: a single node target keeps the whole graph
+    # to use it; batched targets recompute it per subgraph (exact when the cache was built
+    # from the given graph, as in transductive training).
+    return None if _cached_graph(m) is not None else ("weighted_in_degrees",)
 
 
 def _sg_needs(m) -> tuple[str, ...] | None:
