@@ -411,38 +411,95 @@ def _flowing_on(ctx, branches, xs, keys, results, ratio, dtype, name=None, recor
 
 
 def _by_target(ctx, branch, x, r_out, z, bias, rule, groups, ratio):
-    """The kernel per target's channels of a one-branch map: ``([(R_in, None)], absorbed,
-    per-target connection relevance [T, E])``. Channels of no target carry no relevance."""
+    """Connection relevance per target of a one-branch map whose channels are the targets'
+    rows: ``([(R_in, None)], absorbed, per-target connection relevance [T, E])``.
+
+    Channels are columns of the rule on their own, so the kernel runs over a block-diagonal
+    copy of the map, one block per target holding that target's channels (:func:`_blocks`),
+    and each block's connection relevance is its target's. Targets of similar size share a
+    pass (within 2x), which bounds the zero channels that pad a block to the widest.
+    """
+    counts = torch.bincount(groups[groups >= 0], minlength=ctx.num_groups)
+    size_class = torch.ceil(torch.log2(counts.clamp(min=1).to(torch.float64))).long()
     per_target = x.new_zeros(ctx.num_groups, branch.op.num_edges)
-    r_in, absorbed = None, 0.0
-    for t in range(ctx.num_groups):
-        cols = (groups == t).nonzero().view(-1)
-        if cols.numel() == 0:
-            continue
-        b_t = bias if bias is None or bias.dim() < 2 or bias.shape[1] == 1 else bias[:, cols]
-        # (input-shaped rule parameters, per-sample ZBox bounds, follow their channels)
-        rule_t = rule.map_inputs(lambda p, cols=cols: p[:, cols] if p.shape == x.shape else p)
-        (res,), ab = propagate_branches(
-            [Branch(branch.op, x[:, cols], branch.weight)],
-            r_out[:, cols],
-            rule_t,
-            bias=b_t,
-            z=z[:, cols],
-            strategy=ctx.strategy,
-            want_edge=True,
-            want_absorbed="total",
-            max_memory=ctx.max_memory,
-            ratio=ratio,
-            keep_wide=True,
+    r_in, absorbed = torch.zeros_like(x), 0.0
+    for size in torch.unique(size_class[counts > 0]).tolist():
+        targets = ((size_class == size) & (counts > 0)).nonzero().view(-1)
+        local = torch.full((ctx.num_groups,), -1, dtype=torch.long, device=x.device)
+        local[targets] = torch.arange(targets.numel(), device=x.device)
+        r_part, ab, edge = _blocks(
+            ctx,
+            branch,
+            x,
+            r_out,
+            z,
+            bias,
+            rule,
+            local[groups.clamp(min=0)].masked_fill(groups < 0, -1),
+            targets.numel(),
+            ratio,
         )
-        if r_in is None:
-            r_in = res[0].new_zeros(x.shape)
-        r_in[:, cols] = res[0]
-        per_target[t] = res[1]
+        r_in = r_in.to(r_part.dtype) + r_part
+        per_target[targets] = edge.to(per_target.dtype)
         absorbed = absorbed + ab
-    if r_in is None:
-        r_in = torch.zeros_like(x)
     return [(r_in, None)], absorbed, per_target
+
+
+def _blocks(ctx, branch, x, r_out, z, bias, rule, groups, t_count, ratio):
+    """The kernel once over ``t_count`` blocks, block ``t`` the map over the channels with
+    ``groups == t`` (padded with zero channels to the widest): ``(R_in, absorbed, [T, E])``."""
+    (n_in, channels), op = x.shape, branch.op
+    ch = (groups >= 0).nonzero().view(-1)
+    g, order = torch.sort(groups[ch], stable=True)
+    ch = ch[order]
+    counts = torch.bincount(g, minlength=t_count)
+    width = int(counts.max())
+    slot = torch.arange(ch.numel(), device=x.device) - (torch.cumsum(counts, 0) - counts)[g]
+
+    def block(t: Tensor) -> Tensor:  # [rows, C] -> [T * rows, width]
+        out = t.new_zeros(t_count, t.shape[0], width)
+        out[g, :, slot] = t[:, ch].T
+        return out.reshape(-1, width)
+
+    offsets = torch.arange(t_count, device=x.device)[:, None]
+    edges = torch.stack([(offsets * op.num_in + op.src).reshape(-1), (offsets * op.num_out + op.dst).reshape(-1)])
+
+    def repeated(crow: Tensor, col: Tensor, perm: Tensor, cols: int) -> tuple[Tensor, Tensor, Tensor]:
+        # The map's CSR structure once per block, shifted: no sort of the T-fold edges.
+        e = op.num_edges
+        starts = (crow[:-1][None] + offsets * e).reshape(-1)
+        return (
+            torch.cat([starts, crow.new_full((1,), t_count * e)]),
+            (col[None] + offsets * cols).reshape(-1),
+            (perm[None] + offsets * e).reshape(-1),
+        )
+
+    store = {"dst": repeated(*op._csr_by_dst(), op.num_in), "src": repeated(*op._csr_by_src(), op.num_out)}
+    blocks = EdgeOperator(edges, t_count * op.num_in, t_count * op.num_out, store=store)
+    if bias is not None:
+        bias = block(bias) if bias.dim() == 2 and bias.shape[1] == channels else bias.repeat(t_count, 1)
+
+    def param(p: Tensor) -> Tensor:  # (input-shaped rule parameters, ZBox bounds, follow their channels)
+        if p.shape == x.shape:
+            return block(p)
+        return p.repeat(t_count, 1) if p.dim() == 2 and p.shape == (n_in, 1) else p
+
+    (res,), absorbed = propagate_branches(
+        [Branch(blocks, block(x), branch.weight.repeat(t_count))],
+        block(r_out),
+        rule.map_inputs(param),
+        bias=bias,
+        z=block(z),
+        strategy=ctx.strategy,
+        want_edge=True,
+        want_absorbed="total",
+        max_memory=ctx.max_memory,
+        ratio=ratio,
+        keep_wide=True,
+    )
+    r_in = res[0].new_zeros(x.shape)
+    r_in[:, ch] = res[0].view(t_count, n_in, width)[g, :, slot].T
+    return r_in, absorbed, res[1].view(t_count, op.num_edges)
 
 
 def aggr_name(module: nn.Module) -> str:
