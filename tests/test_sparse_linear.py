@@ -172,6 +172,47 @@ def test_input_layer_rules_equal_the_dense_layer_with_zero_features(rule, how):
     assert got.conservation["lost"] == pytest.approx(ref.conservation["lost"], abs=1e-12)
 
 
+@pytest.mark.parametrize("layer", ["linear", "sparse"])
+@pytest.mark.parametrize("rule", [WSquare(), Flat(), ZBox(-2.0, 3.0)])
+def test_batch_first_inputs_keep_the_relevance_of_zero_features(layer, rule):
+    """A first layer reading a [B, S, F] input flattens it to [B * S, F] (and transposes it,
+    for SparseLinear): that view was not recognised as the model's input, so input-independent
+    rules lost the relevance of features equal to 0 (WSquare, by hand below: 0.8 of 1)."""
+    w = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    net = nn.Linear(2, 2, bias=False) if layer == "linear" else SparseLinear(w.to_sparse())
+    if layer == "linear":
+        net.weight.data.copy_(w)
+    x = torch.tensor([[[1.0, 0.0], [2.0, 3.0]]])
+    target = torch.zeros(1, 2, 2)
+    target[0, 0, 0] = 1.0
+    got = sparse_lrp.explain(net.eval(), x, None, target=target, composite=rule)
+    flat = sparse_lrp.explain(net, x.reshape(2, 2), None, target=target.reshape(2, 2), composite=rule)
+    torch.testing.assert_close(got.node_feat.reshape(2, 2), flat.node_feat)
+    assert got.conservation["lost"] == 0.0
+    if isinstance(rule, WSquare):  # output 0 = 1 x1 + 2 x2: shares w² = 1 and 4 of 5
+        torch.testing.assert_close(got.node_feat[0, 0], torch.tensor([0.2, 0.8]))
+
+
+@pytest.mark.parametrize("layer", ["linear", "sparse"])
+@pytest.mark.parametrize("rows", [2, 3])  # (B * S = F = 4: a wrong axis would broadcast silently)
+def test_batch_first_inputs_take_zbox_bounds_per_feature_and_per_element(layer, rows):
+    torch.manual_seed(0)
+    w = torch.randn(3, 4, dtype=torch.float64)
+    net = nn.Linear(4, 3, bias=False).double() if layer == "linear" else SparseLinear(w.to_sparse())
+    if layer == "linear":
+        net.weight.data.copy_(w)
+    x = torch.randn(2, rows, 4, dtype=torch.float64)
+    target = torch.randn(2, rows, 3, dtype=torch.float64)
+    lo, hi = -torch.arange(1.0, 5.0, dtype=torch.float64), torch.arange(2.0, 6.0, dtype=torch.float64)
+    spread = torch.rand(2, rows, 4, dtype=torch.float64)
+    each = (lo - spread, hi + spread)  # bounds per element of the [B, S, F] input
+    for low, high in ((lo, hi), each):
+        got = sparse_lrp.explain(net.eval(), x, None, target=target, composite=ZBox(low, high))
+        flat = [b.reshape(-1, 4) if b.dim() == 3 else b for b in (low, high)]
+        ref = sparse_lrp.linear_lrp(x.reshape(-1, 4), w, target.reshape(-1, 3), ZBox(*flat))
+        torch.testing.assert_close(got.node_feat.reshape(-1, 4), ref)
+
+
 def test_from_dense_keeps_masked_zero_weights():
     """from_dense multiplied by the mask and dropped zeros: kept connections with weight 0
     vanished (Flat then spread relevance over 2 instead of 3 inputs)."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -82,6 +82,28 @@ def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
 def same_tensor(a: Tensor, b: Tensor) -> bool:
     """The same values: one storage, shape and strides (an alias passed through unchanged)."""
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
+class InputView(NamedTuple):
+    """A model input as a map reads it: ``of(input)`` is the map's layout, ``back``
+    returns a tensor in that layout to the input's shape."""
+
+    name: str
+    of: Callable[[Tensor], Tensor]
+    back: Callable[[Tensor], Tensor]
+    same: bool = False
+
+
+def _input_views(name: str, inp: Tensor) -> list[InputView]:
+    """The layouts in which a layer may read a model input without copying it."""
+    views = [InputView(name, lambda t: t, lambda r: r, same=True)]
+    if inp.dim() == 2:
+        views.append(InputView(name, lambda t: t.T, lambda r: r.T))
+    elif inp.dim() > 2 and inp.is_contiguous():
+        shape, width = inp.shape, inp.shape[-1]
+        views.append(InputView(name, lambda t: t.reshape(-1, width), lambda r: r.reshape(shape)))
+        views.append(InputView(name, lambda t: t.reshape(-1, width).T, lambda r: r.T.reshape(shape)))
+    return views
 
 
 @dataclass
@@ -153,14 +175,15 @@ class Context:
             self._memo[norm] = (key, compute())  # keep the keyed tensors alive with the value
         return self._memo[norm][1]
 
-    def input_key(self, t: Tensor) -> tuple[str, bool] | None:
-        """Which model input ``t`` is (same storage, shape and strides), if any, and whether
-        ``t`` is its transpose (a sparse layer's channel-major view of a 2-D input)."""
+    def input_key(self, t: Tensor) -> InputView | None:
+        """Which model input ``t`` is, if any, and in which layout: the input itself (same
+        storage, shape and strides), its transpose (a sparse layer's channel-major view of
+        a 2-D input), or its rows flattened (``[B, S, F]`` read as ``[B * S, F]``), possibly
+        transposed too."""
         for key, inp in self.inputs.items():
-            if same_tensor(t, inp):
-                return key, False
-            if inp.dim() == 2 and t.dim() == 2 and same_tensor(t, inp.T):
-                return key, True
+            for view in _input_views(key, inp):
+                if same_tensor(t, view.of(inp)):
+                    return view
         return None
 
     def is_given(self, edge_index: Tensor) -> bool:
@@ -334,11 +357,13 @@ class _MapFunction(torch.autograd.Function):
         # transformation of the input features.
         reads_input = first or any(k is not None and _is_feature_map(b) for b, k in zip(branches, keys))
         rule = call.rule(reads_input=reads_input)
-        if any(k is not None and k[1] for k in keys):
-            # The model's input reaches this map transposed ([F, B]): per-feature or per-row
-            # rule inputs (ZBox bounds) broadcast against the input, then follow it.
-            first = next(x for x, k in zip(xs, keys) if k is not None and k[1])
-            rule = rule.map_inputs(lambda t: broadcast_param(t, first.T).T)
+        view = next((k for k in keys if k is not None and not k.same), None)
+        if view is not None:
+            # The model's input reaches this map in another layout ([F, B], or [B * S, F]):
+            # input-shaped rule parameters (ZBox bounds) broadcast against the input itself,
+            # then take the map's layout.
+            model_input = ctx.inputs[view.name]
+            rule = rule.map_inputs(lambda t: view.of(broadcast_param(t, model_input)))
         dtype = z.dtype
         half = dtype in HALF_DTYPES
         if half:  # computed in float32 (see kernel.widen), handed back narrowed
@@ -400,8 +425,7 @@ def _flowing_on(ctx, branches, xs, keys, results, ratio, dtype, name=None, recor
             continue
         if key is not None:
             # Exact side channel for input-independent rules on the model's input.
-            side = r_in.T if key[1] else r_in
-            ctx.side[key[0]] = ctx.side.get(key[0], 0) + side.to(dtype)
+            ctx.side[key.name] = ctx.side.get(key.name, 0) + key.back(r_in).to(dtype)
             grads.append(torch.zeros(x.shape, dtype=dtype, device=x.device))
             continue
         ratio_in, lost = _ratio(r_in, x.to(r_in.dtype))

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ..linear import _operator
+from ..validation import check_sparse_indices
 from . import register_handler
 from .base import LayerCall, MapBranch
 
@@ -29,6 +30,7 @@ class SparseLinear(nn.Module):
         super().__init__()
         if weight.dim() != 2:
             raise ValueError(f"weight must be [out, in], got shape {tuple(weight.shape)}")
+        check_sparse_indices("weight", weight)
         coo = weight.detach().to_sparse_coo().coalesce()
         self.out_features, self.in_features = coo.shape
         self.weight = nn.Parameter(coo)
