@@ -113,18 +113,24 @@ def _storage(t: Tensor) -> tuple:
     return (t.layout, tuple(t.shape), t.dtype, *(p.data_ptr() for p in parts), *(p.shape[-1] for p in parts))
 
 
-def _content(t: Tensor) -> float | int:
-    """A one-pass sum of ``t``'s values (a sparse tensor's stored ones)."""
+def _content(t: Tensor) -> tuple:
+    """One host read of ``t``'s (a sparse tensor's stored) values: their sum, and for
+    floats also their sum of squares, which changes under an edit that keeps the sum
+    (``w[0] += a; w[1] -= a``)."""
     if t.layout == torch.sparse_coo:
         t = t._values()
     elif t.layout == torch.sparse_csr:
         t = t.values()
     elif t.layout != torch.strided:
-        return 0
+        return ()
     t = t.detach()
+    if not t.is_floating_point():
+        return (t.sum().item(),)
+    flat = t.reshape(-1)
     if t.dtype in (torch.float16, torch.bfloat16):
-        return t.sum(dtype=torch.float32).item()
-    return t.sum().item()  # (in its own dtype: a float64 accumulation of float32 costs 10x)
+        flat = flat.float()
+    # (in its own dtype: a float64 accumulation of float32 costs 10x; dot needs no temporary)
+    return tuple(torch.stack([flat.sum(), torch.dot(flat, flat)]).tolist())
 
 
 class TensorKeyed:
@@ -135,8 +141,9 @@ class TensorKeyed:
     freed, modified or re-pointed tensor (``t.data = ...``), or another tensor that now
     sits at a freed one's address, is never served stale values. Inference tensors have
     no version counter: they are not cached. With ``content``, the key also holds the sum
-    of the values, which sees most edits that bypass the version counter (through
-    ``t.data[...] = ...`` or a NumPy view, as pruning code does), at one read per lookup.
+    of the values (and of their squares, for floats), which sees edits that bypass the
+    version counter (through ``t.data[...] = ...`` or a NumPy view, as pruning code does)
+    except permutations, at one host read per lookup.
     """
 
     def __init__(self, limit: int, content: bool = False) -> None:
@@ -146,7 +153,7 @@ class TensorKeyed:
 
     def _state(self, t: Tensor) -> tuple:
         state = (t._version, *_storage(t))
-        return (*state, _content(t)) if self.content else state
+        return (*state, *_content(t)) if self.content else state
 
     def peek(self, t: Tensor, *extra):
         """The cached value for ``t`` (and ``extra``), or None."""
