@@ -8,7 +8,7 @@ from torch import Tensor
 from .kernel import STRATEGIES, propagate
 from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, TensorKeyed
 from .rules import Pass, Rule, broadcast_param
-from .validation import check_budget, check_finite, check_same, check_tensor
+from .validation import check_budget, check_finite, check_same, check_sparse_indices, check_tensor
 
 __all__ = ["linear_lrp", "sparse_weight_edges"]
 
@@ -33,6 +33,7 @@ _OPERATORS = TensorKeyed(64, content=True)
 
 def _operator(weight: Tensor) -> tuple[EdgeOperator, Tensor]:
     def build():
+        check_sparse_indices("weight", weight)
         if weight.is_inference():  # (its index views exist only in inference mode)
             with torch.inference_mode():
                 edge_index, values = sparse_weight_edges(weight)

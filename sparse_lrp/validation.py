@@ -10,7 +10,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_tensor", "check_finite", "check_edge_index", "check_same", "non_finite"]
+__all__ = ["check_tensor", "check_finite", "check_edge_index", "check_same", "check_sparse_indices", "non_finite"]
 
 
 def check_tensor(name: str, t: object, ndim: int | None = None, floating: bool = True) -> Tensor:
@@ -21,6 +21,33 @@ def check_tensor(name: str, t: object, ndim: int | None = None, floating: bool =
     if floating and not t.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {t.dtype}")
     return t
+
+
+def check_sparse_indices(name: str, t: Tensor) -> None:
+    """A sparse COO/CSR tensor's stored indices lie within its shape (torch checks them only
+    on request, and products read out of bounds otherwise)."""
+    if t.layout == torch.sparse_coo:
+        idx = t._indices()
+        if not idx.numel():
+            return
+        lows, high = torch.stack([idx.amin(1), idx.amax(1)]).tolist()  # (one host read)
+        low = min(lows)
+    elif t.layout == torch.sparse_csr:
+        crow, col = t.crow_indices(), t.col_indices()
+        if crow.numel() != t.shape[0] + 1 or (crow.numel() > 1 and bool((crow[1:] < crow[:-1]).any())):
+            raise ValueError(f"{name}: its CSR row pointers are not {t.shape[0] + 1} non-decreasing offsets")
+        if int(crow[0]) != 0 or int(crow[-1]) != col.numel():
+            raise ValueError(f"{name}: its CSR row pointers do not run from 0 to its {col.numel()} entries")
+        if not col.numel():
+            return
+        low, high = int(col.min()), [t.shape[0] - 1, int(col.max())]
+    else:
+        return
+    if low < 0:
+        raise ValueError(f"{name} has a negative index ({low})")
+    for dim, (top, size) in enumerate(zip(high, t.shape)):
+        if top >= size:
+            raise ValueError(f"{name} has an index {top} in dimension {dim}, out of range for shape {tuple(t.shape)}")
 
 
 def non_finite(t: Tensor) -> str | None:

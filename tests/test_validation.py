@@ -118,6 +118,25 @@ def test_linear_unsupported_weight_layout():
         linear_lrp(x, W.to_sparse_csc(), R, Epsilon())
 
 
+@pytest.mark.parametrize(
+    "indices, pattern",
+    [([[0], [7]], "index 7 in dimension 1"), ([[9], [0]], "index 9 in dimension 0"), ([[0], [-1]], "negative index")],
+)
+def test_sparse_weight_indices_out_of_range(indices, pattern):
+    """A COO weight built without torch's invariant checks with an index past its shape read
+    out of bounds (uninitialised values came back) or crashed in bincount."""
+    w = torch.sparse_coo_tensor(torch.tensor(indices), torch.ones(1), (5, 4), check_invariants=False)
+    with pytest.raises(ValueError, match=pattern):
+        sparse_lrp.linear_lrp(torch.randn(2, 4), w, torch.randn(2, 5), Epsilon())
+    with pytest.raises(ValueError, match=pattern):
+        sparse_lrp.SparseLinear(w)
+    csr = torch.sparse_csr_tensor(
+        torch.tensor([0, 1, 1, 1, 1, 1]), torch.tensor([4]), torch.ones(1), (5, 4), check_invariants=False
+    )
+    with pytest.raises(ValueError, match="index 4 in dimension 1"):
+        sparse_lrp.linear_lrp(torch.randn(2, 4), csr, torch.randn(2, 5), Epsilon())
+
+
 @pytest.mark.parametrize("other", ["weight", "relevance", "bias"])
 def test_linear_dtype_mismatch(other):
     x, W, R, b = linear_inputs(torch.float32)
