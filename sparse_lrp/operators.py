@@ -57,6 +57,15 @@ warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta"
 warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
+def _csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
+    """A CSR tensor over structures built here (valid by construction: no invariant checks)."""
+    with warnings.catch_warnings():
+        # torch notes once per process that its CSR support is in beta: an internal
+        # structure of ours, not the user's choice, so the notice would only puzzle them.
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
 def sort_ints(key: Tensor, bound: int) -> tuple[Tensor, Tensor]:
     """Stable sort of integer ``key [n]`` with values in ``[0, bound)``: ``(values, order)``."""
     n = key.numel()
@@ -312,13 +321,13 @@ class EdgeOperator:
         """``W`` as a ``[N_out, N_in]`` CSR tensor with per-edge ``values [E]``."""
         crow, col, perm = self._csr_by_dst()
         vals = values.by_dst if isinstance(values, EdgeValues) else values.index_select(0, perm)
-        return torch.sparse_csr_tensor(crow, col, vals, (self.num_out, self.num_in), check_invariants=False)
+        return _csr_tensor(crow, col, vals, (self.num_out, self.num_in))
 
     def csr_t(self, values: Tensor | EdgeValues) -> Tensor:
         """``Wᵀ`` as a ``[N_in, N_out]`` CSR tensor with per-edge ``values [E]``."""
         crow, col, perm = self._csr_by_src()
         vals = values.by_src if isinstance(values, EdgeValues) else values.index_select(0, perm)
-        return torch.sparse_csr_tensor(crow, col, vals, (self.num_in, self.num_out), check_invariants=False)
+        return _csr_tensor(crow, col, vals, (self.num_in, self.num_out))
 
     # -- primitives -----------------------------------------------------------------
     def transform(self, weight: Tensor, fn) -> EdgeValues:
@@ -380,9 +389,7 @@ class EdgeOperator:
     def sampled_dot(self, f: Tensor, s: Tensor, max_memory: int = DEFAULT_MAX_MEMORY) -> Tensor:
         """:meth:`edge_dot` as a sampled dense-dense product (SDDMM) on the CSR pattern."""
         crow, col, perm = self._csr_by_dst()
-        pattern = torch.sparse_csr_tensor(
-            crow, col, f.new_ones(self.num_edges), (self.num_out, self.num_in), check_invariants=False
-        )
+        pattern = _csr_tensor(crow, col, f.new_ones(self.num_edges), (self.num_out, self.num_in))
         try:
             vals = torch.sparse.sampled_addmm(pattern, s, f.T, beta=0.0).values()
         except (RuntimeError, NotImplementedError):  # dtype/device without an SDDMM kernel
@@ -474,22 +481,20 @@ class FusedTerms:
     def forward(self) -> Tensor:
         op = self.op
         crow, col, _, vals = self.fwd
-        a = torch.sparse_csr_tensor(crow, col, vals, (op.num_out, self.k * op.num_in), check_invariants=False)
+        a = _csr_tensor(crow, col, vals, (op.num_out, self.k * op.num_in))
         return a @ self.stacked
 
     def backward(self, s: Tensor, want_edge: bool) -> tuple[list[Tensor], Tensor | None]:
         """``[g_k(W)ᵀ s for each term k]`` (from one product) and the edge relevance."""
         op, n_in = self.op, self.op.num_in
         crow_t, col_t, vals_t = self.bwd
-        at = torch.sparse_csr_tensor(crow_t, col_t, vals_t, (self.k * n_in, op.num_out), check_invariants=False)
+        at = _csr_tensor(crow_t, col_t, vals_t, (self.k * n_in, op.num_out))
         out = at @ s
         parts = [out[k * n_in : (k + 1) * n_in] for k in range(self.k)]
         edge = None
         if want_edge:
             crow, col, perm, _ = self.fwd
-            pattern = torch.sparse_csr_tensor(
-                crow, col, s.new_ones(op.num_edges), (op.num_out, self.k * n_in), check_invariants=False
-            )
+            pattern = _csr_tensor(crow, col, s.new_ones(op.num_edges), (op.num_out, self.k * n_in))
             try:
                 vals = torch.sparse.sampled_addmm(pattern, s, self.stacked.T, beta=0.0).values()
                 edge = torch.empty_like(vals)

@@ -1030,3 +1030,23 @@ def test_an_element_wise_function_that_cannot_be_routed_is_refused():
     x = torch.randn(3, 4, dtype=DT)
     with pytest.raises(ValueError, match=r"TanhBackward0.*module form"):
         sparse_lrp.explain(model, x, None, index=0, target=0)
+
+
+def test_explaining_emits_no_warnings():
+    """A GIN with a trainable eps warned about converting a tensor that requires grad to a
+    scalar on every call, and the library's internal CSR structures surfaced torch's
+    CSR-is-beta notice. Run in a fresh process: that notice is given once per process."""
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, torch, sparse_lrp\n"
+        "from torch_geometric.nn import GIN, GCN\n"
+        "torch.manual_seed(0)\n"
+        "x, ei = torch.randn(12, 5), torch.randint(0, 12, (2, 40))\n"
+        "models = (GIN(5, 8, 2, 3, train_eps=True).eval(), GCN(5, 8, 2, 3).eval())\n"
+        "warnings.simplefilter('error')  # (after the imports: PyG's own import warnings are not ours)\n"
+        "for model in models:\n"
+        "    sparse_lrp.explain(model, x, ei, index=[3, 4], composite='zplus')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

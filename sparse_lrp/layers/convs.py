@@ -144,7 +144,7 @@ def gin_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
     """GINConv: ``out = nn((1 + ε) x_i + sum_j x_j)``; ``nn`` is explained by its own layers."""
     _check_plain(call, x, edge_index)
     m = call.module
-    a = call.aggregate(x, edge_index, extra=[call.self_loops(x, 1.0 + float(m.eps))])
+    a = call.aggregate(x, edge_index, extra=[call.self_loops(x, 1.0 + m.eps.detach())])
     return m.nn(a)
 
 
@@ -164,7 +164,7 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
     rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
     ids = call.ctx.edge_ids(edge_index)
     w = call.aggr_weights(edge_index, None, x.shape[0], x)
-    loops = [call.self_loops(x, 1.0 + float(m.eps))]
+    loops = [call.self_loops(x, 1.0 + m.eps.detach())]
     return m.nn(call.messages(msg, rows, x.shape[0], ids, extra=loops, weight=w))
 
 
