@@ -771,6 +771,30 @@ def test_appnp_with_a_filled_cache_explains_what_the_layer_computes(inputs):
         assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("kind", ["gcn", "appnp"])
+def test_a_filled_cache_gives_a_repeated_self_loop_relevance_on_the_copy_the_layer_uses(kind):
+    """gcn_norm keeps the weight of the LAST copy of a repeated self-loop (changing the
+    first does not change the output). With a filled cache, a single target matched the
+    cached loop to the first copy: its edge relevance sat on the wrong one, unlike the
+    uncached layer and batched calls."""
+    ei = torch.tensor([[0, 1, 1, 2, 1], [1, 2, 1, 0, 1]])  # (1, 1) at positions 2 and 4
+    x = torch.randn(3, 2, dtype=DT, generator=torch.Generator().manual_seed(0))
+    edges = {}
+    for cached in (False, True):
+        torch.manual_seed(0)
+        if kind == "gcn":
+            model = gnn.GCNConv(2, 2, cached=cached, bias=False).double().eval()
+        else:
+            model = gnn.APPNP(K=2, alpha=0.1, cached=cached).eval()
+        model(x, ei)  # (fills the cache)
+        single = sparse_lrp.explain(model, x, ei, index=1, target=0, composite=Epsilon(0.0))
+        batched = sparse_lrp.explain(model, x, ei, index=[1, 0], target=0, composite=Epsilon(0.0))
+        assert_close(single.edge, batched.edge[0])
+        edges[cached] = single.edge
+    assert_close(edges[True], edges[False])
+    assert edges[True][2] == 0 and edges[True][4] != 0
+
+
 def test_sgconv_with_a_filled_cache_is_refused_and_an_empty_one_left_empty(inputs):
     """SGConv(cached=True) with a filled cache returns lin(_cached_x): a constant of x,
     which the handler explained as if it depended on x. It is refused now, naming the fix;

@@ -105,8 +105,26 @@ def _normalised(call: LayerCall, edge_index, edge_weight, x, improved, add_self_
     whole graph (k-hop subgraphs recompute it, exact when the cache came from this graph)."""
     cache = _cached_graph(call.module)
     if cache is not None and not call.ctx.on_subgraphs:
-        return (*cache, call.ctx.edge_ids(cache[0]))
+        key = ("cached_ids", cache[0], edge_index, x.shape[0], add_self_loops)
+        return (*cache, call.ctx.memo(key, lambda: _cached_ids(call, cache[0], edge_index, x.shape[0], add_self_loops)))
     return _gcn_norm(call, edge_index, edge_weight, x.shape[0], improved, add_self_loops, x.dtype)
+
+
+def _cached_ids(call: LayerCall, cached: Tensor, edge_index: Tensor, n: int, add_self_loops: bool) -> Tensor | None:
+    """Positions in the model's edge_index of a cached normalised graph's edges.
+
+    A cache built from the given graph holds its edges re-ordered by
+    ``add_remaining_self_loops``, which keeps the weight of the last copy of a repeated
+    self-loop: followed as ``gcn_norm`` does, that copy gets the loop's relevance (the
+    k-th-copy matching of other graphs would give it to the first)."""
+    if add_self_loops and call.ctx.is_given(edge_index):
+        from torch_geometric.utils import add_remaining_self_loops
+
+        positions = torch.arange(edge_index.shape[1], device=edge_index.device, dtype=torch.float64)
+        ei, pos = add_remaining_self_loops(edge_index, positions, -1.0, n)
+        if ei.shape == cached.shape and torch.equal(ei, cached):
+            return pos.long()
+    return call.ctx.edge_ids(cached)
 
 
 def _with_root(call: LayerCall, a: Tensor, x: Tensor, lin_neigh, lin_root) -> Tensor:
