@@ -288,7 +288,7 @@ def _propagate_branches(branches: list[Branch], relevance: Tensor, bias, z, opts
     acc: list[dict[str, Tensor]] = [{} for _ in branches]
     edges: list[Tensor | None] = [None for _ in branches]
     flowed = None  # want_absorbed=True: the relevance that reached the inputs, per output
-    denominators: list[Tensor] = []
+    denominators: list[tuple[Tensor, bool]] = []  # (d, whether to sum it in the check)
     left, extra = None, 0.0  # "total": what did not (a tensor to sum, or already a sum) + bias dots
     # A single stabilised group over all outputs absorbs exactly s * (bias share + shift).
     g0 = rule.groups[0]
@@ -388,7 +388,10 @@ def _propagate_branches(branches: list[Branch], relevance: Tensor, bias, z, opts
             s = relevance / stab
         else:
             s = _safe_divide(relevance, d)
-        denominators.append(d)  # (checked with the results, in one host read at the end)
+        # (checked with the results, in one host read at the end; the forward's output
+        # itself needs no pass of its own: it is checked at the entry, or R = z * grad
+        # carries any non-finite value of it into the results)
+        denominators.append((d, d is not z))
         if group.where is not None:
             s = s * ((z >= 0) if group.where == ">=0" else (z < 0))
         if group.coef != 1.0:
@@ -440,18 +443,18 @@ def _propagate_branches(branches: list[Branch], relevance: Tensor, bias, z, opts
     return results, absorbed
 
 
-def _check_finite_run(rule: Rule, denominators: list[Tensor], results: list, absorbed) -> None:
+def _check_finite_run(rule: Rule, denominators: list[tuple[Tensor, bool]], results: list, absorbed) -> None:
     """One host read over the denominators, results and absorbed relevance. A non-finite
     denominator would turn its outputs' relevance into 0 or NaN silently: an error. With
     finite denominators, a non-finite result is an overflow (``R / stab(d)``, or a sum on
     the way) in this dtype: :class:`RatioOverflowError`, recomputed in float64."""
-    parts = [d.sum() for d in denominators]
+    parts = [d.sum() for d, check in denominators if check]
     parts += [t.sum() for r, e in results for t in (r, e) if t is not None and t.numel()]
     if isinstance(absorbed, Tensor):
         parts.append(absorbed.sum())
     if not parts or math.isfinite(sum(parts).item()):
         return
-    for d in denominators:
+    for d, _ in denominators:
         kind = non_finite(d)
         if kind:
             raise ValueError(
