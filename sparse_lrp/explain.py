@@ -517,7 +517,8 @@ def _khop_union(
 
     Returns ``(node_t, node_v, ghost)`` per union node (target, original node, ghost
     flag), ``(edge_t, edge_e)`` per union edge (sorted by target, then edge), the
-    union's ``edge_index`` and the targets' rows in it.
+    union's ``edge_index``, the targets' rows in it, and each node's hops from its target
+    (``hops + 1`` for ghosts).
     """
     device = edge_index.device
     src, dst = edge_index[0].long(), edge_index[1].long()
@@ -536,6 +537,7 @@ def _khop_union(
     seen = key
     frontier = key
     inner = key[:0]  # nodes closer than `hops`: their outputs matter
+    found = [key.numel()]  # nodes first reached at each hop
     for _ in range(hops):
         inner = seen
         et, pos, _ = edges_at(1, frontier)
@@ -543,6 +545,7 @@ def _khop_union(
         fresh = new[~torch.isin(new, seen)]
         seen = torch.cat([seen, fresh])
         frontier = fresh
+        found.append(fresh.numel())
     ends = seen if boundary_degrees and not merge else inner  # (inner is a prefix of seen)
     num_edges = edge_index.shape[1]
     span = num_edges + 1  # edge ids per target, with room for the merged edges' id E
@@ -593,7 +596,11 @@ def _khop_union(
         rank[sort_pos] = torch.arange(sort_pos.numel(), device=device)
         dst_rows = rank.index_select(0, owner)
     centers = torch.searchsorted(node_keys, t_ids * width + targets)
-    return node_t, node_v, ghost, edge_t, edge_e, torch.stack([rows(src), dst_rows]), centers
+    # Hops from the node's target (ghosts stand beyond the last), in the keys' order.
+    hop = torch.repeat_interleave(
+        torch.arange(hops + 2, device=device), torch.tensor([*found, targets.numel()], device=device)
+    ).index_select(0, sort_pos)
+    return node_t, node_v, ghost, edge_t, edge_e, torch.stack([rows(src), dst_rows]), centers, hop
 
 
 # -- the explanation ----------------------------------------------------------------
@@ -1186,9 +1193,9 @@ def _target_chunks(union: tuple, t_count: int, budget: int):
     them could exceed memory that a single full-graph pass fits in; chunks bound every
     pass. Yields each chunk's slice of the union,
     renumbered from zero: ``(first target, count, node_t, node_v, ghost, edge_t, edge_e,
-    edge_index, centers)`` (targets are contiguous, nodes are sorted by target).
+    edge_index, centers, hop)`` (targets are contiguous, nodes are sorted by target).
     """
-    node_t, node_v, ghost, edge_t, edge_e, union_ei, centers = union
+    node_t, node_v, ghost, edge_t, edge_e, union_ei, centers, hop = union
     size = torch.bincount(node_t, minlength=t_count) + torch.bincount(edge_t, minlength=t_count)
     chunk_id = torch.div(torch.cumsum(size, 0) - size, max(budget, 1), rounding_mode="floor")
     bounds = torch.cumsum(torch.bincount(chunk_id), 0).tolist()
@@ -1209,6 +1216,7 @@ def _target_chunks(union: tuple, t_count: int, budget: int):
             edge_e[e_lo:e_hi],
             union_ei[:, e_lo:e_hi] - n_lo,
             centers[lo:hi] - n_lo,
+            hop[n_lo:n_hi],
         )
         lo = hi
 
@@ -1256,20 +1264,32 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
     values, classes, conservation = [], [], {"out": 0.0, "in": 0.0, "absorbed": 0.0, "lost": 0.0}
     chunks = _target_chunks(union, t_count, budget)
-    for offset, count, node_t, node_v, ghost, edge_t, edge_e, union_ei, centers in chunks:
+    for offset, count, node_t, node_v, ghost, edge_t, edge_e, union_ei, centers, hop in chunks:
         if node_v.numel() == edge_e.numel():
             # Per-layer records are placed as node rows or edge rows by their length; an
             # extra isolated ghost node (no edges, dropped from results) breaks the tie.
             node_t, node_v = torch.cat([node_t, node_t[-1:]]), torch.cat([node_v, node_v[-1:]])
             ghost = torch.cat([ghost, ghost.new_ones(1)])
+            hop = torch.cat([hop, hop.new_full((1,), k + 1)])
+        # The pass runs on the nodes ordered by hops from their target, so that a layer's
+        # outputs that can still reach a target are the leading rows (Context.live_rows);
+        # results return to the (target, node) order below.
+        order = torch.sort(hop, stable=True)[1]
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        run_t, run_v = node_t.index_select(0, order), node_v.index_select(0, order)
+        union_ei, centers = rank[union_ei], rank[centers]
         # Per-node rule parameters (ZBox bounds [N, F]) follow their nodes into the union.
         composite = ctx.composite.map_inputs(
-            lambda t, rows=node_v: t.index_select(0, rows.to(t.device)) if t.dim() >= 2 and t.shape[0] == n else t
+            lambda t, rows=run_v: t.index_select(0, rows.to(t.device)) if t.dim() >= 2 and t.shape[0] == n else t
         )
         cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
         cctx.handled, cctx.traversed, cctx.watched = ctx.handled, ctx.traversed, ctx.watched
         cctx.few_rows = cctx.on_subgraphs = True
-        cctx.row_groups, cctx.num_groups = node_t, count  # (chunk-local target of each union node)
+        cctx.row_groups, cctx.num_groups = run_t, count  # (chunk-local target of each union node)
+        hops_sorted = hop.index_select(0, order)
+        cctx.live = torch.searchsorted(hops_sorted, torch.arange(k + 1, device=hop.device), right=True).tolist()
+        cctx.union_rows = order.numel()
         merged = edge_e == num_edges  # edges standing for all edges into a border node
         is_real = None if not bool(merged.any()) else ~merged
         sub_kwargs, summed = {}, []
@@ -1286,13 +1306,13 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
                 if is_real is not None and value.is_floating_point():
                     summed.append((name, value))
             elif isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == n:
-                sub_kwargs[name] = value.index_select(0, node_v)
+                sub_kwargs[name] = value.index_select(0, run_v)
             else:
                 sub_kwargs[name] = value
         if is_real is not None:
             # A merged edge counts the edges it stands for and carries their float values'
             # totals (degrees are sums of weights); other kinds keep an existing edge's value.
-            border = node_v.index_select(0, union_ei[1][merged])
+            border = run_v.index_select(0, union_ei[1][merged])
             counts, *totals = _merged(edge_index, n, border, [v for _, v in summed])
             cctx.edge_counts = torch.ones_like(edge_e)
             cctx.edge_counts[merged] = counts
@@ -1301,14 +1321,14 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
                 cctx.edge_inputs += (sub_kwargs[name],)
         tgt = target[offset : offset + count] if per_target_target else target
         feat_u, ea_u, value, cls, _, _ = _run(
-            model, cctx, x.index_select(0, node_v), union_ei, sub_kwargs, centers, tgt, "node"
+            model, cctx, x.index_select(0, run_v), union_ei, sub_kwargs, centers, tgt, "node"
         )
         if cctx.hops_run > k:
             raise _MoreHopsError(cctx.hops_run)
         node_t, edge_t = node_t + offset, edge_t + offset
         if is_real is not None:  # merged edges are no edges of the graph: results drop them
             edge_t, edge_e = edge_t[is_real], edge_e[is_real]
-        feat = feat_u.detach()
+        feat = feat_u.detach().index_select(0, rank)  # (back in (target, node) order)
         real = ~ghost  # ghosts stand in for outside nodes (relevance 0) and alias their target's id
         node_t_r, node_v_r, feat_r = node_t[real], node_v[real], feat[real]
         pieces.setdefault("node_feat", []).append((node_t_r, node_v_r, feat_r, n))
@@ -1329,6 +1349,7 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
             if "node" in rec:  # relevance reaching the layer's input: rows are nodes or edges
                 r = rec["node"]
                 if r.shape[0] == node_v.numel():
+                    r = r.index_select(0, rank)
                     pieces.setdefault(f"layer:{name}:node", []).append((node_t_r, node_v_r, r[real], n))
                 elif r.shape[0] == n_union_edges:
                     pieces.setdefault(f"layer:{name}:node", []).append((edge_t, edge_e, on_edges(r), num_edges))

@@ -333,6 +333,18 @@ class EdgeOperator:
     def transform(self, weight: Tensor, fn) -> EdgeValues:
         return EdgeValues(self, weight, fn)
 
+    def forward_rows(self, gw: EdgeValues | Tensor, f: Tensor, rows: int, strategy: str, max_memory: int) -> Tensor:
+        """The first ``rows`` outputs of :meth:`forward`, from the edges into them only."""
+        w = gw.edge if isinstance(gw, EdgeValues) else gw
+        if self._diagonal:
+            return f[:rows] * w[:rows, None]
+        if strategy != "spmm":
+            return self.forward(gw, f, strategy, max_memory)[:rows]
+        crow, col, perm = self._csr_by_dst()  # (rows in order: a prefix of rows is a prefix of edges)
+        nnz = int(crow[rows])
+        vals = gw.by_dst[:nnz] if isinstance(gw, EdgeValues) else w.index_select(0, perm[:nnz])
+        return _csr_tensor(crow[: rows + 1], col[:nnz], vals, (rows, self.num_in)) @ f
+
     def forward(self, gw: EdgeValues | Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
         if self._diagonal:  # a self-loop term: scaling rows beats any sparse product
             return f * (gw.edge if isinstance(gw, EdgeValues) else gw)[:, None]

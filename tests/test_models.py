@@ -587,9 +587,12 @@ def test_merged_union_keeps_border_self_loops_and_counts():
     # 0 -> 1 -> 2 (target 2, one hop): node 1 is the border; its in-edges are 0 -> 1,
     # 3 -> 1, 3 -> 1 (a multi-edge) and a self-loop 1 -> 1.
     ei = torch.tensor([[0, 1, 3, 1, 3, 2], [1, 2, 1, 1, 1, 2]])
-    _, node_v, ghost, _, edge_e, union_ei, _ = _khop_union(
+    _, node_v, ghost, _, edge_e, union_ei, _, hop = _khop_union(
         ei, 4, torch.tensor([2]), 1, boundary_degrees=True, merge=True
     )
+    # Hops from the target: the target 0, the border 1, the ghost beyond (2).
+    hops = {(int(v), bool(g)): int(h) for v, g, h in zip(node_v, ghost, hop)}
+    assert hops == {(2, False): 0, (1, False): 1, (2, True): 2}
     E_ = ei.shape[1]
     kept = sorted(int(e) for e in edge_e if e < E_)
     # 1 -> 2 and the self-loop 2 -> 2 (target's in-edges), the border's self-loop 1 -> 1.

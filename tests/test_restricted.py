@@ -28,6 +28,13 @@ def graph():
     return x, ei
 
 
+@pytest.fixture(scope="module")
+def dense_graph():
+    """Ten in-edges per node: a target's subgraph widens ten-fold per hop."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(1000, F, generator=g, dtype=torch.float64), torch.randint(0, 1000, (2, 10000), generator=g)
+
+
 class GATNet(nn.Module):
     def __init__(self):
         super().__init__()
@@ -125,3 +132,50 @@ def test_per_node_zbox_bounds(index, graph):
             )
             got = res.node_feat if isinstance(index, int) else res.node_feat[t]
             torch.testing.assert_close(got, want.node_feat)
+
+
+@pytest.mark.parametrize("index", [5, [5, 17]])
+@pytest.mark.parametrize("composite", ["epsilon", "zplus", "gamma+wsquare", "zbox-first"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_layers_run_only_on_rows_that_reach_a_target(name, composite, index, dense_graph, monkeypatch):
+    """Node targets' subgraphs run with their nodes ordered by hops from the target, so
+    each layer computes (forward) and explains (backward) only the leading rows still
+    within reach of a target. Results equal the whole-graph pass, which cuts nothing."""
+    x, ei = dense_graph
+    torch.manual_seed(3)
+    model = MODELS[name]().double().eval()
+    rule = COMPOSITES[composite]
+    monkeypatch.setattr(base, "RESTRICT_MIN_ROWS", 16)  # (small subgraphs: cut them too)
+    cuts, prefixes = [], []
+    live_rows, init = base.Context.live_rows, base._Restricted.__init__
+
+    def spy_live(self, rows):
+        keep = live_rows(self, rows)
+        cuts.append(keep)
+        return keep
+
+    def spy_init(self, rows, *args, prefix=False):
+        prefixes.append(prefix)
+        init(self, rows, *args, prefix=prefix)
+
+    monkeypatch.setattr(base.Context, "live_rows", spy_live)
+    monkeypatch.setattr(base._Restricted, "__init__", spy_init)
+    res = sparse_lrp.explain(model, x, ei, index=index, composite=rule)
+    assert any(k is not None for k in cuts) and any(prefixes), "nothing was cut"
+    out = model(x, ei).detach()
+    targets = [index] if isinstance(index, int) else index
+    for t, i in enumerate(targets):
+        seed = torch.zeros_like(out)
+        cls = int(res.target.view(-1)[t])
+        seed[i, cls] = out[i, cls]
+        whole = sparse_lrp.explain(model, x, ei, target=seed, composite=rule)
+
+        def row(v, t=t):
+            v = v.to_dense() if v.is_sparse else v
+            return v if isinstance(index, int) else v[t]
+
+        for field in ("node_feat", "edge"):
+            torch.testing.assert_close(row(getattr(res, field)), getattr(whole, field), rtol=1e-10, atol=1e-12)
+        for layer, rec in whole.layers.items():
+            for key, want in rec.items():
+                torch.testing.assert_close(row(res.layers[layer][key]), want, rtol=1e-10, atol=1e-12)

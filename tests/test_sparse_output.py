@@ -139,7 +139,9 @@ def test_khop_union_keeps_degrees_with_one_ghost_per_target():
 
     # A path 5 -> 4 -> 3 -> 2 -> 1 -> 0 plus a second in-edge 6 -> 2; target 0, two hops.
     ei = torch.tensor([[5, 4, 3, 2, 1, 6], [4, 3, 2, 1, 0, 2]])
-    _, node_v, ghost, _, edge_e, sub_ei, centers = _khop_union(ei, 7, torch.tensor([0]), hops=2)
+    _, node_v, ghost, _, edge_e, sub_ei, centers, hop = _khop_union(ei, 7, torch.tensor([0]), hops=2)
+    assert dict(zip(node_v[~ghost].tolist(), hop[~ghost].tolist())) == {0: 0, 1: 1, 2: 2}
+    assert hop[ghost].tolist() == [3]  # (ghosts stand beyond the last hop)
     # Nodes within two hops (0, 1, 2) and one ghost; the edges into them all stay.
     assert node_v[~ghost].tolist() == [0, 1, 2] and int(ghost.sum()) == 1
     assert sorted(edge_e.tolist()) == [2, 3, 4, 5]

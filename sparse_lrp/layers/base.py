@@ -144,6 +144,26 @@ class Context:
     row_groups: Tensor | None = None
     graph_groups: Tensor | None = None
     num_groups: int = 0
+    # Node targets' subgraph union with its nodes ordered by hops from their target:
+    # ``live[r]`` rows lie within ``r`` hops (r = 0..k), of ``union_rows`` in all.
+    live: list[int] | None = None
+    union_rows: int = 0
+
+    def live_rows(self, rows: int) -> int | None:
+        """How many leading rows of a map's node-level output can still reach a target
+        (None: all of them, or the rows are no nodes of a subgraph union).
+
+        A layer's output at a node more hops from every target than message-passing
+        hops remain after it reaches no target, so no relevance returns to it either:
+        its value is never needed. The hops left are counted from the maps run so far,
+        which cannot undercount what follows (a later layer runs later)."""
+        live = self.live
+        if live is None or rows != self.union_rows:
+            return None
+        left = len(live) - 1 - self.hops_run
+        if left < 0:  # more hops ran than the subgraphs hold: the pass reruns wider
+            return None
+        return live[left] if live[left] < rows else None
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
@@ -229,9 +249,13 @@ class Context:
                 return groups.repeat_interleave(channels // groups.numel())
         return None
 
-    def record_node(self, name: str, x: Tensor, ratio: Tensor) -> None:
-        """Add the relevance ``x * ratio`` reaching a layer's input, summed per row."""
-        if x.dim() == 2:
+    def record_node(self, name: str, x: Tensor, ratio: Tensor, keep: int | None = None) -> None:
+        """Add the relevance ``x * ratio`` reaching a layer's input, summed per row (only
+        the leading ``keep`` rows can hold any, if given)."""
+        if keep is not None:
+            node = x.new_zeros(x.shape[0])
+            node[:keep] = rowdot(x[:keep].detach().flatten(1), ratio[:keep].flatten(1))
+        elif x.dim() == 2:
             node = rowdot(x.detach(), ratio)
         elif x.dim() > 2:
             node = rowdot(x.detach().flatten(1), ratio.flatten(1))
@@ -281,12 +305,13 @@ class _Restricted:
     exact, at a cost proportional to the active part.
     """
 
-    def __init__(self, rows: Tensor, branches: list[MapBranch], xs: list[Tensor]) -> None:
+    def __init__(self, rows: Tensor, branches: list[MapBranch], xs: list[Tensor], prefix: bool = False) -> None:
         self.rows = rows
+        self.prefix = prefix  # rows are 0..len-1: slices, not gathers
         self.parts = []  # (kernel branch, input rows it reads, positions of its edges)
         for b, x in zip(branches, xs):
             if isinstance(b.op, DenseOperator):  # row b of the output reads row b of x only
-                self.parts.append((Branch(b.op, x.index_select(0, rows), b.weight), rows, None))
+                self.parts.append((Branch(b.op, self.rows_of(x, x.shape[0]), b.weight), rows, None))
                 continue
             local, positions = b.op.incident(1, rows)
             if b.op.is_diagonal:  # self-loops: row i reads input i, and stays a row scaling
@@ -300,21 +325,22 @@ class _Restricted:
                 (Branch(op, x.index_select(0, inputs), b.weight.index_select(0, positions)), inputs, positions)
             )
 
+    @staticmethod
+    def pays(n: int, active: int) -> bool:
+        return n >= RESTRICT_MIN_ROWS and 0 < active <= RESTRICT_MAX_SHARE * n
+
     @classmethod
     def find(cls, ratio: Tensor, branches: list[MapBranch], xs: list[Tensor], rule: Rule) -> _Restricted | None:
         if ratio.dim() != 2 or ratio.shape[0] < RESTRICT_MIN_ROWS or rule.per_row_inputs:
             return None
-        n = ratio.shape[0]
         rows = nonzero_rows(ratio)
-        if rows.numel() == 0 or rows.numel() > RESTRICT_MAX_SHARE * n:
-            return None
-        return cls(rows, branches, xs)
+        return cls(rows, branches, xs) if cls.pays(ratio.shape[0], rows.numel()) else None
 
     def rows_of(self, t: Tensor | None, n: int) -> Tensor | None:
         """``t`` at the active rows if it has one row per output (a bias may broadcast)."""
         if t is None or t.dim() < 2 or t.shape[0] != n:
             return t
-        return t.index_select(0, self.rows)
+        return t[: self.rows.numel()] if self.prefix else t.index_select(0, self.rows)
 
     def expand(self, results: list[tuple[Tensor, Tensor | None]], branches, xs) -> list[tuple[Tensor, Tensor | None]]:
         out = []
@@ -333,15 +359,24 @@ class _MapFunction(torch.autograd.Function):
     def forward(fctx, call: LayerCall, spec: tuple, *xs: Tensor) -> Tensor:
         branches, bias, _ = spec
         strategy = _resolve_strategy(call.ctx.strategy, xs[0])  # (no CSR products in half precision)
+        first_op = branches[0].op
+        rows = first_op.num_out if isinstance(first_op, EdgeOperator) else xs[0].shape[0]
+        keep = None if any(b.channels_are_rows for b in branches) else call.ctx.live_rows(rows)
         z = None
         for b, x in zip(branches, xs):
-            part = b.op.forward(
-                b.weight, x, strategy if isinstance(b.op, EdgeOperator) else "dense", DEFAULT_MAX_MEMORY
-            )
+            how = strategy if isinstance(b.op, EdgeOperator) else "dense"
+            if keep is None:
+                part = b.op.forward(b.weight, x, how, DEFAULT_MAX_MEMORY)
+            elif isinstance(b.op, EdgeOperator):
+                part = b.op.forward_rows(b.weight, x, keep, how, DEFAULT_MAX_MEMORY)
+            else:  # (a dense map is row by row)
+                part = b.op.forward(b.weight, x[:keep], how, DEFAULT_MAX_MEMORY)
             z = part if z is None else z + part
         if bias is not None:
-            z = z + bias
-        fctx.call, fctx.spec = call, spec
+            z = z + (bias[:keep] if keep is not None and bias.dim() == 2 and bias.shape[0] == rows else bias)
+        if keep is not None:  # rows that reach no target: zeros, never read for relevance
+            z = z.new_zeros(rows, *z.shape[1:]).index_copy_(0, torch.arange(keep, device=z.device), z)
+        fctx.call, fctx.spec, fctx.keep = call, spec, keep
         fctx.save_for_backward(z, *xs)
         return z
 
@@ -370,14 +405,15 @@ class _MapFunction(torch.autograd.Function):
             z, grad, bias = widen(z), widen(grad), widen(bias)
             xs = [widen(x) for x in xs]
             branches = [dataclasses.replace(b, weight=widen(b.weight)) for b in branches]
-        r_out = z * grad
+        keep = fctx.keep
+        r_out = z * grad if keep is None else None  # (else over the live rows only, below)
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
         ratio = rule.proportional
         groups = None
         if want_edge and len(branches) == 1 and branches[0].channels_are_rows and ctx.num_groups:
             groups = ctx.channel_groups(xs[0].shape[1])
-        if groups is not None and has_nonzero(r_out[:, groups < 0]):
+        if groups is not None and has_nonzero(r_out[:, groups < 0]):  # (keep is None with groups)
             groups = None  # relevance where no target's rows are: the rows are not in order
         if groups is not None:
             # Several targets' rows are this map's channels: each channel is its own column of
@@ -386,12 +422,20 @@ class _MapFunction(torch.autograd.Function):
             ctx.absorbed = ctx.absorbed + absorbed
             ctx.record_local_per_target(call.name, per_target.to(dtype))
             return (None, None, *_flowing_on(ctx, branches, xs, keys, results, ratio, dtype, record=False))
-        # The ratio flowing in marks the rows with relevance.
-        sub = _Restricted.find(grad, branches, xs, rule) if ctx.few_rows else None
-        n = r_out.shape[0]
+        # Relevance reaches the rows that can still reach a target (the leading `keep`
+        # rows of a subgraph union), or else the ratio flowing in marks them.
+        n = z.shape[0]
+        if keep is not None and not rule.per_row_inputs and _Restricted.pays(n, keep):
+            sub = _Restricted(torch.arange(keep, device=z.device), branches, xs, prefix=True)
+        else:
+            sub = _Restricted.find(grad, branches, xs, rule) if ctx.few_rows else None
+        if r_out is None:
+            r_out = z * grad if sub is None else sub.rows_of(z, n) * sub.rows_of(grad, n)
+        elif sub is not None:
+            r_out = sub.rows_of(r_out, n)
         results, absorbed = propagate_branches(
             [Branch(b.op, x, b.weight) for b, x in zip(branches, xs)] if sub is None else [p[0] for p in sub.parts],
-            r_out if sub is None else sub.rows_of(r_out, n),
+            r_out,
             rule,
             bias=bias if sub is None else sub.rows_of(bias, n),
             z=z if sub is None else sub.rows_of(z, n),
@@ -583,13 +627,14 @@ class _RecordFunction(torch.autograd.Function):
     @staticmethod
     def forward(fctx, call: LayerCall, x: Tensor) -> Tensor:
         fctx.call = call
+        fctx.keep = call.ctx.live_rows(x.shape[0]) if x.dim() >= 2 else None  # (rows relevance can reach)
         fctx.save_for_backward(x)
         return x.view_as(x)
 
     @staticmethod
     def backward(fctx, grad: Tensor):
         (x,) = fctx.saved_tensors
-        fctx.call.ctx.record_node(fctx.call.name, x, grad)
+        fctx.call.ctx.record_node(fctx.call.name, x, grad, fctx.keep)
         return None, grad
 
 
