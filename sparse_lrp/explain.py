@@ -30,7 +30,7 @@ from torch_geometric.nn.conv import MessagePassing
 from .composites import Composite, resolve
 from .layers import find_handler, subgraph_needs, supported_types
 from .layers.base import Context, LayerCall, MergedEdgesError, pass_through, record_input
-from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints
+from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints, summing_once
 from .rules import Rule
 from .validation import check_budget, check_edge_index, check_finite, check_tensor, non_finite
 
@@ -867,6 +867,7 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
     return node_feat, edge_attr_rel, value, cls, seed.detach(), y.detach()
 
 
+@summing_once
 def explain(
     model: nn.Module,
     x: Tensor,

@@ -28,7 +28,15 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, EdgeValues, FusedTerms, has_nonzero
+from .operators import (
+    DEFAULT_MAX_MEMORY,
+    DenseOperator,
+    EdgeOperator,
+    EdgeValues,
+    FusedTerms,
+    has_nonzero,
+    summing_once,
+)
 from .rules import Pass, Rule
 from .validation import check_budget, check_edge_index, check_finite, check_same, check_tensor, non_finite
 
@@ -493,6 +501,7 @@ def propagate(
     return Propagated(node_edge[0], node_edge[1], absorbed)
 
 
+@summing_once
 def edge_lrp(
     x: Tensor,
     edge_index: Tensor | EdgeOperator,

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from .kernel import STRATEGIES, propagate
-from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, TensorKeyed
+from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, TensorKeyed, summing_once
 from .rules import Pass, Rule, broadcast_param
 from .validation import check_budget, check_finite, check_same, check_sparse_indices, check_tensor
 
@@ -45,6 +45,7 @@ def _operator(weight: Tensor) -> tuple[EdgeOperator, Tensor]:
     return _OPERATORS.get(weight, build)
 
 
+@summing_once
 def linear_lrp(
     x: Tensor,
     weight: Tensor,

@@ -18,9 +18,11 @@ sparse (CSR) matrix products or as explicit edge messages with ``scatter_add``.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import warnings
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -142,6 +144,31 @@ def _content(t: Tensor) -> tuple:
     return tuple(torch.stack([flat.sum(), torch.dot(flat, flat)]).tolist())
 
 
+# Within one explanation (:func:`summing_once`), each tensor's content is read once,
+# however many caches look it up: a large graph's edge_index costs a pass per read.
+_SUMS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("sparse_lrp_sums", default=None)
+
+
+def summing_once(fn: Callable) -> Callable:
+    """Run ``fn`` with each tensor's content read at most once by the caches (per
+    tensor state; the tensors are held until ``fn`` returns, so no id is reused)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _SUMS.get() is not None:  # (already inside one)
+            return fn(*args, **kwargs)
+        token = _SUMS.set({})
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _SUMS.reset(token)
+
+    return wrapper
+
+
+_MISS = object()
+
+
 class TensorKeyed:
     """Values derived from a tensor, reused while it lives and until it changes.
 
@@ -162,22 +189,34 @@ class TensorKeyed:
 
     def _state(self, t: Tensor) -> tuple:
         state = (t._version, *_storage(t))
-        return (*state, *_content(t)) if self.content else state
+        if not self.content:
+            return state
+        memo = _SUMS.get()
+        if memo is None:
+            return (*state, *_content(t))
+        hit = memo.get((id(t), state))
+        if hit is None:
+            hit = memo[(id(t), state)] = (t, _content(t))
+        return (*state, *hit[1])
 
-    def peek(self, t: Tensor, *extra):
-        """The cached value for ``t`` (and ``extra``), or None."""
+    def _lookup(self, t: Tensor, extra: tuple):
         if t.is_inference():
-            return None
+            return _MISS
         hit = self._entries.get((id(t), *extra))
         if hit is not None and hit[0]() is t and hit[1] == self._state(t):
             return hit[2]
-        return None
+        return _MISS
+
+    def peek(self, t: Tensor, *extra):
+        """The cached value for ``t`` (and ``extra``), or None."""
+        hit = self._lookup(t, extra)
+        return None if hit is _MISS else hit
 
     def get(self, t: Tensor, build, *extra):
         if t.is_inference():
             return build()
-        hit = self.peek(t, *extra)
-        if hit is not None:
+        hit = self._lookup(t, extra)
+        if hit is not _MISS:  # (a cached None is a hit: a check that passed returns None)
             return hit
         for k in [k for k, v in self._entries.items() if v[0]() is None]:
             del self._entries[k]

@@ -152,6 +152,34 @@ def test_khop_union_keeps_degrees_with_one_ghost_per_target():
     assert int(node_v[centers[0]]) == 0
 
 
+def test_a_graph_explained_node_after_node_is_checked_and_read_once(monkeypatch):
+    """The range check of a graph explained call after call was cached as None, which the
+    cache read as a miss: it reran on every call (a min and two max passes over a 1M-edge
+    graph). And every cache lookup re-read the graph's content (its sum): 8 passes per
+    call, where one suffices."""
+    import importlib
+
+    from sparse_lrp import operators
+
+    explain_module = importlib.import_module("sparse_lrp.explain")  # (the module, not the function)
+
+    torch.manual_seed(0)
+    x, ei = _graph()
+    model = GCN(5, 16, 3, 3).eval()
+    checks, reads = [], []
+    check, content = explain_module.check_edge_index, operators._content
+    monkeypatch.setattr(explain_module, "check_edge_index", lambda *a: checks.append(1) or check(*a))
+    monkeypatch.setattr(operators, "_content", lambda t: reads.append(t is ei) or content(t))
+    for node in (3, 4, 5):
+        reads.clear()
+        sparse_lrp.explain(model, x, ei, index=node)
+        assert sum(reads) == 1
+    assert len(checks) == 1
+    ei.add_(0)  # a new version: checked again
+    sparse_lrp.explain(model, x, ei, index=3)
+    assert len(checks) == 2
+
+
 def test_edge_grouping_is_reused_per_graph_and_renewed_when_it_changes():
     torch.manual_seed(0)
     x, ei = _graph()
