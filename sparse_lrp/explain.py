@@ -1104,12 +1104,14 @@ def _only_target(res: ExplainResult) -> ExplainResult:
 
 
 def _conservation(ctx: Context, out_value: Tensor, node_feat: Tensor, ea_rel: Tensor | None) -> dict[str, float]:
-    rel_in = float(node_feat.sum()) + (float(ea_rel.sum()) if ea_rel is not None else 0.0)
+    def total(v) -> float:  # (detached: a sum that still tracks gradients warns when read)
+        return float(v.detach().sum()) if isinstance(v, Tensor) else float(v)
+
     return {
-        "out": float(out_value.detach().sum()),
-        "in": rel_in,
-        "absorbed": float(ctx.absorbed),
-        "lost": float(ctx.lost),
+        "out": total(out_value),
+        "in": total(node_feat) + (total(ea_rel) if ea_rel is not None else 0.0),
+        "absorbed": total(ctx.absorbed),
+        "lost": total(ctx.lost),
     }
 
 

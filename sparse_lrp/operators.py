@@ -62,9 +62,11 @@ warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitl
 def _csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     """A CSR tensor over structures built here (valid by construction: no invariant checks)."""
     with warnings.catch_warnings():
-        # torch notes once per process that its CSR support is in beta: an internal
-        # structure of ours, not the user's choice, so the notice would only puzzle them.
+        # torch notes once per process that its CSR support is in beta (and, in some
+        # versions, that we skip its invariant checks): an internal structure of ours,
+        # not the user's choice, so the notices would only puzzle them.
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 

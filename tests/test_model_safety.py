@@ -776,6 +776,7 @@ def test_nonlinear_parameter_free_modules_are_refused():
     assert res.output.item() == pytest.approx(model[:3](x)[1, 2].item())
 
 
+@pytest.mark.filterwarnings("error::UserWarning")  # (the conservation report read a sum that tracked gradients)
 def test_softmax_inside_a_handled_layer_or_over_constants_is_not_refused(clean_handlers):
     """The softmax check looks only at modules explained as they run: a handled layer's own
     softmax child (a gate its handler holds fixed) and a softmax of constants (mixing
