@@ -264,6 +264,7 @@ class EdgeOperator:
         self._perm = TensorKeyed(1, content=True)  # the last weight seen, in both CSR orders
         self._fused = TensorKeyed(4, content=True)  # bounded: weights change per layer (attention) or call
         self._diagonal = False  # edge e is e -> e (identity_pattern): products are row scalings
+        self._prefix_edges: dict[int, int] = {}  # edges into the first `rows` outputs, by rows
 
     @property
     def device(self) -> torch.device:
@@ -382,7 +383,9 @@ class EdgeOperator:
         if strategy != "spmm":
             return self.forward(gw, f, strategy, max_memory)[:rows]
         crow, col, perm = self._csr_by_dst()  # (rows in order: a prefix of rows is a prefix of edges)
-        nnz = int(crow[rows])
+        nnz = self._prefix_edges.get(rows)
+        if nnz is None:  # (one host read per prefix: every layer of a pass cuts at the same few)
+            nnz = self._prefix_edges[rows] = int(crow[rows])
         vals = gw.by_dst[:nnz] if isinstance(gw, EdgeValues) else w.index_select(0, perm[:nnz])
         return _csr_tensor(crow[: rows + 1], col[:nnz], vals, (rows, self.num_in)) @ f
 
