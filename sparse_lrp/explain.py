@@ -263,8 +263,11 @@ def _normaliser(ctx: Context, name: str, module: nn.Module, original, *args, **k
 
 
 def _count_hops(ctx: Context, module: nn.Module, original, *args, **kwargs):
+    # Counted once the layer has run: maps its forward issues before propagating (a
+    # Linear it applies) still have its hop ahead of them.
+    out = original(*args, **kwargs)
     ctx.hops_run += _layer_hops(module)
-    return original(*args, **kwargs)
+    return out
 
 
 def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, *args, **kwargs):
@@ -283,14 +286,21 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
             and graph is not ctx.edge_index
         ):
             raise _BeyondSubgraphError(name)
-    if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
-        args = (record_input(call, args[0]), *args[1:])
-    before = ctx.hops_run
-    ctx.in_handler += 1
+    # A built-in message-passing handler's maps have node rows (PyG's contract for x):
+    # they may skip the rows that reach no target (Context.live_rows).
+    nodes = int(isinstance(module, MessagePassing) and handler.__module__.startswith("sparse_lrp."))
+    ctx.node_rows += nodes
     try:
-        out = handler(call, *args, **kwargs)
+        if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
+            args = (record_input(call, args[0]), *args[1:])
+        before = ctx.hops_run
+        ctx.in_handler += 1
+        try:
+            out = handler(call, *args, **kwargs)
+        finally:
+            ctx.in_handler -= 1
     finally:
-        ctx.in_handler -= 1
+        ctx.node_rows -= nodes
     if call.maps == 0 and not handler.__module__.startswith("sparse_lrp.") and _has_weight_matrix(module):
         raise TypeError(
             f"the handler of {name or '<model>'!r} ({type(module).__name__}) issued no LRP map "

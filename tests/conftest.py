@@ -19,6 +19,19 @@ BACKENDS = available_backends()
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def clean_handlers():
+    """Registrations made by a test must not leak into other tests."""
+    from sparse_lrp.layers import _HANDLERS, _SUBGRAPH
+
+    saved, declared = dict(_HANDLERS), dict(_SUBGRAPH)
+    yield
+    _HANDLERS.clear()
+    _HANDLERS.update(saved)
+    _SUBGRAPH.clear()
+    _SUBGRAPH.update(declared)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     """Select each available scatter backend for the duration of one test."""

@@ -149,8 +149,8 @@ def test_layers_run_only_on_rows_that_reach_a_target(name, composite, index, den
     cuts, prefixes = [], []
     live_rows, init = base.Context.live_rows, base._Restricted.__init__
 
-    def spy_live(self, rows):
-        keep = live_rows(self, rows)
+    def spy_live(self, rows, further=0):
+        keep = live_rows(self, rows, further)
         cuts.append(keep)
         return keep
 
@@ -179,3 +179,99 @@ def test_layers_run_only_on_rows_that_reach_a_target(name, composite, index, den
         for layer, rec in whole.layers.items():
             for key, want in rec.items():
                 torch.testing.assert_close(row(res.layers[layer][key]), want, rtol=1e-10, atol=1e-12)
+
+
+def _equals_whole_graph(model, x, ei, index, **kw):
+    """Each target's row of a batched call equals the whole-graph pass seeded at it."""
+    res = sparse_lrp.explain(model, x, ei, index=index, target=0, **kw)
+    out = model(x, ei).detach()
+    for t, i in enumerate(index):
+        seed = torch.zeros_like(out)
+        seed[i, 0] = out[i, 0]
+        whole = sparse_lrp.explain(model, x, ei, target=seed, **kw)
+        assert res.output[t].item() == pytest.approx(out[i, 0].item(), rel=1e-12)
+        for field in ("node_feat", "edge"):
+            got = getattr(res, field)
+            got = got.to_dense() if got.is_sparse else got
+            torch.testing.assert_close(got[t], getattr(whole, field), rtol=1e-9, atol=1e-12)
+
+
+def test_maps_inside_a_message_passing_layer_without_handler_keep_its_hop():
+    """A parameter-free MessagePassing runs as autograd computes it and counts its hop;
+    counted on entry, a Linear its forward applies before propagating was cut one hop
+    too early (outputs 0 instead of 0.11 and 0.84)."""
+    from torch_geometric.nn import MessagePassing
+
+    class Prop(MessagePassing):
+        def forward(self, x, edge_index, fn):
+            return self.propagate(edge_index, x=fn(x))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.p = nn.Linear(5, 8), nn.Linear(8, 3), Prop()
+
+        def forward(self, x, ei):
+            return self.p(torch.relu(self.p(x, ei, self.l1)), ei, self.l2)
+
+    torch.manual_seed(0)
+    x, ei = torch.randn(80, 5, dtype=torch.float64), torch.randint(0, 80, (2, 240))
+    _equals_whole_graph(Net().double().eval(), x, ei, [0, 3], hops=2)
+
+
+def test_a_custom_map_over_edges_as_many_as_the_subgraph_nodes_is_not_cut(clean_handlers):
+    """A handler's map over per-edge messages whose count equals the union's nodes (5:
+    4 nodes and a ghost) was taken for a node map and cut (a message zeroed)."""
+    from torch_geometric.nn import MessagePassing
+
+    class EdgeLin(MessagePassing):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x, edge_index):
+            ei = edge_index[:, edge_index[0] != edge_index[1]]
+            msg = self.lin(x.index_select(0, ei[0]))
+            return torch.zeros(x.shape[0], 2, dtype=x.dtype).index_add_(0, ei[1], msg)
+
+    def handler(call, x, edge_index):
+        ei = edge_index[:, edge_index[0] != edge_index[1]]
+        msg = call.linear(x.index_select(0, ei[0]), call.module.lin.weight, call.module.lin.bias)
+        return call.messages(msg, torch.stack([torch.arange(ei.shape[1]), ei[1]]), x.shape[0], None)
+
+    sparse_lrp.register_handler(EdgeLin, handler, subgraph=())
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    ei = torch.tensor([[1, 2, 2, 3, 3, 0, 4], [0, 0, 0, 0, 0, 0, 5]])  # node 0: 5 in-edges and a loop
+    _equals_whole_graph(EdgeLin().double().eval(), x, ei, [0], composite="epsilon")
+
+
+@pytest.mark.parametrize("norm", ["l2", "std", "sqrt"])
+@pytest.mark.parametrize("rule", [Epsilon(1e-6), Composite(Epsilon(1e-6), first=WSquare())])
+def test_model_code_that_makes_nan_of_rows_no_target_reaches(norm, rule, monkeypatch):
+    """Rows cut off are zeros; a row normalisation in the model's own code makes them
+    NaN (0/0). The backward read them and raised an overflow error; it reads only the
+    rows that can reach a target."""
+    from torch_geometric.nn import GraphConv
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = GraphConv(5, 6), GraphConv(6, 3)
+
+        def forward(self, x, ei):
+            h = self.c1(x, ei)
+            if norm == "l2":
+                h = h / h.norm(dim=1, keepdim=True)
+            elif norm == "std":
+                h = (h - h.mean(1, keepdim=True)) / h.std(1, keepdim=True)
+            else:
+                h = h.abs().sqrt()
+            return self.c2(torch.relu(h), ei)
+
+    torch.manual_seed(0)
+    x, ei = torch.randn(50, 5, dtype=torch.float64), torch.randint(0, 50, (2, 150))
+    model = Net().double().eval()
+    for min_rows in (2048, 16):  # (the whole map, and the map cut down to its live rows)
+        monkeypatch.setattr(base, "RESTRICT_MIN_ROWS", min_rows)
+        _equals_whole_graph(model, x, ei, [0, 3], composite=rule)

@@ -58,6 +58,14 @@ def _narrow(ctx: Context, ratio: Tensor, x: Tensor, dtype: torch.dtype) -> Tenso
     return out.masked_fill_(bad, 0.0)
 
 
+def _live_only(t: Tensor, rows: int | None) -> Tensor:
+    """``t`` with its rows from ``rows`` on set to 0 (rows no target reaches, whose values
+    the model's code may have made anything: a norm of a zero row is NaN)."""
+    if rows is None or rows >= t.shape[0]:
+        return t
+    return torch.cat([t[:rows], t.new_zeros(t.shape[0] - rows, *t.shape[1:])])
+
+
 def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
     """For each edge of ``edges``, the position of the same (source, target) edge in
     ``ref``, the k-th copy of a multi-edge matched to the k-th (``-1``: none left)."""
@@ -148,22 +156,27 @@ class Context:
     # ``live[r]`` rows lie within ``r`` hops (r = 0..k), of ``union_rows`` in all.
     live: list[int] | None = None
     union_rows: int = 0
+    node_rows: int = 0  # built-in message-passing handlers running: their maps' rows are nodes
 
-    def live_rows(self, rows: int) -> int | None:
-        """How many leading rows of a map's node-level output can still reach a target
-        (None: all of them, or the rows are no nodes of a subgraph union).
+    def live_rows(self, rows: int, further: int = 0) -> int | None:
+        """How many leading rows of a node-level map output (or, ``further=1``, of a
+        node-mixing map's input) can still reach a target; None: all of them, or rows
+        that are not known to be the union's nodes.
 
         A layer's output at a node more hops from every target than message-passing
         hops remain after it reaches no target, so no relevance returns to it either:
         its value is never needed. The hops left are counted from the maps run so far,
-        which cannot undercount what follows (a later layer runs later)."""
+        which cannot undercount what follows (a later layer runs later). Only maps of
+        the built-in message-passing handlers are cut: their rows are nodes by PyG's
+        contract, where a row count alone could be edges that happen to be as many."""
         live = self.live
-        if live is None or rows != self.union_rows:
+        if live is None or not self.node_rows or rows != self.union_rows:
             return None
         left = len(live) - 1 - self.hops_run
         if left < 0:  # more hops ran than the subgraphs hold: the pass reruns wider
             return None
-        return live[left] if live[left] < rows else None
+        left += further
+        return live[left] if left < len(live) and live[left] < rows else None
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
@@ -362,6 +375,16 @@ class _MapFunction(torch.autograd.Function):
         first_op = branches[0].op
         rows = first_op.num_out if isinstance(first_op, EdgeOperator) else xs[0].shape[0]
         keep = None if any(b.channels_are_rows for b in branches) else call.ctx.live_rows(rows)
+        # Input rows that can still reach a target (node mixing reads one hop further):
+        # the backward reads no other (the model's code may leave any value there).
+        reach = None
+        if keep is not None:
+            reach = [
+                call.ctx.live_rows(x.shape[0], further=1)
+                if isinstance(b.op, EdgeOperator) and not b.op.is_diagonal
+                else keep
+                for b, x in zip(branches, xs)
+            ]
         z = None
         for b, x in zip(branches, xs):
             how = strategy if isinstance(b.op, EdgeOperator) else "dense"
@@ -376,7 +399,7 @@ class _MapFunction(torch.autograd.Function):
             z = z + (bias[:keep] if keep is not None and bias.dim() == 2 and bias.shape[0] == rows else bias)
         if keep is not None:  # rows that reach no target: zeros, never read for relevance
             z = z.new_zeros(rows, *z.shape[1:]).index_copy_(0, torch.arange(keep, device=z.device), z)
-        fctx.call, fctx.spec, fctx.keep = call, spec, keep
+        fctx.call, fctx.spec, fctx.keep, fctx.reach = call, spec, keep, reach
         fctx.save_for_backward(z, *xs)
         return z
 
@@ -428,6 +451,9 @@ class _MapFunction(torch.autograd.Function):
         if keep is not None and not rule.per_row_inputs and _Restricted.pays(n, keep):
             sub = _Restricted(torch.arange(keep, device=z.device), branches, xs, prefix=True)
         else:
+            if keep is not None:  # (over the live rows' values only)
+                grad = _live_only(grad, keep)
+                xs = [_live_only(x, r) for x, r in zip(xs, fctx.reach)]
             sub = _Restricted.find(grad, branches, xs, rule) if ctx.few_rows else None
         if r_out is None:
             r_out = z * grad if sub is None else sub.rows_of(z, n) * sub.rows_of(grad, n)
