@@ -29,7 +29,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from .composites import Composite, resolve
 from .layers import find_handler, subgraph_needs, supported_types
-from .layers.base import Context, LayerCall, MergedEdgesError, pass_through, record_input
+from .layers.base import Context, LayerCall, MergedEdgesError, UnsafeCutError, pass_through, record_input
 from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints, summing_once
 from .rules import Rule
 from .validation import check_budget, check_edge_index, check_finite, check_tensor, non_finite
@@ -1256,22 +1256,25 @@ def _explain_many_nodes(
     in_deg = needs is None or bool({"in_degrees", "weighted_in_degrees"} & needs)
     out_deg = needs is None or "out_degrees" in needs
     merge = needs is not None and needs & {"in_degrees", "out_degrees"} == set() and "weighted_in_degrees" in needs
+    cut = True
     while True:
         args = (model, ctx, x, edge_index, rows, target, k, kwargs, budget)
         try:
             if merge:
                 try:
                     union = _khop_union(edge_index, n, rows, k, boundary_degrees=True, merge=True)
-                    return _many_nodes_pass(*args, union, sparse_output=sparse_output)
+                    return _many_nodes_pass(*args, union, sparse_output=sparse_output, cut=cut)
                 except MergedEdgesError:
                     pass
             union = _khop_union(edge_index, n, rows, k, out_edges=out_deg, boundary_degrees=in_deg)
-            return _many_nodes_pass(*args, union, sparse_output=sparse_output)
+            return _many_nodes_pass(*args, union, sparse_output=sparse_output, cut=cut)
         except _MoreHopsError as more:  # a layer called repeatedly: rebuild the subgraphs wider
             k = _HOPS_RUN[model] = more.hops
+        except UnsafeCutError:  # the model's code makes NaN of zero rows: compute every row
+            cut = False
 
 
-def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget, union, sparse_output=None):
+def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget, union, sparse_output=None, cut=True):
     n, num_edges, t_count = x.shape[0], edge_index.shape[1], rows.numel()
     per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
@@ -1302,6 +1305,7 @@ def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget,
         cctx.row_groups, cctx.num_groups = run_t, count  # (chunk-local target of each union node)
         hops_sorted = hop.index_select(0, order)
         cctx.live = torch.searchsorted(hops_sorted, torch.arange(k + 1, device=hop.device), right=True).tolist()
+        cctx.cut = cut
         cctx.union_rows = order.numel()
         merged = edge_e == num_edges  # edges standing for all edges into a border node
         is_real = None if not bool(merged.any()) else ~merged

@@ -246,28 +246,32 @@ def test_a_custom_map_over_edges_as_many_as_the_subgraph_nodes_is_not_cut(clean_
     _equals_whole_graph(EdgeLin().double().eval(), x, ei, [0], composite="epsilon")
 
 
+@pytest.mark.parametrize("head", [False, True])
 @pytest.mark.parametrize("norm", ["l2", "std", "sqrt"])
 @pytest.mark.parametrize("rule", [Epsilon(1e-6), Composite(Epsilon(1e-6), first=WSquare())])
-def test_model_code_that_makes_nan_of_rows_no_target_reaches(norm, rule, monkeypatch):
+def test_model_code_that_makes_nan_of_rows_no_target_reaches(norm, rule, head, monkeypatch):
     """Rows cut off are zeros; a row normalisation in the model's own code makes them
     NaN (0/0). The backward read them and raised an overflow error; it reads only the
-    rows that can reach a target."""
+    rows that can reach a target, and a map that is not cut (a Linear head) and meets
+    such rows makes the pass rerun without cutting."""
     from torch_geometric.nn import GraphConv
 
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.c1, self.c2 = GraphConv(5, 6), GraphConv(6, 3)
+            self.c1, self.c2, self.head = GraphConv(5, 6), GraphConv(6, 6 if head else 3), nn.Linear(6, 3)
 
         def forward(self, x, ei):
             h = self.c1(x, ei)
+            if head:
+                h = self.c2(torch.relu(h), ei)
             if norm == "l2":
                 h = h / h.norm(dim=1, keepdim=True)
             elif norm == "std":
                 h = (h - h.mean(1, keepdim=True)) / h.std(1, keepdim=True)
             else:
                 h = h.abs().sqrt()
-            return self.c2(torch.relu(h), ei)
+            return self.head(h) if head else self.c2(torch.relu(h), ei)
 
     torch.manual_seed(0)
     x, ei = torch.randn(50, 5, dtype=torch.float64), torch.randint(0, 50, (2, 150))

@@ -157,6 +157,8 @@ class Context:
     live: list[int] | None = None
     union_rows: int = 0
     node_rows: int = 0  # built-in message-passing handlers running: their maps' rows are nodes
+    cut: bool = True  # whether maps may skip rows that reach no target
+    cut_made: bool = False  # some map did
 
     def live_rows(self, rows: int, further: int = 0) -> int | None:
         """How many leading rows of a node-level map output (or, ``further=1``, of a
@@ -170,13 +172,16 @@ class Context:
         the built-in message-passing handlers are cut: their rows are nodes by PyG's
         contract, where a row count alone could be edges that happen to be as many."""
         live = self.live
-        if live is None or not self.node_rows or rows != self.union_rows:
+        if live is None or not self.cut or not self.node_rows or rows != self.union_rows:
             return None
         left = len(live) - 1 - self.hops_run
         if left < 0:  # more hops ran than the subgraphs hold: the pass reruns wider
             return None
         left += further
-        return live[left] if left < len(live) and live[left] < rows else None
+        if left >= len(live) or live[left] >= rows:
+            return None
+        self.cut_made = True
+        return live[left]
 
     def release(self) -> None:
         """Drop what the forward pass cached (layer outputs, operators, normalisations).
@@ -276,6 +281,11 @@ class Context:
             node = x.detach() * ratio
         rec = self.records.setdefault(name, {})
         rec["node"] = node if "node" not in rec else rec["node"] + node
+
+
+class UnsafeCutError(Exception):
+    """A map read non-finite values where cut rows hold zeros (the model's own code made
+    them so, as a row norm of a zero row does): the pass reruns without cutting."""
 
 
 class MergedEdgesError(Exception):
@@ -399,6 +409,10 @@ class _MapFunction(torch.autograd.Function):
             z = z + (bias[:keep] if keep is not None and bias.dim() == 2 and bias.shape[0] == rows else bias)
         if keep is not None:  # rows that reach no target: zeros, never read for relevance
             z = z.new_zeros(rows, *z.shape[1:]).index_copy_(0, torch.arange(keep, device=z.device), z)
+        elif call.ctx.cut_made and not bool(torch.isfinite(z).all()):
+            # An uncut map over rows a cut left as zeros, which the model's code turned into
+            # NaN or Inf: its backward would read them.
+            raise UnsafeCutError(call.name)
         fctx.call, fctx.spec, fctx.keep, fctx.reach = call, spec, keep, reach
         fctx.save_for_backward(z, *xs)
         return z
