@@ -850,6 +850,10 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             raise _NotPerNodeError(
                 f"node-level task but the model returned {y.shape[0]} rows for {where}: it has no row per node"
             )
+        if ctx.live is not None and ctx.hops_run > len(ctx.live) - 1:
+            # More hops than the subgraphs hold (a layer called twice): whatever this pass
+            # computed, even a non-finite output, comes from missing neighbours; rerun wider.
+            raise _MoreHopsError(ctx.hops_run)
         seed, value, cls, dropped = _seed(y, rows, target)
         ctx.lost = ctx.lost + dropped
         if not math.isfinite(value.sum().item()) and not bool(torch.isfinite(value).all()):

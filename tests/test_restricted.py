@@ -279,3 +279,57 @@ def test_model_code_that_makes_nan_of_rows_no_target_reaches(norm, rule, head, m
     for min_rows in (2048, 16):  # (the whole map, and the map cut down to its live rows)
         monkeypatch.setattr(base, "RESTRICT_MIN_ROWS", min_rows)
         _equals_whole_graph(model, x, ei, [0, 3], composite=rule)
+
+
+def test_per_edge_messages_read_only_live_rows():
+    """GINE's per-edge messages relu(x_j + e) read rows the cut left as zeros, which a row
+    norm in the model's code made NaN: edge relevance came out NaN (11 of 700 edges)."""
+    from torch_geometric.nn import GINEConv, GraphConv
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = GraphConv(5, 6), GINEConv(nn.Linear(6, 3), edge_dim=2)
+
+        def forward(self, x, ei, edge_attr):
+            h = self.c1(x, ei)
+            return self.c2(h / h.norm(dim=1, keepdim=True), ei, edge_attr)
+
+    torch.manual_seed(0)
+    x, ei = torch.randn(200, 5, dtype=torch.float64), torch.randint(0, 200, (2, 700))
+    ea = torch.randn(700, 2, dtype=torch.float64)
+    model = Net().double().eval()
+    res = sparse_lrp.explain(model, x, ei, index=[0, 3, 7], target=0, edge_attr=ea)
+    out = model(x, ei, ea).detach()
+    for t, i in enumerate((0, 3, 7)):
+        seed = torch.zeros_like(out)
+        seed[i, 0] = out[i, 0]
+        whole = sparse_lrp.explain(model, x, ei, target=seed, edge_attr=ea)
+        for field in ("node_feat", "edge", "edge_attr"):
+            got = getattr(res, field)
+            got = got.to_dense() if got.is_sparse else got
+            torch.testing.assert_close(got[t], getattr(whole, field), rtol=1e-9, atol=1e-12)
+
+
+def test_a_layer_called_twice_widens_before_its_output_is_judged():
+    """num_hops counts a module called twice once: the first pass runs on 1-hop subgraphs,
+    where the second call leaves the target a zero row that the model's own norm makes
+    NaN. That raised 'the explained output is not finite' before the pass could widen."""
+    from torch_geometric.nn import SAGEConv
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = SAGEConv(5, 5, root_weight=False, bias=False)
+
+        def forward(self, x, ei):
+            h = self.c(self.c(x, ei), ei)
+            return h / h.norm(dim=1, keepdim=True)
+
+    torch.manual_seed(0)
+    n = 50
+    x = torch.randn(n, 5, dtype=torch.float64)
+    ring = torch.stack([torch.arange(n), (torch.arange(n) + 1) % n])
+    ei = torch.cat([torch.randint(0, n, (2, 150)), ring], 1)
+    _equals_whole_graph(Net().double().eval(), x, ei, [0])
+    _equals_whole_graph(Net().double().eval(), x, ei, [0, 3])

@@ -66,6 +66,17 @@ def _live_only(t: Tensor, rows: int | None) -> Tensor:
     return torch.cat([t[:rows], t.new_zeros(t.shape[0] - rows, *t.shape[1:])])
 
 
+def _read_by_live(branch, x: Tensor, reach: int | None, keep: int) -> Tensor:
+    """``x`` with only the rows that the first ``keep`` outputs read (others 0): the leading
+    ``reach`` rows of node inputs, or the rows an edge map's edges into those outputs read
+    (per-edge messages, whose rows are no nodes)."""
+    if reach is not None or not isinstance(branch.op, EdgeOperator) or branch.op.is_diagonal:
+        return _live_only(x, reach if reach is not None else keep if x.shape[0] == branch.op.num_out else None)
+    read = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    read[branch.op.src[branch.op.dst < keep]] = True
+    return torch.where(read.view(-1, *[1] * (x.dim() - 1)), x, 0.0)
+
+
 def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
     """For each edge of ``edges``, the position of the same (source, target) edge in
     ``ref``, the k-th copy of a multi-edge matched to the k-th (``-1``: none left)."""
@@ -467,7 +478,7 @@ class _MapFunction(torch.autograd.Function):
         else:
             if keep is not None:  # (over the live rows' values only)
                 grad = _live_only(grad, keep)
-                xs = [_live_only(x, r) for x, r in zip(xs, fctx.reach)]
+                xs = [_read_by_live(b, x, r, keep) for b, x, r in zip(branches, xs, fctx.reach)]
             sub = _Restricted.find(grad, branches, xs, rule) if ctx.few_rows else None
         if r_out is None:
             r_out = z * grad if sub is None else sub.rows_of(z, n) * sub.rows_of(grad, n)
