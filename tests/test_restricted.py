@@ -333,3 +333,53 @@ def test_a_layer_called_twice_widens_before_its_output_is_judged():
     ei = torch.cat([torch.randint(0, n, (2, 150)), ring], 1)
     _equals_whole_graph(Net().double().eval(), x, ei, [0])
     _equals_whole_graph(Net().double().eval(), x, ei, [0, 3])
+
+
+@pytest.mark.parametrize("min_rows", [2048, 16])
+@pytest.mark.parametrize("first, second", [("gcn", "gat"), ("gat2", "gin"), ("tag", "gine")])
+def test_a_row_norm_of_cut_rows_before_attention_or_edge_features(first, second, min_rows, monkeypatch):
+    """Rows the cut leaves as zeros, made NaN by the model's own row norm, must reach no
+    result: GAT's attention over them (weights of edges into rows no target reaches, and a
+    per-head map that is not cut) raised overflow errors; GINE's messages gave NaN edge
+    relevance."""
+    from torch_geometric.nn import GATConv, GCNConv, GINConv, GINEConv, TAGConv
+
+    monkeypatch.setattr(base, "RESTRICT_MIN_ROWS", min_rows)
+    first_layer = {
+        "gcn": lambda: GCNConv(4, 6),
+        "gat2": lambda: GATConv(4, 3, heads=2),
+        "tag": lambda: TAGConv(4, 6, K=2),
+    }
+    second_layer = {
+        "gat": lambda: GATConv(6, 4, heads=1),
+        "gin": lambda: GINConv(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 4))),
+        "gine": lambda: GINEConv(nn.Linear(6, 4), edge_dim=3),
+    }
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2, self.head = first_layer[first](), second_layer[second](), nn.Linear(4, 3)
+
+        def forward(self, x, ei, edge_attr=None):
+            h = self.c1(x, ei)
+            h = h / h.norm(dim=1, keepdim=True)
+            h = self.c2(h, ei, edge_attr) if second == "gine" else self.c2(h, ei)
+            return self.head(torch.relu(h))
+
+    g = torch.Generator().manual_seed(0)
+    x, ei = torch.randn(100, 4, generator=g, dtype=torch.float64), torch.randint(0, 100, (2, 300), generator=g)
+    kw = {"edge_attr": torch.randn(300, 3, generator=g, dtype=torch.float64)} if second == "gine" else {}
+    torch.manual_seed(0)
+    model = Net().double().eval()
+    assert torch.isfinite(model(x, ei, **kw)).all()
+    res = sparse_lrp.explain(model, x, ei, index=[5, 7, 11], target=0, composite="zplus", **kw)
+    out = model(x, ei, **kw).detach()
+    for t, i in enumerate((5, 7, 11)):
+        seed = torch.zeros_like(out)
+        seed[i, 0] = out[i, 0]
+        whole = sparse_lrp.explain(model, x, ei, target=seed, composite="zplus", **kw)
+        for field in ("node_feat", "edge"):
+            got = getattr(res, field)
+            got = got.to_dense() if got.is_sparse else got
+            torch.testing.assert_close(got[t], getattr(whole, field), rtol=1e-9, atol=1e-12)

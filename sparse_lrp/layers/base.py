@@ -77,6 +77,16 @@ def _read_by_live(branch, x: Tensor, reach: int | None, keep: int) -> Tensor:
     return torch.where(read.view(-1, *[1] * (x.dim() - 1)), x, 0.0)
 
 
+def _live_weights(branch, keep: int):
+    """``branch`` with the weights of edges into rows from ``keep`` on set to 0 (weights
+    computed from those rows' values, as attention is, may be anything)."""
+    op = branch.op
+    if not isinstance(op, EdgeOperator):
+        return branch
+    into_live = (torch.arange(op.num_edges, device=op.device) < keep) if op.is_diagonal else op.dst < keep
+    return dataclasses.replace(branch, weight=torch.where(into_live, branch.weight, 0.0))
+
+
 def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
     """For each edge of ``edges``, the position of the same (source, target) edge in
     ``ref``, the k-th copy of a multi-edge matched to the k-th (``-1``: none left)."""
@@ -454,6 +464,11 @@ class _MapFunction(torch.autograd.Function):
             xs = [widen(x) for x in xs]
             branches = [dataclasses.replace(b, weight=widen(b.weight)) for b in branches]
         keep = fctx.keep
+        if keep is None and ctx.cut_made and not bool(torch.isfinite(grad).all()):
+            # An uncut map (rows per node and head, say) after a cut: the model's code made
+            # NaN of rows the cut left as zeros, and its gradient carries it back to rows no
+            # target reaches (at rows that reach one, every value and ratio is finite).
+            grad = torch.where(torch.isfinite(grad), grad, 0.0)
         r_out = z * grad if keep is None else None  # (else over the live rows only, below)
         want_edge = ctx.want_edges and any(b.record_edges for b in branches)
         # A proportional rule hands back the ratio R_in / x itself: what flows on.
@@ -476,9 +491,10 @@ class _MapFunction(torch.autograd.Function):
         if keep is not None and not rule.per_row_inputs and _Restricted.pays(n, keep):
             sub = _Restricted(torch.arange(keep, device=z.device), branches, xs, prefix=True)
         else:
-            if keep is not None:  # (over the live rows' values only)
+            if keep is not None:  # (over the live rows' values only, and their edges' weights)
                 grad = _live_only(grad, keep)
                 xs = [_read_by_live(b, x, r, keep) for b, x, r in zip(branches, xs, fctx.reach)]
+                branches = [_live_weights(b, keep) for b in branches]
             sub = _Restricted.find(grad, branches, xs, rule) if ctx.few_rows else None
         if r_out is None:
             r_out = z * grad if sub is None else sub.rows_of(z, n) * sub.rows_of(grad, n)
@@ -512,7 +528,9 @@ def _flowing_on(ctx, branches, xs, keys, results, ratio, dtype, name=None, recor
             ctx.record_edges(name, b.edge_ids, edge.to(dtype))
         if record and b.rows_are_edges and ctx.want_edges:
             flat = r_in.flatten(1)  # (also with zero rows, where reshape(0, -1) fails)
-            rows = rowdot(x.flatten(1).to(flat.dtype), flat) if ratio else flat.sum(1)
+            # (messages no relevance reached may hold anything: a row the cut left as zeros
+            # that the model's code made NaN, so they take no part in the sum)
+            rows = rowdot(torch.where(flat != 0, x.flatten(1).to(flat.dtype), 0.0), flat) if ratio else flat.sum(1)
             ctx.record_edges(name, b.edge_ids, rows.to(dtype))
         narrow = r_in.dtype != dtype  # half precision, or a float64 recomputation
         if ratio:
