@@ -1052,4 +1052,5 @@ def test_explaining_emits_no_warnings():
         "for model in models:\n"
         "    sparse_lrp.explain(model, x, ei, index=[3, 4], composite='zplus')\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
