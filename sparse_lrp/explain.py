@@ -808,11 +808,13 @@ def _check_normalisers(ctx: Context, y: Tensor) -> None:
 
 
 def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_level: str | None):
-    x_in = x.detach().requires_grad_(True)
+    # Contiguous, so that a layer's flattened or transposed view of the input is still the
+    # input (Context.input_key): a reshape of a strided tensor would copy it.
+    x_in = x.detach().contiguous().requires_grad_(True)
     ctx.inputs = {"x": x_in}
     ea = kwargs.get("edge_attr")
     if isinstance(ea, Tensor) and ea.is_floating_point():
-        ea = ea.detach().requires_grad_(True)
+        ea = ea.detach().contiguous().requires_grad_(True)
         kwargs = {**kwargs, "edge_attr": ea}
         ctx.inputs["edge_attr"] = ea
     else:

@@ -129,12 +129,12 @@ def _storage(t: Tensor) -> tuple:
 def _content(t: Tensor) -> tuple:
     """One host read of ``t``'s (a sparse tensor's stored) values: their sum, and for
     floats also their sum of squares, which changes under an edit that keeps the sum
-    (``w[0] += a; w[1] -= a``)."""
+    (``w[0] += a; w[1] -= a``); a sparse tensor's indices count too (the structure)."""
     if t.layout == torch.sparse_coo:
-        t = t._values()
-    elif t.layout == torch.sparse_csr:
-        t = t.values()
-    elif t.layout != torch.strided:
+        return (*_content(t._indices()), *_content(t._values()))
+    if t.layout == torch.sparse_csr:
+        return (*_content(t.crow_indices()), *_content(t.col_indices()), *_content(t.values()))
+    if t.layout != torch.strided:
         return ()
     t = t.detach()
     if not t.is_floating_point():

@@ -213,6 +213,40 @@ def test_batch_first_inputs_take_zbox_bounds_per_feature_and_per_element(layer, 
         torch.testing.assert_close(got.node_feat.reshape(-1, 4), ref)
 
 
+@pytest.mark.parametrize("layer", ["linear", "sparse"])
+def test_a_strided_batch_first_input_is_still_the_models_input(layer):
+    """A [B, S, F] input that is a transposed view: the layer's reshape copied it, so it was
+    not recognised as the input (WSquare lost 0.8 of 1; SparseLinear refused [F] ZBox bounds)."""
+    w = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    net = nn.Linear(2, 2, bias=False) if layer == "linear" else SparseLinear(w.to_sparse())
+    if layer == "linear":
+        net.weight.data.copy_(w)
+    x = torch.tensor([[[1.0, 0.0], [0.5, 0.0]], [[2.0, 3.0], [1.0, 4.0]]]).transpose(0, 1)  # [B, S, F]
+    assert not x.is_contiguous()
+    target = torch.zeros(2, 2, 2)
+    target[0, 0, 0] = 1.0
+    for rule in (WSquare(), ZBox(torch.tensor([-1.0, -2.0]), 3.0)):
+        got = sparse_lrp.explain(net.eval(), x, None, target=target, composite=rule)
+        want = sparse_lrp.explain(net, x.contiguous(), None, target=target, composite=rule)
+        torch.testing.assert_close(got.node_feat, want.node_feat)
+        assert got.conservation["lost"] == 0.0
+    got = sparse_lrp.explain(net, x, None, target=target, composite=WSquare())
+    torch.testing.assert_close(got.node_feat[0, 0], torch.tensor([0.2, 0.8]))
+
+
+def test_a_sparse_weight_whose_indices_change_behind_the_version_counter_is_rebuilt():
+    """The cache of a sparse weight's operator keyed on its values only: indices edited
+    through NumPy (a connection moved) were served the old structure."""
+    w = torch.sparse_coo_tensor(torch.tensor([[0, 0, 0], [0, 1, 2]]), torch.tensor([1.0, 2.0, 3.0]), (1, 3))
+    x, r = torch.ones(1, 3), torch.ones(1, 1)
+    sparse_lrp.linear_lrp(x, w, r, Epsilon(0.0))  # (fills the cache)
+    w._indices().numpy()[1, 0] = 2  # connection (0, 0) -> (0, 2): values 1, 2, 3 at 2, 1, 2
+    fresh = torch.sparse_coo_tensor(torch.tensor([[0, 0, 0], [2, 1, 2]]), torch.tensor([1.0, 2.0, 3.0]), (1, 3))
+    got = sparse_lrp.linear_lrp(x, w, r, Epsilon(0.0))
+    torch.testing.assert_close(got, sparse_lrp.linear_lrp(x, fresh, r, Epsilon(0.0)))
+    torch.testing.assert_close(got, torch.tensor([[0.0, 2.0 / 6, 4.0 / 6]]))
+
+
 def test_from_dense_keeps_masked_zero_weights():
     """from_dense multiplied by the mask and dropped zeros: kept connections with weight 0
     vanished (Flat then spread relevance over 2 instead of 3 inputs)."""
