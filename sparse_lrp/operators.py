@@ -53,18 +53,14 @@ _PAD_FROM = 10_000
 # rowdot's batched product pays from this many elements on (see rowdot).
 _ROWDOT_BMM_FROM = 2**21
 
-# CSR products are the point of this module; torch's "beta" notice says nothing actionable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-# We build the CSR index structures ourselves (rows grouped, indices in range) and opt out of re-checking.
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-
 
 def _csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     """A CSR tensor over structures built here (valid by construction: no invariant checks)."""
     with warnings.catch_warnings():
         # torch notes once per process that its CSR support is in beta (and, in some
         # versions, that we skip its invariant checks): an internal structure of ours,
-        # not the user's choice, so the notices would only puzzle them.
+        # not the user's choice, so the notices would only puzzle them. Silenced here
+        # only: the user's own warning filters stay as they were.
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
         warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)

@@ -58,12 +58,17 @@ def _narrow(ctx: Context, ratio: Tensor, x: Tensor, dtype: torch.dtype) -> Tenso
     return out.masked_fill_(bad, 0.0)
 
 
+def _padded(t: Tensor, rows: int) -> Tensor:
+    """``t`` followed by zero rows up to ``rows`` rows."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
+
+
 def _live_only(t: Tensor, rows: int | None) -> Tensor:
     """``t`` with its rows from ``rows`` on set to 0 (rows no target reaches, whose values
     the model's code may have made anything: a norm of a zero row is NaN)."""
-    if rows is None or rows >= t.shape[0]:
-        return t
-    return torch.cat([t[:rows], t.new_zeros(t.shape[0] - rows, *t.shape[1:])])
+    return t if rows is None or rows >= t.shape[0] else _padded(t[:rows], t.shape[0])
 
 
 def _read_by_live(branch, x: Tensor, reach: int | None, keep: int) -> Tensor:
@@ -83,8 +88,9 @@ def _live_weights(branch, keep: int):
     op = branch.op
     if not isinstance(op, EdgeOperator):
         return branch
-    into_live = (torch.arange(op.num_edges, device=op.device) < keep) if op.is_diagonal else op.dst < keep
-    return dataclasses.replace(branch, weight=torch.where(into_live, branch.weight, 0.0))
+    if op.is_diagonal:  # (edge i is i -> i: the weights are per row)
+        return dataclasses.replace(branch, weight=_live_only(branch.weight, keep))
+    return dataclasses.replace(branch, weight=torch.where(op.dst < keep, branch.weight, 0.0))
 
 
 def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
@@ -292,8 +298,7 @@ class Context:
         """Add the relevance ``x * ratio`` reaching a layer's input, summed per row (only
         the leading ``keep`` rows can hold any, if given)."""
         if keep is not None:
-            node = x.new_zeros(x.shape[0])
-            node[:keep] = rowdot(x[:keep].detach().flatten(1), ratio[:keep].flatten(1))
+            node = _padded(rowdot(x[:keep].detach().flatten(1), ratio[:keep].flatten(1)), x.shape[0])
         elif x.dim() == 2:
             node = rowdot(x.detach(), ratio)
         elif x.dim() > 2:
@@ -429,7 +434,7 @@ class _MapFunction(torch.autograd.Function):
         if bias is not None:
             z = z + (bias[:keep] if keep is not None and bias.dim() == 2 and bias.shape[0] == rows else bias)
         if keep is not None:  # rows that reach no target: zeros, never read for relevance
-            z = z.new_zeros(rows, *z.shape[1:]).index_copy_(0, torch.arange(keep, device=z.device), z)
+            z = _padded(z, rows)
         elif call.ctx.cut_made and not bool(torch.isfinite(z).all()):
             # An uncut map over rows a cut left as zeros, which the model's code turned into
             # NaN or Inf: its backward would read them.
