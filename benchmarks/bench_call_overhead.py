@@ -1,0 +1,74 @@
+"""The fixed cost of one small explanation: time and torch operations per call.
+
+Setting: the demo's scale, a 700-node Barabasi-Albert graph (5 edges per new node), a
+3-layer GCN (10 -> 20 -> 20 -> 4); one node explained per call, with LRP (node-feature
+and edge relevance) and, as the baseline in the same process, one forward + autograd
+gradient x input. ``aten ops`` counts the torch operator calls torch.profiler records in
+one call: on a graph this small they, not the arithmetic, set the time.
+Run: ``python benchmarks/bench_call_overhead.py [--calls 40] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.profiler import profile
+from torch_geometric.nn import GCN
+from torch_geometric.utils import barabasi_albert_graph
+
+import sparse_lrp
+
+
+def per_call(fn, calls: int) -> tuple[float, float]:
+    """``(median ms, aten operator calls)`` of ``fn(i)`` over ``calls`` nodes."""
+    for i in range(3):
+        fn(i)
+    times = []
+    for i in range(calls):
+        t = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t)
+    with profile() as prof:
+        fn(calls)
+    ops = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    return statistics.median(times) * 1e3, ops
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--calls", type=int, default=40)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    n = 700
+    edge_index, x = barabasi_albert_graph(n, 5), torch.randn(n, 10)
+    model = GCN(10, 20, 3, 4).eval()
+
+    def grad_x_input(i: int) -> None:
+        xi = x.clone().requires_grad_(True)
+        out = model(xi, edge_index)
+        (g,) = torch.autograd.grad(out[i, out[i].argmax()], xi)
+        _ = g * xi
+
+    rows = [("forward + gradient x input", *per_call(grad_x_input, a.calls))]
+    for rule in ("epsilon", "zplus"):
+        rows.append(
+            (
+                f"sparse_lrp.explain, {rule}",
+                *per_call(lambda i, r=rule: sparse_lrp.explain(model, x, edge_index, index=i, composite=r), a.calls),
+            )
+        )
+    print(f"{n} nodes, {edge_index.shape[1]} edges, GCN 10-20-20-4, torch {torch.__version__}, {a.threads} thread(s)")
+    base_ms, base_ops = rows[0][1], rows[0][2]
+    print("| method | median ms | vs gradient | aten ops per call | vs gradient |")
+    print("| --- | --: | --: | --: | --: |")
+    for name, ms, ops in rows:
+        print(f"| {name} | {ms:.2f} | {ms / base_ms:.2f}x | {ops} | {ops / base_ops:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
