@@ -38,6 +38,11 @@ __all__ = ["ExplainResult", "LazyRecords", "explain"]
 
 _EDGE_KWARGS = ("edge_weight", "edge_attr", "edge_type")
 DENSE_OUTPUT_BYTES = 512 * 2**20
+# A single node target on a graph of at most this many nodes + edges runs on the whole
+# graph: extracting and ordering its k-hop subgraph costs more than the rows it saves
+# (`python benchmarks/bench_call_overhead.py --whole-graph-rows 0` prints the subgraph
+# path's per-call time beside this default's).
+WHOLE_GRAPH_ROWS = 2**15
 _NODE_KWARGS = ("batch", "pos")
 
 
@@ -1021,9 +1026,14 @@ def explain(
     ctx.watched = _watched(model, ctx.handled, ctx.traversed)
     if any(kind == "hops" for _, _, kind in ctx.watched):
         needs = None  # message passing without a handler (LGConv): what it reads is unknown
-    # A single target whose layers did not all declare what they read keeps the graph.
+    # A single target whose layers did not all declare what they read keeps the graph,
+    # and so does one on a small graph, where cutting its subgraph out costs more than
+    # the rows it saves.
     several = rows is not None and rows.numel() > 1
-    on_subgraphs = rows is not None and not is_graph and edge_index is not None and (several or needs is not None)
+    small = edge_index is not None and n + edge_index.shape[1] <= WHOLE_GRAPH_ROWS and not sparse_output
+    on_subgraphs = (
+        rows is not None and not is_graph and edge_index is not None and (several or (needs is not None and not small))
+    )
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:
         if on_subgraphs:

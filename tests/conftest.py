@@ -7,6 +7,8 @@ so every kernel test exercises both implementations of ``scatter_add``.
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -49,6 +51,18 @@ def _restore_backend():
     if after != before:
         set_backend(before)
         pytest.fail(f"test left the scatter backend at {after!r} instead of {before!r}")
+
+
+@pytest.fixture(autouse=True)
+def _single_targets_on_subgraphs(request, monkeypatch):
+    """A single node target on a graph as small as the tests' runs on the whole graph by
+    default (explain.WHOLE_GRAPH_ROWS). The suite's graphs would then never take the k-hop
+    subgraph path that large graphs take, so it is pinned here; tests marked
+    ``default_paths`` (tests/test_small_graphs.py) check the default choice itself."""
+    if request.node.get_closest_marker("default_paths") is None:
+        explain_module = importlib.import_module("sparse_lrp.explain")  # (the module, not the function)
+        monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", -1)
+    yield
 
 
 @pytest.fixture(autouse=True)
