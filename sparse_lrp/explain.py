@@ -30,7 +30,15 @@ from torch_geometric.nn.conv import MessagePassing
 from .composites import Composite, resolve
 from .layers import find_handler, subgraph_needs, supported_types
 from .layers.base import Context, LayerCall, MergedEdgesError, UnsafeCutError, pass_through, record_input
-from .operators import DEFAULT_MAX_MEMORY, EdgeOperator, TensorKeyed, sort_ints, summing_once
+from .operators import (
+    DEFAULT_MAX_MEMORY,
+    GRAPH_STRUCTURES,
+    EdgeOperator,
+    TensorKeyed,
+    graph_operator,
+    sort_ints,
+    summing_once,
+)
 from .rules import Rule
 from .validation import check_budget, check_edge_index, check_finite, check_tensor, non_finite
 
@@ -460,16 +468,11 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
 
 
 # -- subgraphs ----------------------------------------------------------------------
-# Each graph's edges grouped by source and by target (the edge kernel's own CSR
-# structures): explaining node after node on one graph (as PyG's Explainer does) sorts
-# them once.
-_GRAPHS = TensorKeyed(8, content=True)
+_GRAPHS = GRAPH_STRUCTURES  # (a graph's sorted structures, shared with the layers' operators)
 
 
 def _graph(edge_index: Tensor, num_nodes: int) -> EdgeOperator:
-    # The cache keeps the sorted structures only (not the graph: a graph the caller drops
-    # is freed, and its entry with it).
-    return EdgeOperator(edge_index, num_nodes, num_nodes, store=_GRAPHS.get(edge_index, dict, num_nodes))
+    return graph_operator(edge_index, num_nodes, num_nodes)
 
 
 def _self_loops(edge_index: Tensor, num_nodes: int) -> tuple[EdgeOperator, Tensor]:

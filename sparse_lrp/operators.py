@@ -200,8 +200,12 @@ class TensorKeyed:
     def _lookup(self, t: Tensor, extra: tuple):
         if t.is_inference():
             return _MISS
-        hit = self._entries.get((id(t), *extra))
+        key = (id(t), *extra)
+        hit = self._entries.get(key)
         if hit is not None and hit[0]() is t and hit[1] == self._state(t):
+            # (most recently used last: the entry evicted when full is the stalest, so a
+            # graph explained call after call outlives the graphs layers derive per call)
+            self._entries[key] = self._entries.pop(key)
             return hit[2]
         return _MISS
 
@@ -231,6 +235,18 @@ class TensorKeyed:
         entry = self._entries.get(key)
         if entry is not None and entry[0] is ref:
             del self._entries[key]
+
+
+# Each graph's CSR structures (its edges grouped by target and by source), kept while
+# the graph lives: explaining node after node on one graph (as PyG's Explainer does)
+# sorts its edges once. The entries hold the structures only (new tensors), so a graph
+# the caller drops is freed, and its entry with it.
+GRAPH_STRUCTURES = TensorKeyed(8, content=True)
+
+
+def graph_operator(edge_index: Tensor, num_in: int, num_out: int) -> EdgeOperator:
+    """An :class:`EdgeOperator` over ``edge_index`` sharing its graph's cached structures."""
+    return EdgeOperator(edge_index, num_in, num_out, store=GRAPH_STRUCTURES.get(edge_index, dict, num_in, num_out))
 
 
 class EdgeOperator:

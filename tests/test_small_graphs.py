@@ -160,3 +160,50 @@ def test_the_explainer_on_a_small_graph_matches_the_subgraph_masks(graph, unions
     assert unions == [1]
     assert_close(whole.node_mask, sub.node_mask)
     assert_close(whole.edge_mask, sub.edge_mask)
+
+
+def _grad_x_input(model, x, ei, index):
+    x_ = x.clone().requires_grad_(True)
+    y = model(x_, ei)
+    cls = int(y[index].argmax())
+    (g,) = torch.autograd.grad(y[index, cls], x_)
+    return g * x
+
+
+def test_a_graph_normalised_once_follows_edits_and_is_freed_with_the_graph():
+    """An unweighted GCN's normalised graph (and its sorted structures) are kept with
+    the graph across calls; edits to the graph, in place, through ``.data`` or a NumPy
+    view, must reach the next call, and dropping the graph frees them."""
+    import gc
+    import weakref
+
+    from sparse_lrp.operators import GRAPH_STRUCTURES
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(N, F, generator=g, dtype=torch.float64)
+    ei = torch.randint(0, N, (2, E), generator=g)
+    model = _model("gcn")
+    for p in model.parameters():  # (bias-free: LRP-0 is gradient x input)
+        if p.dim() == 1:
+            p.data.zero_()
+    lrp0 = Epsilon(0.0)
+    for index in (4, 9):  # (the second call is served from the cache)
+        assert_close(sparse_lrp.explain(model, x, ei, index=index, composite=lrp0).node_feat,
+                     _grad_x_input(model, x, ei, index))  # fmt: skip
+    edits = (
+        lambda: ei[1, :6].copy_(ei[1, :6].flip(0)),  # in place
+        lambda: ei.data[0, 10:20].fill_(3),  # through .data
+        lambda: ei.numpy().__setitem__((1, 30), (int(ei[1, 30]) + 1) % N),  # a NumPy view
+    )
+    for edit in edits:
+        edit()
+        for index in (3, 4):
+            res = sparse_lrp.explain(model, x, ei, index=index, composite=lrp0)
+            assert_close(res.node_feat, _grad_x_input(model, x, ei, index))
+            assert_close(res.edge, sparse_lrp.explain(model, x, ei.clone(), index=index, composite=lrp0).edge)
+    alive, before = weakref.ref(ei), len(GRAPH_STRUCTURES._entries)
+    assert before >= 2  # the graph's normalisation, the normalised graph's structures
+    del ei
+    gc.collect()
+    assert alive() is None
+    assert len(GRAPH_STRUCTURES._entries) <= before - 2

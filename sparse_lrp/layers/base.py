@@ -33,7 +33,15 @@ from torch import Tensor, nn
 
 from ..composites import Composite
 from ..kernel import HALF_DTYPES, Branch, _resolve_strategy, propagate_branches, widen
-from ..operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, has_nonzero, nonzero_rows, rowdot
+from ..operators import (
+    DEFAULT_MAX_MEMORY,
+    DenseOperator,
+    EdgeOperator,
+    graph_operator,
+    has_nonzero,
+    nonzero_rows,
+    rowdot,
+)
 from ..rules import Rule, broadcast_param
 
 __all__ = ["Context", "LayerCall", "MapBranch", "MergedEdgesError", "pass_through"]
@@ -227,7 +235,7 @@ class Context:
         key = (edge_index.data_ptr(), tuple(edge_index.shape), edge_index.stride(), num_in, num_out)
         op = self._operators.get(key)
         if op is None or (op.edge_index is not edge_index and not torch.equal(op.edge_index, edge_index)):
-            op = self._operators[key] = EdgeOperator(edge_index, num_in, num_out)
+            op = self._operators[key] = graph_operator(edge_index, num_in, num_out)
         return op
 
     def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..operators import GRAPH_STRUCTURES
 from . import register_handler
 from .base import LayerCall
 
@@ -56,7 +57,20 @@ def _replaced_loops(edge_index: Tensor, n: int) -> Tensor:
 def _gcn_norm(call: LayerCall, edge_index, edge_weight, n, improved, add_self_loops, dtype):
     """``gcn_norm`` once per graph and explanation: every layer shares the result and its operator."""
     key = ("gcn_norm", edge_index, edge_weight, n, improved, add_self_loops, dtype)
-    return call.ctx.memo(key, lambda: _gcn_norm_now(call, edge_index, edge_weight, n, improved, add_self_loops, dtype))
+
+    def compute():
+        if edge_weight is None and call.ctx.edge_counts is None and call.ctx.is_given(edge_index):
+            # An unweighted given graph normalises the same way every call: kept with the
+            # graph, its normalised edges are one tensor, whose sorted structures are
+            # kept too (explaining node after node pays neither again).
+            return GRAPH_STRUCTURES.get(
+                edge_index,
+                lambda: _gcn_norm_now(call, edge_index, None, n, improved, add_self_loops, dtype),
+                "gcn_norm", n, improved, add_self_loops, dtype,
+            )  # fmt: skip
+        return _gcn_norm_now(call, edge_index, edge_weight, n, improved, add_self_loops, dtype)
+
+    return call.ctx.memo(key, compute)
 
 
 def _gcn_norm_now(call: LayerCall, edge_index, edge_weight, n, improved, add_self_loops, dtype):
