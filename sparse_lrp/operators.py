@@ -54,8 +54,14 @@ _PAD_FROM = 10_000
 _ROWDOT_BMM_FROM = 2**21
 
 
+_CSR_NOTICED = False  # torch gave its once-per-process CSR notices (see _csr_tensor)
+
+
 def _csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> Tensor:
     """A CSR tensor over structures built here (valid by construction: no invariant checks)."""
+    global _CSR_NOTICED
+    if _CSR_NOTICED:  # (a warnings context per product costs more than a small product)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
     with warnings.catch_warnings():
         # torch notes once per process that its CSR support is in beta (and, in some
         # versions, that we skip its invariant checks): an internal structure of ours,
@@ -63,7 +69,9 @@ def _csr_tensor(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int
         # only: the user's own warning filters stay as they were.
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
         warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+        out = torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    _CSR_NOTICED = True
+    return out
 
 
 def sort_ints(key: Tensor, bound: int) -> tuple[Tensor, Tensor]:

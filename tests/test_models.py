@@ -525,7 +525,7 @@ def test_non_homogeneous_activation_passes_relevance_unchanged(data):
     res = sparse_lrp.explain(model, x, EI, index=6, target=2, composite=LRP0)
     c = res.conservation
     assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-9, abs=1e-12)
-    assert c["out"] == pytest.approx(float(model(x, EI)[6, 2]), rel=1e-12)
+    assert c["out"] == pytest.approx(float(model(x, EI)[6, 2].detach()), rel=1e-12)
 
 
 # --------------------------------------------------------------------------------------

@@ -273,7 +273,9 @@ class Context:
         if ref is None:
             return None
         if self.is_given(edge_index):
-            return torch.arange(ref.shape[1], device=ref.device)
+            if "given_ids" not in self._memo:
+                self._memo["given_ids"] = torch.arange(ref.shape[1], device=ref.device)
+            return self._memo["given_ids"]
         if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.is_floating_point():
             return None
         return self.memo(("edge_ids", edge_index), lambda: _match_edges(ref, edge_index))
@@ -283,8 +285,14 @@ class Context:
         if ids is None:
             rec["edge_local"] = values if "edge_local" not in rec else rec["edge_local"] + values
             return
-        keep = ids >= 0
-        full = values.new_zeros(self.edge_index.shape[1]).index_add_(0, ids[keep], values[keep])
+        num_edges = self.edge_index.shape[1]
+        if ids is self._memo.get("given_ids"):  # (the model's own edges, in order)
+            full = values
+        else:
+            # Edges the model added (ids -1: self-loops) land in one slot past the end,
+            # dropped: cheaper than selecting the others by a mask.
+            slot = torch.where(ids >= 0, ids, num_edges)
+            full = values.new_zeros(num_edges + 1).index_add_(0, slot, values)[:num_edges]
         rec["edge"] = full if "edge" not in rec else rec["edge"] + full
 
     def record_local_per_target(self, name: str, values: Tensor) -> None:
