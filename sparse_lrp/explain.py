@@ -14,6 +14,7 @@ subgraphs' size.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from torch_geometric.nn.conv import MessagePassing
 
 from .composites import Composite, resolve
+from .kernel import NonFiniteError
 from .layers import find_handler, subgraph_needs, supported_types
 from .layers.base import Context, LayerCall, MergedEdgesError, UnsafeCutError, pass_through, record_input
 from .operators import (
@@ -51,6 +53,7 @@ DENSE_OUTPUT_BYTES = 512 * 2**20
 # (`python benchmarks/bench_call_overhead.py --whole-graph-rows 0` prints the subgraph
 # path's per-call time beside this default's).
 WHOLE_GRAPH_ROWS = 2**15
+_SUBGRAPHS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("sparse_lrp_subgraphs_only", default=False)
 _NODE_KWARGS = ("batch", "pos")
 
 
@@ -930,9 +933,12 @@ def explain(
         edges: record edge relevance (a little extra work per graph layer).
         hops: receptive field of node targets (default: counted from the model's
             message-passing layer calls, each call of a layer used in a loop
-            included; a larger value widens it). Node targets, one or many, run on their k-hop
+            included; a larger value widens it). Node targets run on their k-hop
             computation subgraphs (exact for the supported layers; a custom layer that
-            reads beyond its in-edges needs ``hops`` set accordingly).
+            reads beyond its in-edges needs ``hops`` set accordingly), except a single
+            target on a graph of at most ``WHOLE_GRAPH_ROWS`` nodes + edges, which runs
+            on the whole graph (and on its subgraph should the graph hold NaN/Inf
+            values beyond it).
         strategy, max_memory: passed to the edge kernel.
         sparse_output: for many node targets, return ``[T, N, ...]``/``[T, E]`` results as
             sparse COO tensors holding only each target's computation subgraph. None (the
@@ -1034,9 +1040,13 @@ def explain(
     # the rows it saves.
     several = rows is not None and rows.numel() > 1
     small = edge_index is not None and n + edge_index.shape[1] <= WHOLE_GRAPH_ROWS and not sparse_output
+    small = small and not _SUBGRAPHS_ONLY.get()
     on_subgraphs = (
         rows is not None and not is_graph and edge_index is not None and (several or (needs is not None and not small))
     )
+    # (whole graph for its size only: the subgraph would have served, and still can)
+    by_size = rows is not None and not is_graph and edge_index is not None and not several and needs is not None
+    beyond = False  # the whole graph holds NaN/Inf beyond the target's subgraph
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:
         if on_subgraphs:
@@ -1080,12 +1090,29 @@ def explain(
             else:
                 ctx.row_groups, ctx.graph_groups = pos[batch if batch is not None else one_graph], pos
             ctx.num_groups = rows.numel()
-        node_feat, ea_rel, value, cls, _, y = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
+        try:
+            node_feat, ea_rel, value, cls, _, y = _run(model, ctx, x, edge_index, forward_kwargs, rows, target, level)
+        except NonFiniteError:
+            # The model's values are NaN or Inf at rows the target does not read (a log of a
+            # distant node's negative feature): its subgraph explains it without them.
+            if not by_size:
+                raise
+            beyond = True
     finally:
         ctx.release()
         for p, flag in was_grad.items():
             if p.requires_grad != flag:  # (inference-mode parameters refuse any setting)
                 p.requires_grad_(flag)
+    if beyond:
+        token = _SUBGRAPHS_ONLY.set(True)
+        try:
+            return explain(
+                model, x, edge_index, index=index, target=target, composite=composite, task_level=task_level,
+                edges=edges, hops=hops, strategy=strategy, max_memory=max_memory, sparse_output=sparse_output,
+                max_union=max_union, **forward_kwargs,
+            )  # fmt: skip
+        finally:
+            _SUBGRAPHS_ONLY.reset(token)
     if guessed and y.shape[0] == n:
         return as_nodes()
     res = _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index)

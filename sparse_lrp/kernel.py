@@ -194,6 +194,10 @@ class RatioOverflowError(ArithmeticError):
     """``R / stab(d)`` overflowed the dtype (a tiny denominator under large relevance)."""
 
 
+class NonFiniteError(ValueError):
+    """A map's contributions, or its relevance ratios even in float64, are not finite."""
+
+
 class _Options(NamedTuple):
     rule: Rule
     strategy: str
@@ -238,7 +242,7 @@ def propagate_branches(
         results, absorbed = _in_dtype(work, branches, relevance, bias, z, opts)
     except RatioOverflowError:
         if work == torch.float64:
-            raise ValueError(
+            raise NonFiniteError(
                 f"{rule!r}: relevance / denominator overflows float64 (denominators near 1e-300): "
                 "use a larger stabilizer"
             ) from None
@@ -246,7 +250,7 @@ def propagate_branches(
         try:
             results, absorbed = _in_dtype(work, branches, relevance, bias, z, opts)
         except RatioOverflowError:
-            raise ValueError(
+            raise NonFiniteError(
                 f"{rule!r}: relevance / denominator overflows even in float64 (inputs or relevance "
                 "near the dtype's limit): scale them down or use a larger stabilizer"
             ) from None
@@ -465,7 +469,7 @@ def _check_finite_run(rule: Rule, denominators: list[tuple[Tensor, bool]], resul
     for d, _ in denominators:
         kind = non_finite(d)
         if kind:
-            raise ValueError(
+            raise NonFiniteError(
                 f"{rule!r}: its contributions sum to {kind} in {d.dtype}: look for NaN/Inf in the weights "
                 "or inputs; an overflow needs smaller rule parameters or inputs, or float64"
             )

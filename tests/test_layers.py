@@ -629,7 +629,9 @@ def test_batch_norm_is_a_per_channel_map(rule_name):
     rule = RULES[rule_name]()
     scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
     shift = bn.bias.detach() - bn.running_mean * scale
-    diag = torch.sparse_coo_tensor(torch.arange(c).repeat(2, 1), scale, (c, c), check_invariants=True)  # zeros stay stored
+    diag = torch.sparse_coo_tensor(
+        torch.arange(c).repeat(2, 1), scale, (c, c), check_invariants=True
+    )  # zeros stay stored
     expected = sparse_lrp.linear_lrp(x, diag, R, rule, shift, strategy="scatter")
     res = sparse_lrp.explain(nn.Sequential(bn), x, None, target=R, composite=rule)
     assert_close(res.node_feat, expected)

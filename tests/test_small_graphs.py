@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 from torch_geometric.explain import Explainer
-from torch_geometric.nn import GCN, GIN, GATConv, GraphSAGE
+from torch_geometric.nn import GCN, GIN, GATConv, GraphConv, GraphSAGE
 
 import sparse_lrp
 from sparse_lrp import Composite, Epsilon, Gamma, LRPExplainer, WSquare, ZPlus
@@ -207,3 +207,56 @@ def test_a_graph_normalised_once_follows_edits_and_is_freed_with_the_graph():
     gc.collect()
     assert alive() is None
     assert len(GRAPH_STRUCTURES._entries) <= before - 2
+
+
+class _LogFirst(nn.Module):
+    """GraphConv over ``log(x)``: NaN at a node with a negative feature."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = GraphConv(3, 6), GraphConv(6, 2)
+
+    def forward(self, x, edge_index):
+        return self.c2(torch.relu(self.c1(torch.log(x), edge_index)), edge_index)
+
+
+def test_nan_beyond_a_targets_subgraph_leaves_its_explanation_as_on_the_subgraph(unions):
+    """The whole graph's pass meets the NaN at a node 15 hops from the target; the
+    target's output is finite and never reads it, as on its subgraph."""
+    torch.manual_seed(0)
+    n = 20
+    s = torch.arange(n - 1)
+    ei = torch.cat([torch.stack([s, s + 1]), torch.stack([s + 1, s])], 1)  # a path
+    x = torch.rand(n, 3, dtype=torch.float64) + 0.5
+    model = _LogFirst().double().eval()
+    # Reference: the same graph with the far node's feature finite (node 0 cannot read it).
+    ref = sparse_lrp.explain(model, x, ei, index=0, composite="epsilon")
+    assert unions == []
+    x[15, 0] = -1.0
+    assert torch.isfinite(model(x, ei)[0]).all() and not torch.isfinite(model(x, ei)).all()
+    got = sparse_lrp.explain(model, x, ei, index=0, composite="epsilon")
+    assert unions == [1]  # (the whole graph's pass failed; its subgraph explained it)
+    assert_close(got.node_feat, ref.node_feat)
+    assert_close(got.edge, ref.edge)
+    # Errors that do not come from values beyond the subgraph are raised as they are.
+    x[0, 0] = -1.0
+    with pytest.raises(ValueError, match="NaN"):
+        sparse_lrp.explain(model, x, ei, index=0, composite="epsilon")
+
+
+def test_an_overflow_beyond_a_targets_subgraph_leaves_its_explanation_as_on_the_subgraph(monkeypatch):
+    torch.manual_seed(0)
+    n = 20
+    s = torch.arange(n - 1)
+    ei = torch.cat([torch.stack([s, s + 1]), torch.stack([s + 1, s])], 1)
+    x = torch.randn(n, 3)
+    x[15] = 3e38  # (float32: the forward overflows to Inf around node 15, not at node 0)
+    model = GCN(3, 8, 2, 2).eval()
+    assert torch.isfinite(model(x, ei)[0]).all() and not torch.isfinite(model(x, ei)).all()
+    for rule in ("epsilon", "zplus", "gamma"):
+        got = sparse_lrp.explain(model, x, ei, index=0, composite=rule)
+        monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", -1)
+        sub = sparse_lrp.explain(model, x, ei, index=0, composite=rule)
+        monkeypatch.undo()
+        assert torch.isfinite(got.node_feat).all()
+        assert_close(got.node_feat, sub.node_feat)
