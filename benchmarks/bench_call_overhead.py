@@ -3,14 +3,18 @@
 Setting: the demo's scale, a 700-node Barabasi-Albert graph (5 edges per new node), a
 3-layer GCN (10 -> 20 -> 20 -> 4); one node explained per call, with LRP (node-feature
 and edge relevance) and, as the baseline in the same process, one forward + autograd
-gradient x input. ``aten ops`` counts the torch operator calls torch.profiler records in
-one call: on a graph this small they, not the arithmetic, set the time.
+gradient x input. On a graph this small a single target runs on the whole graph
+(``sparse_lrp.explain.WHOLE_GRAPH_ROWS``); the last rows take the k-hop subgraph path
+that larger graphs take, for comparison. ``aten ops`` counts the torch operator calls
+torch.profiler records in one call: on a graph this small they, not the arithmetic, set
+the time.
 Run: ``python benchmarks/bench_call_overhead.py [--calls 40] [--threads 1]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import statistics
 import time
 
@@ -62,6 +66,23 @@ def main() -> None:
                 *per_call(lambda i, r=rule: sparse_lrp.explain(model, x, edge_index, index=i, composite=r), a.calls),
             )
         )
+    # The same calls on the target's k-hop subgraph, the path graphs larger than
+    # WHOLE_GRAPH_ROWS take (on this graph the whole graph's pass is the default).
+    explain_module = importlib.import_module("sparse_lrp.explain")
+    default = explain_module.WHOLE_GRAPH_ROWS
+    explain_module.WHOLE_GRAPH_ROWS = -1
+    try:
+        for rule in ("epsilon", "zplus"):
+            rows.append(
+                (
+                    f"sparse_lrp.explain, {rule}, on the k-hop subgraph",
+                    *per_call(
+                        lambda i, r=rule: sparse_lrp.explain(model, x, edge_index, index=i, composite=r), a.calls
+                    ),
+                )
+            )
+    finally:
+        explain_module.WHOLE_GRAPH_ROWS = default
     print(f"{n} nodes, {edge_index.shape[1]} edges, GCN 10-20-20-4, torch {torch.__version__}, {a.threads} thread(s)")
     base_ms, base_ops = rows[0][1], rows[0][2]
     print("| method | median ms | vs gradient | aten ops per call | vs gradient |")

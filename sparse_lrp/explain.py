@@ -50,8 +50,8 @@ _EDGE_KWARGS = ("edge_weight", "edge_attr", "edge_type")
 DENSE_OUTPUT_BYTES = 512 * 2**20
 # A single node target on a graph of at most this many nodes + edges runs on the whole
 # graph: extracting and ordering its k-hop subgraph costs more than the rows it saves
-# (`python benchmarks/bench_call_overhead.py --whole-graph-rows 0` prints the subgraph
-# path's per-call time beside this default's).
+# (`python benchmarks/bench_call_overhead.py` prints the subgraph path's per-call time
+# beside this default's on a 700-node graph).
 WHOLE_GRAPH_ROWS = 2**15
 _SUBGRAPHS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("sparse_lrp_subgraphs_only", default=False)
 _NODE_KWARGS = ("batch", "pos")
