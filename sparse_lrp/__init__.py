@@ -14,7 +14,7 @@ from .kernel import edge_lrp
 from .layers import register_handler
 from .layers.sparse import SparseLinear
 from .linear import linear_lrp
-from .operators import EdgeOperator, prepare
+from .operators import EdgeOperator, clear_caches, prepare
 from .rules import AlphaBeta, Epsilon, Flat, Gamma, Pass, Rule, WSquare, Z, ZBox, ZPlus
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "linear_lrp",
     "prepare",
     "EdgeOperator",
+    "clear_caches",
     "Rule",
     "Epsilon",
     "Z",

@@ -173,6 +173,16 @@ def summing_once(fn: Callable) -> Callable:
 
 
 _MISS = object()
+_CACHES: weakref.WeakSet = weakref.WeakSet()  # every TensorKeyed cache (clear_caches)
+
+
+def clear_caches() -> None:
+    """Forget every value derived from a graph or weight: sorted graph structures,
+    normalised graphs, transformed weights, checks passed. The next call pays them again
+    (a first call's cost, as a benchmark of one-off explanations wants), and their memory
+    is freed now rather than with the tensors they came from."""
+    for cache in list(_CACHES):
+        cache.clear()
 
 
 class TensorKeyed:
@@ -192,6 +202,10 @@ class TensorKeyed:
         self.limit = limit
         self.content = content
         self._entries: dict[tuple, tuple[weakref.ref, tuple, object]] = {}
+        _CACHES.add(self)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
     def _state(self, t: Tensor) -> tuple:
         state = (t._version, *_storage(t))

@@ -260,3 +260,18 @@ def test_an_overflow_beyond_a_targets_subgraph_leaves_its_explanation_as_on_the_
         monkeypatch.undo()
         assert torch.isfinite(got.node_feat).all()
         assert_close(got.node_feat, sub.node_feat)
+
+
+def test_clear_caches_forgets_every_derived_value_and_the_next_call_rebuilds_them(graph):
+    from sparse_lrp.operators import _CACHES, GRAPH_STRUCTURES
+
+    x, ei = graph
+    model = _model("gcn")
+    first = sparse_lrp.explain(model, x, ei, index=5, composite="zplus")
+    assert len(GRAPH_STRUCTURES._entries) > 0
+    sparse_lrp.clear_caches()
+    assert all(len(cache._entries) == 0 for cache in list(_CACHES))
+    again = sparse_lrp.explain(model, x, ei, index=5, composite="zplus")
+    assert len(GRAPH_STRUCTURES._entries) > 0
+    assert_close(again.node_feat, first.node_feat)
+    assert_close(again.edge, first.edge)
