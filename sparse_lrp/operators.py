@@ -133,7 +133,8 @@ def _storage(t: Tensor) -> tuple:
 def _content(t: Tensor) -> tuple:
     """One host read of ``t``'s (a sparse tensor's stored) values: their sum, and for
     floats also their sum of squares, which changes under an edit that keeps the sum
-    (``w[0] += a; w[1] -= a``); a sparse tensor's indices count too (the structure)."""
+    (``w[0] += a; w[1] -= a``), for integers a position-weighted sum, which also changes
+    when values trade places; a sparse tensor's indices count too (the structure)."""
     if t.layout == torch.sparse_coo:
         return (*_content(t._indices()), *_content(t._values()))
     if t.layout == torch.sparse_csr:
@@ -142,7 +143,11 @@ def _content(t: Tensor) -> tuple:
         return ()
     t = t.detach()
     if not t.is_floating_point():
-        return (t.sum().item(),)
+        # The sum, and a sum weighted by position (of the running sums: sum_i (n - i) v_i),
+        # which sees values moved between positions (an edge's source edited to another
+        # node and another's back, in place). Integer sums wrap alike in any order: exact.
+        flat = t.reshape(-1).long()
+        return tuple(torch.stack([flat.sum(), flat.cumsum(0).sum()]).tolist()) if flat.numel() else (0, 0)
     flat = t.reshape(-1)
     if t.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()

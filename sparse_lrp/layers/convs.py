@@ -63,11 +63,14 @@ def _gcn_norm(call: LayerCall, edge_index, edge_weight, n, improved, add_self_lo
             # An unweighted given graph normalises the same way every call: kept with the
             # graph, its normalised edges are one tensor, whose sorted structures are
             # kept too (explaining node after node pays neither again).
-            return GRAPH_STRUCTURES.get(
-                edge_index,
-                lambda: _gcn_norm_now(call, edge_index, None, n, improved, add_self_loops, dtype),
-                "gcn_norm", n, improved, add_self_loops, dtype,
-            )  # fmt: skip
+            def build():
+                ei, w, ids = _gcn_norm_now(call, edge_index, None, n, improved, add_self_loops, dtype)
+                # (without added loops gcn_norm hands back the graph itself: the entry must
+                # not hold its own key, or a graph the caller drops would never be freed)
+                return None if ei is edge_index else ei, w, ids
+
+            ei, w, ids = GRAPH_STRUCTURES.get(edge_index, build, "gcn_norm", n, improved, add_self_loops, dtype)
+            return edge_index if ei is None else ei, w, ids
         return _gcn_norm_now(call, edge_index, edge_weight, n, improved, add_self_loops, dtype)
 
     return call.ctx.memo(key, compute)
