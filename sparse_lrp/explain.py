@@ -1045,7 +1045,8 @@ def explain(
         rows is not None and not is_graph and edge_index is not None and (several or (needs is not None and not small))
     )
     # (whole graph for its size only: the subgraph would have served, and still can)
-    by_size = rows is not None and not is_graph and edge_index is not None and not several and needs is not None
+    by_size = small and rows is not None and not is_graph and edge_index is not None and not several
+    by_size = by_size and needs is not None
     beyond = False  # the whole graph holds NaN/Inf beyond the target's subgraph
     was_grad = {p: p.requires_grad for p in model.parameters()}
     try:

@@ -324,3 +324,26 @@ def test_a_graph_normalised_without_added_loops_is_freed_when_dropped(make):
     gc.collect()
     assert alive() is None
     assert len(GRAPH_STRUCTURES._entries) < before
+
+
+def test_nan_beyond_the_target_under_a_graph_the_model_builds_is_an_error_not_a_loop():
+    """The subgraph cannot serve a model that builds its own graph in forward: the NaN
+    at a distant node is then reported once (the retry on the subgraph falls back to the
+    whole graph, which must not retry again)."""
+
+    class Undirected(_LogFirst):
+        def forward(self, x, edge_index):
+            both = torch.cat([edge_index, edge_index.flip(0)], 1)  # (a graph of its own)
+            return super().forward(x, both)
+
+    torch.manual_seed(0)
+    n = 20
+    s = torch.arange(n - 1)
+    ei = torch.stack([s, s + 1])
+    x = torch.rand(n, 3, dtype=torch.float64) + 0.5
+    model = Undirected().double().eval()
+    ok = sparse_lrp.explain(model, x, ei, index=0, composite="epsilon")
+    assert torch.isfinite(ok.node_feat).all()
+    x[15, 0] = -1.0
+    with pytest.raises(ValueError, match="NaN"):
+        sparse_lrp.explain(model, x, ei, index=0, composite="epsilon")
