@@ -52,6 +52,8 @@ _RADIX_MIN = 2**15
 _PAD_FROM = 10_000
 # rowdot's batched product pays from this many elements on (see rowdot).
 _ROWDOT_BMM_FROM = 2**21
+# Integer tensors' content key is read in chunks of this many values (see _content).
+_CONTENT_CHUNK = 2**22
 
 
 _CSR_NOTICED = False  # torch gave its once-per-process CSR notices (see _csr_tensor)
@@ -143,11 +145,17 @@ def _content(t: Tensor) -> tuple:
         return ()
     t = t.detach()
     if not t.is_floating_point():
-        # The sum, and a sum weighted by position (of the running sums: sum_i (n - i) v_i),
-        # which sees values moved between positions (an edge's source edited to another
-        # node and another's back, in place). Integer sums wrap alike in any order: exact.
+        # The sum, and a sum weighted by position, sum_i (n - i) v_i, which sees values
+        # moved between positions (an edge's source edited to another node and another's
+        # back, in place). From running sums, in chunks: one chunk-sized temporary, not a
+        # graph-sized one. Integer sums wrap alike in any order: the key is exact.
         flat = t.reshape(-1).long()
-        return tuple(torch.stack([flat.sum(), flat.cumsum(0).sum()]).tolist()) if flat.numel() else (0, 0)
+        n = flat.numel()
+        weighted = flat.new_zeros(())
+        for a in range(0, n, _CONTENT_CHUNK):
+            part = flat[a : a + _CONTENT_CHUNK]
+            weighted += part.cumsum(0).sum() + (n - a - part.numel()) * part.sum()
+        return tuple(torch.stack([flat.sum(), weighted]).tolist())
     flat = t.reshape(-1)
     if t.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()

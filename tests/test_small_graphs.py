@@ -347,3 +347,21 @@ def test_nan_beyond_the_target_under_a_graph_the_model_builds_is_an_error_not_a_
     x[15, 0] = -1.0
     with pytest.raises(ValueError, match="NaN"):
         sparse_lrp.explain(model, x, ei, index=0, composite="epsilon")
+
+
+def test_an_integer_content_key_sees_swapped_values_and_does_not_depend_on_its_chunks(monkeypatch):
+    from sparse_lrp import operators
+
+    g = torch.Generator().manual_seed(1)
+    t = torch.randint(0, 50, (2, 101), generator=g)
+    t[0, 3], t[0, 4] = 5, 9
+    flat = t.reshape(-1).tolist()
+    by_hand = (sum(flat), sum((len(flat) - i) * v for i, v in enumerate(flat)))
+    assert operators._content(t) == by_hand
+    monkeypatch.setattr(operators, "_CONTENT_CHUNK", 7)  # (15 chunks, the last one short)
+    assert operators._content(t) == by_hand
+    swapped = t.clone()
+    swapped[0, 3], swapped[0, 4] = t[0, 4], t[0, 3]
+    assert operators._content(swapped)[0] == by_hand[0]  # (the same sum)
+    assert operators._content(swapped)[1] == by_hand[1] + (9 - 5) * ((len(flat) - 3) - (len(flat) - 4))
+    assert operators._content(t.new_zeros(0)) == (0, 0)
