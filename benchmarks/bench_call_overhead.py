@@ -5,7 +5,7 @@ Setting: the demo's scale, a 700-node Barabasi-Albert graph (5 edges per new nod
 and edge relevance) and, as the baseline in the same process, one forward + autograd
 gradient x input. On a graph this small a single target runs on the whole graph
 (``sparse_lrp.explain.WHOLE_GRAPH_ROWS``); the last rows take the k-hop subgraph path
-that larger graphs take, for comparison. ``aten ops`` counts the torch operator calls
+that targets take where the whole graph would cost more, for comparison. ``aten ops`` counts the torch operator calls
 torch.profiler records in one call: on a graph this small they, not the arithmetic, set
 the time.
 Run: ``python benchmarks/bench_call_overhead.py [--calls 40] [--threads 1]``.
@@ -66,11 +66,11 @@ def main() -> None:
                 *per_call(lambda i, r=rule: sparse_lrp.explain(model, x, edge_index, index=i, composite=r), a.calls),
             )
         )
-    # The same calls on the target's k-hop subgraph, the path graphs larger than
-    # WHOLE_GRAPH_ROWS take (on this graph the whole graph's pass is the default).
+    # The same calls on the target's k-hop subgraph, the path of targets whose graph is
+    # much larger than their subgraph (here the whole graph's pass is the default).
     explain_module = importlib.import_module("sparse_lrp.explain")
     default = explain_module.WHOLE_GRAPH_ROWS
-    explain_module.WHOLE_GRAPH_ROWS = -1
+    explain_module.WHOLE_GRAPH_ROWS = None  # (always the subgraph)
     try:
         for rule in ("epsilon", "zplus"):
             rows.append(

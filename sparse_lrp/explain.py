@@ -48,11 +48,13 @@ __all__ = ["ExplainResult", "LazyRecords", "explain"]
 
 _EDGE_KWARGS = ("edge_weight", "edge_attr", "edge_type")
 DENSE_OUTPUT_BYTES = 512 * 2**20
-# A single node target on a graph of at most this many nodes + edges runs on the whole
-# graph: extracting and ordering its k-hop subgraph costs more than the rows it saves
-# (`python benchmarks/bench_call_overhead.py` prints the subgraph path's per-call time
-# beside this default's on a 700-node graph).
-WHOLE_GRAPH_ROWS = 2**15
+# The fixed cost of cutting a node target's k-hop subgraph out of its graph (finding,
+# ordering and laying it out), in rows (nodes + edges) of a whole-graph pass: a single
+# target runs on the whole graph when that is at most this many rows more than its
+# subgraph (`python benchmarks/bench_call_overhead.py` prints both paths' per-call time on
+# a 700-node graph; on CPU a hidden-32 GCN/GIN pass costs about 1-2 us per row, the cut
+# about 8-12 ms). None: always the subgraph.
+WHOLE_GRAPH_ROWS: int | None = 2**13
 _SUBGRAPHS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("sparse_lrp_subgraphs_only", default=False)
 _NODE_KWARGS = ("batch", "pos")
 
@@ -376,6 +378,29 @@ class _MoreHopsError(Exception):
 
     def __init__(self, hops: int) -> None:
         self.hops = hops
+
+
+def _whole_graph_pays(num_nodes: int, num_edges: int, hops: int) -> bool:
+    """Whether one node target costs less on the whole graph than on its k-hop subgraph.
+
+    The subgraph's rows are estimated from the mean degree ``d``: ``1 + d + ... + d^k``
+    nodes, each with about ``d`` in-edges (hubs make real subgraphs larger, so this errs
+    toward the subgraph); the whole graph wins when it has at most ``WHOLE_GRAPH_ROWS``
+    rows more, the cost of cutting the subgraph out.
+    """
+    if WHOLE_GRAPH_ROWS is None:
+        return False
+    rows = num_nodes + num_edges
+    if rows <= WHOLE_GRAPH_ROWS:
+        return True
+    d = num_edges / max(num_nodes, 1)
+    nodes, frontier = 1.0, 1.0
+    for _ in range(hops):
+        frontier *= d
+        nodes += frontier
+        if nodes * (1 + d) >= rows:  # (the subgraph is the graph)
+            return True
+    return rows <= WHOLE_GRAPH_ROWS + nodes * (1 + d)
 
 
 # -- targets ------------------------------------------------------------------------
@@ -936,9 +961,9 @@ def explain(
             included; a larger value widens it). Node targets run on their k-hop
             computation subgraphs (exact for the supported layers; a custom layer that
             reads beyond its in-edges needs ``hops`` set accordingly), except a single
-            target on a graph of at most ``WHOLE_GRAPH_ROWS`` nodes + edges, which runs
-            on the whole graph (and on its subgraph should the graph hold NaN/Inf
-            values beyond it).
+            target whose graph is at most ``WHOLE_GRAPH_ROWS`` nodes + edges larger
+            than its subgraph (estimated from the mean degree), which runs on the whole
+            graph (and on its subgraph should the graph hold NaN/Inf values beyond it).
         strategy, max_memory: passed to the edge kernel.
         sparse_output: for many node targets, return ``[T, N, ...]``/``[T, E]`` results as
             sparse COO tensors holding only each target's computation subgraph. None (the
@@ -1039,8 +1064,10 @@ def explain(
     # and so does one on a small graph, where cutting its subgraph out costs more than
     # the rows it saves.
     several = rows is not None and rows.numel() > 1
-    small = edge_index is not None and n + edge_index.shape[1] <= WHOLE_GRAPH_ROWS and not sparse_output
-    small = small and not _SUBGRAPHS_ONLY.get()
+    small = edge_index is not None and not sparse_output and not _SUBGRAPHS_ONLY.get()
+    if small:
+        k = max(num_hops(model) if hops is None else int(hops), _HOPS_RUN.get(model, 0))
+        small = _whole_graph_pays(n, edge_index.shape[1], k)
     on_subgraphs = (
         rows is not None and not is_graph and edge_index is not None and (several or (needs is not None and not small))
     )

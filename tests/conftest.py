@@ -61,7 +61,7 @@ def _single_targets_on_subgraphs(request, monkeypatch):
     ``default_paths`` (tests/test_small_graphs.py) check the default choice itself."""
     if request.node.get_closest_marker("default_paths") is None:
         explain_module = importlib.import_module("sparse_lrp.explain")  # (the module, not the function)
-        monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", -1)
+        monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", None)
     yield
 
 

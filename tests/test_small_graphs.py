@@ -1,10 +1,10 @@
 """A single node target on a small graph runs on the whole graph (``WHOLE_GRAPH_ROWS``).
 
 Cutting a target's k-hop subgraph out of a graph of a few thousand rows costs more than
-the rows it saves, so by default such a target is explained on the whole graph, with
-its output row seeded. These tests run with that default (the rest of the suite pins
-the subgraph path): the choice is taken where it should be, and its results equal both
-the subgraph path's and independent references.
+the rows it saves (or its subgraph is most of the graph), so by default such a target
+is explained on the whole graph, with its output row seeded. These tests run with that
+default (the rest of the suite pins the subgraph path): the choice is taken where it
+should be, and its results equal both the subgraph path's and independent references.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_a_single_target_on_a_small_graph_equals_its_subgraph_run(name, rule, gr
     index = 7
     whole = sparse_lrp.explain(model, x, ei, index=index, composite=COMPOSITES[rule])
     assert unions == []  # (no subgraph was cut)
-    monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", -1)
+    monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", None)
     sub = sparse_lrp.explain(model, x, ei, index=index, composite=COMPOSITES[rule])
     assert unions == [1]
     assert whole.node_feat.shape == (N, F) and whole.edge.shape == (E,)
@@ -132,14 +132,35 @@ def test_targets_past_the_size_or_with_sparse_results_take_subgraphs(graph, unio
     assert unions == [2, 1]
     assert sparse.node_feat.is_sparse
     assert_close(sparse.node_feat.to_dense(), dense.node_feat)
-    # One row past the size: the subgraph.
-    monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", N + E - 1)
+    # Where the whole graph would cost more than cutting: the subgraph.
+    seen = []
+
+    def pays(n, num_edges, hops):
+        seen.append((n, num_edges, hops))
+        return False
+
+    monkeypatch.setattr(explain_module, "_whole_graph_pays", pays)
     past = sparse_lrp.explain(model, x, ei, index=3, composite="epsilon")
-    assert unions == [2, 1, 1]
+    assert unions == [2, 1, 1] and seen == [(N, E, 3)]  # (a 3-layer GCN: 3 hops)
     assert_close(past.node_feat, dense.node_feat)
-    monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", N + E)
-    sparse_lrp.explain(model, x, ei, index=3, composite="epsilon")
-    assert unions == [2, 1, 1]
+
+
+def test_the_whole_graph_is_taken_where_it_costs_less_than_cutting_the_subgraph(monkeypatch):
+    pays = explain_module._whole_graph_pays
+    monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", 1000)
+    assert pays(300, 700, 3)  # (1000 rows: no more than the cut's cost)
+    # A binary tree (mean degree 2), 3 hops: 1 + 2 + 4 + 8 = 15 nodes, 3 rows each.
+    assert pays(1000, 1000 - 1 + 45, 3) is False  # 2044 rows > 1000 + 45
+    d = 2.0
+    assert pays(1000, 2000, 3) is (3000 <= 1000 + (1 + d + d**2 + d**3) * (1 + d))
+    # Mean degree 10, 3 hops: 1111 nodes x 11 rows = 12221 rows.
+    assert pays(2000, 20000, 3) is False  # 22000 > 13221
+    assert pays(1100, 11000, 3)  # 12100 <= 13221
+    # Enough hops for the subgraph to be the graph: the whole graph at any size.
+    assert pays(100_000, 1_000_000, 6)
+    assert pays(100_000, 1_000_000, 3) is False
+    monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", None)  # (always the subgraph)
+    assert pays(10, 20, 3) is False
 
 
 def test_the_explainer_on_a_small_graph_matches_the_subgraph_masks(graph, unions, monkeypatch):
@@ -155,7 +176,7 @@ def test_the_explainer_on_a_small_graph_matches_the_subgraph_masks(graph, unions
     )
     whole = explainer(x, ei, index=9)
     assert unions == []
-    monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", -1)
+    monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", None)
     sub = explainer(x, ei, index=9)
     assert unions == [1]
     assert_close(whole.node_mask, sub.node_mask)
@@ -255,7 +276,7 @@ def test_an_overflow_beyond_a_targets_subgraph_leaves_its_explanation_as_on_the_
     assert torch.isfinite(model(x, ei)[0]).all() and not torch.isfinite(model(x, ei)).all()
     for rule in ("epsilon", "zplus", "gamma"):
         got = sparse_lrp.explain(model, x, ei, index=0, composite=rule)
-        monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", -1)
+        monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", None)
         sub = sparse_lrp.explain(model, x, ei, index=0, composite=rule)
         monkeypatch.undo()
         assert torch.isfinite(got.node_feat).all()
