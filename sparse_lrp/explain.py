@@ -952,6 +952,7 @@ def explain(
             one-column binary output, class 1 explains the logit and class 0 its negation.
         composite: a :class:`~sparse_lrp.composites.Composite`, a single rule for
             every layer, or a preset name (``"epsilon"``, ``"zplus"``, ``"gamma"``).
+            Default ``"epsilon"`` (:class:`~sparse_lrp.LRPExplainer`'s is ``"zplus"``).
         task_level: ``"node"`` or ``"graph"``. By default targets are graphs when a
             ``batch`` vector is given (and index names rows), unless the model returns
             one row per node or the index lies beyond the graphs; nodes otherwise.
@@ -959,8 +960,10 @@ def explain(
         hops: receptive field of node targets (default: counted from the model's
             message-passing layer calls, each call of a layer used in a loop
             included; a larger value widens it). Node targets run on their k-hop
-            computation subgraphs (exact for the supported layers; a custom layer that
-            reads beyond its in-edges needs ``hops`` set accordingly), except a single
+            computation subgraphs (exact for the supported layers; a custom handler
+            declares what its layer reads with ``register_handler(..., subgraph=...)``,
+            and a layer that reads further than its in-edges needs ``hops`` widened),
+            except a single
             target whose graph is at most ``WHOLE_GRAPH_ROWS`` nodes + edges larger
             than its subgraph (estimated from the mean degree), which runs on the whole
             graph (and on its subgraph should the graph hold NaN/Inf values beyond it).

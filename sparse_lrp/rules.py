@@ -194,6 +194,8 @@ class Rule:
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self._params().items())
+        if self.zero_bias:
+            extra += ", zero_bias=True"
         return f"{type(self).__name__}(stabilizer={self.stabilizer!r}{extra})"
 
     def _params(self) -> dict:

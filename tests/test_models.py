@@ -1051,6 +1051,11 @@ def test_explaining_emits_no_warnings():
         "warnings.simplefilter('error')  # (after the imports: PyG's own import warnings are not ours)\n"
         "for model in models:\n"
         "    sparse_lrp.explain(model, x, ei, index=[3, 4], composite='zplus')\n"
+        "    sparse_lrp.explain(model, x, ei, index=3, composite='epsilon')  # (the whole graph)\n"
+        "lin = torch.nn.Linear(5, 3)\n"
+        "lin.weight.data[0, :2] = 0.0\n"
+        "mlp = torch.nn.Sequential(sparse_lrp.SparseLinear.from_dense(lin))  # (a pruned weight)\n"
+        "sparse_lrp.explain(mlp, x, None, target=0, composite='zplus')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -556,3 +556,13 @@ def test_gamma_with_relevance_on_one_output_sign_matches_reference(where, backen
         assert_matches(r_in, exp_r, torch.float64, f"{where}/edges/{strategy} R_in")
         assert_matches(edge, exp_e, torch.float64, f"{where}/edges/{strategy} edge")
         assert_matches(absorbed, exp_a, torch.float64, f"{where}/edges/{strategy} absorbed")
+
+
+def test_a_rules_repr_shows_that_it_leaves_the_bias_out():
+    from sparse_lrp import AlphaBeta, Epsilon, Gamma, ZPlus
+
+    assert repr(ZPlus()) == "ZPlus(stabilizer=1e-06)"
+    assert repr(ZPlus(zero_bias=True)) == "ZPlus(stabilizer=1e-06, zero_bias=True)"
+    assert repr(Gamma(0.5, zero_bias=True)).endswith(", zero_bias=True)")
+    assert "zero_bias" not in repr(AlphaBeta(2.0, 1.0))
+    assert repr(Epsilon(0.1, zero_bias=True)) == "Epsilon(epsilon=0.1, zero_bias=True)"
