@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import operator
+import re
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -357,6 +358,10 @@ class _NotPerNodeError(ValueError):
 
 class _BeyondSubgraphError(Exception):
     """A layer ran on a graph the model derived itself, not on the given one."""
+
+
+class _MixesNodesError(_BeyondSubgraphError):
+    """The model's own code mixes node rows outside message passing (``h.mean(0)``)."""
 
 
 def num_hops(model: nn.Module) -> int:
@@ -796,20 +801,68 @@ _TOP_GLUE = frozenset(
 )  # fmt: skip
 
 
-def _walk(y: Tensor, outputs: list[tuple[int, Tensor]]) -> tuple[list[str], frozenset]:
-    """One pass over ``y``'s autograd graph for two things:
+# Ops of the model's own code that mix rows along a tensor's first dimension: reductions
+# and reorderings over it (backward nodes that save the dimension), and products that
+# contract it. Over node rows (h.mean(0) added back to every node, h.flip(0), A @ h) they
+# read nodes no k-hop subgraph holds.
+_ALONG_DIM = frozenset(
+    {
+        "SumBackward1", "MeanBackward1", "AmaxBackward0", "AminBackward0", "MaxBackward0", "MinBackward0",
+        "StdBackward0", "VarBackward0", "LogsumexpBackward0", "ProdBackward1", "NormBackward1",
+        "CumsumBackward0", "CumprodBackward0", "SortBackward0", "TopkBackward0", "FlipBackward0",
+        "RollBackward0", "SoftmaxBackward0", "LogSoftmaxBackward0", "MedianBackward1", "KthvalueBackward0",
+    }
+)  # fmt: skip
+_ALL_DIMS = frozenset(
+    {"SumBackward0", "MeanBackward0", "MaxBackward1", "MinBackward1", "ProdBackward0", "NormBackward0"}
+)
+
+
+def _mixes_rows(fn, rows: int) -> bool:
+    """Whether backward node ``fn`` is an op over the first dimension of a tensor with
+    ``rows`` rows (see :data:`_ALONG_DIM`)."""
+    name = type(fn).__name__
+    if name == "MmBackward0":
+        a, b = getattr(fn, "_saved_self_sym_sizes", ()), getattr(fn, "_saved_mat2_sym_sizes", ())
+        return len(a) == 2 and len(b) == 2 and a[1] == rows and b[0] == rows
+    if name not in _ALONG_DIM and name not in _ALL_DIMS:
+        return False
+    sizes = getattr(fn, "_saved_self_sym_sizes", None)
+    if sizes is None:
+        saved = getattr(fn, "_saved_self", None)
+        sizes = saved.shape if isinstance(saved, Tensor) else None
+    if sizes is None:  # (a shape-keeping op: its output's shape is its input's)
+        meta = getattr(fn, "_input_metadata", ())
+        sizes = meta[0].shape if meta else None
+    if not sizes or sizes[0] != rows:
+        return False
+    if name in _ALL_DIMS:
+        return True
+    dims = getattr(fn, "_saved_dim", getattr(fn, "_saved_dims", None))
+    if dims is None:
+        return False
+    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
+    # (some nodes save a negative dim as its unsigned 64-bit pattern: -1 as 2^64 - 1)
+    dims = [int(d) - 2**64 if int(d) >= 2**63 else int(d) for d in dims]
+    return any(d % len(sizes) == 0 for d in dims) if dims else True  # (dim=() reduces all)
+
+
+def _walk(y: Tensor, outputs: list[tuple[int, Tensor]], rows: int | None = None) -> tuple[list[str], frozenset, list]:
+    """One pass over ``y``'s autograd graph for three things:
 
     * backward nodes of :data:`_GLUE_NODES` (element-wise functions the model's own code
       called, to be routed through the Pass rule);
     * the layer calls a composite's ``top`` rule takes: those whose outputs make ``y``
       through sums, views and pooling only (every summand of a residual output; the last
       conv under a global pooling). A layer output that a call inside another returned
-      (GINConv's MLP) counts as the inner call's, the map that computed it.
+      (GINConv's MLP) counts as the inner call's, the map that computed it;
+    * with ``rows`` (the node rows of a pass on subgraphs), the model's own ops that mix
+      them (:func:`_mixes_rows`).
     """
     producer: dict = {}
     for i, out in outputs:  # (inner calls return first: the first call per tensor is its own)
         producer.setdefault(out.grad_fn, i)
-    glue, top, seen, stack = [], set(), set(), [(y.grad_fn, True)]
+    glue, top, seen, stack, mixing = [], set(), set(), [(y.grad_fn, True)], []
     while stack:
         fn, near_top = stack.pop()  # near_top: reached from y through _TOP_GLUE nodes only
         if fn is None or (fn, near_top) in seen:
@@ -817,12 +870,14 @@ def _walk(y: Tensor, outputs: list[tuple[int, Tensor]]) -> tuple[list[str], froz
         seen.add((fn, near_top))
         if (fn, not near_top) not in seen and type(fn).__name__ in _GLUE_NODES:
             glue.append(type(fn).__name__)
+        if rows is not None and (fn, not near_top) not in seen and _mixes_rows(fn, rows):
+            mixing.append(type(fn).__name__)
         if near_top and fn in producer:
             top.add(producer[fn])
             near_top = False
         near_top = near_top and type(fn).__name__ in _TOP_GLUE
         stack.extend((f, near_top) for f, _ in fn.next_functions)
-    return glue, frozenset(top)
+    return glue, frozenset(top), mixing
 
 
 def _check_normalisers(ctx: Context, y: Tensor) -> None:
@@ -867,7 +922,10 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
         y = _logits(y, ctx.outputs)
-        found, top_calls = _walk(y, ctx.outputs)
+        found, top_calls, mixing = _walk(y, ctx.outputs, x_in.shape[0] if ctx.on_subgraphs else None)
+        if mixing:  # (named as the user wrote them: MeanBackward1 -> mean, MmBackward0 -> matmul)
+            ops = {re.sub(r"Backward\d*$", "", m).lower().replace("mm", "matmul") for m in mixing}
+            raise _MixesNodesError(sorted(ops))
         if not found:
             break
         if route:
@@ -1099,6 +1157,14 @@ def explain(
                     edges=edges, hops=hops, strategy=strategy, max_memory=max_memory, sparse_output=sparse_output,
                     max_union=max_union, **forward_kwargs,
                 )  # fmt: skip
+            except _MixesNodesError as err:
+                if several:
+                    raise ValueError(
+                        f"the model's own code mixes nodes outside message passing ({', '.join(err.args[0])} "
+                        "over the node dimension, as h.mean(0) or A @ h do): a node's output reads nodes no "
+                        "k-hop subgraph holds, so node targets cannot share a pass over their subgraphs. "
+                        "Explain them one at a time (a single target uses the whole graph)."
+                    ) from None
             except _BeyondSubgraphError as err:
                 if several:
                     raise ValueError(

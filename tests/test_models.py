@@ -1059,3 +1059,84 @@ def test_explaining_emits_no_warnings():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+class _GlobalMix(nn.Module):
+    """GCN -> the model's own op over the node dimension -> GCN -> Linear (bias-free)."""
+
+    def __init__(self, glue):
+        super().__init__()
+        self.c1, self.c2 = gnn.GCNConv(F, H, bias=False), gnn.GCNConv(H, H, bias=False)
+        self.head = nn.Linear(H, C, bias=False)
+        self.glue = glue
+
+    def forward(self, x, edge_index):
+        h = torch.relu(self.c1(x, edge_index))
+        return self.head(torch.relu(self.c2(self.glue(h, edge_index), edge_index)))
+
+
+def _dense_adjacency_mix(h, edge_index):
+    a = torch.zeros(h.shape[0], h.shape[0], dtype=h.dtype).index_put_(
+        (edge_index[1], edge_index[0]), torch.ones(edge_index.shape[1], dtype=h.dtype), accumulate=True
+    )
+    return h + a @ h
+
+
+GLOBAL_MIXES = {
+    "mean over nodes": lambda h, ei: h + h.mean(0, keepdim=True),  # (a virtual-node-style context)
+    "max over nodes": lambda h, ei: h + h.amax(0),
+    "flip": lambda h, ei: h.flip(0),
+    "roll": lambda h, ei: torch.roll(h, 1, 0),
+    "dense adjacency": _dense_adjacency_mix,
+    "feature covariance": lambda h, ei: h @ (h.T @ h) / 100,
+}
+
+
+@pytest.mark.parametrize("glue", list(GLOBAL_MIXES))
+def test_node_mixing_outside_message_passing_leaves_no_subgraph_result(glue):
+    """A node's output that reads every node (h.mean(0)) or other rows (h.flip(0)) cannot
+    come from its k-hop subgraph: that path gave another output and relevance silently
+    (h + h.amax(0): 0.89 for a logit of 1.28). A single target now runs on the whole
+    graph; several targets in one subgraph pass are refused."""
+    torch.manual_seed(4)
+    model = randomise(_GlobalMix(GLOBAL_MIXES[glue]).double(), seed=9, scale=0.6).eval()
+    x = torch.randn(N, F, dtype=DT)
+    y = model(x, EI).detach()
+    lrp0 = Epsilon(0.0)
+    for index in (5, 11):
+        cls = int(y[index].argmax())
+        res = sparse_lrp.explain(model, x, EI, index=index, composite=lrp0)
+        assert float(res.output) == pytest.approx(float(y[index, cls]), rel=1e-12)
+        (gx,) = grad_x_input(lambda x_, i=index, c=cls: model(x_, EI)[i, c], x)
+        if glue != "feature covariance":  # (not piecewise linear: LRP-0 is not gradient x input there)
+            assert_close(res.node_feat, gx)
+    with pytest.raises(ValueError, match="mixes nodes outside message passing"):
+        sparse_lrp.explain(model, x, EI, index=[5, 11], composite=lrp0)
+
+
+def test_ops_over_features_or_layers_are_no_node_mixing():
+    """Reductions over features (a row norm), JK's max over layers, a feature-side product:
+    each node's row alone, so targets still share subgraph passes."""
+
+    class PerNode(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = gnn.GCNConv(F, H), gnn.GCNConv(H, H)
+            self.head = nn.Linear(H, C)
+            self.w = nn.Linear(H, H, bias=False)
+
+        def forward(self, x, edge_index):
+            h1 = torch.relu(self.c1(x, edge_index))
+            h1 = h1 / (h1.detach().sum(-1, keepdim=True) + 1)  # (a detached row scale)
+            h2 = torch.relu(self.c2(h1, edge_index))
+            h = torch.stack([h1, h2], -1).amax(-1) + self.w(h2)
+            return self.head(h)
+
+    torch.manual_seed(5)
+    model = randomise(PerNode().double(), seed=3, scale=0.6).eval()
+    x = torch.randn(N, F, dtype=DT)
+    many = sparse_lrp.explain(model, x, EI, index=[2, 9, 14])
+    for t, i in enumerate([2, 9, 14]):
+        one = sparse_lrp.explain(model, x, EI, index=i)
+        assert_close(many.node_feat[t], one.node_feat)
+        assert_close(many.edge[t], one.edge)
