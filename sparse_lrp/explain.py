@@ -818,6 +818,49 @@ _ALL_DIMS = frozenset(
 )
 
 
+# Ops of the model's own code that combine activations in no way relevance can follow
+# conserved: products and quotients of two activations (h * h, h * sigmoid(h) written by
+# hand, h / h.norm()), powers, and normalisations by the activations' own statistics.
+_PRODUCTS = frozenset({"MulBackward0", "DivBackward0", "AddcmulBackward0", "AddcdivBackward0", "MmBackward0",
+                       "BmmBackward0", "PowBackward1", "PowBackward2"})  # fmt: skip
+_NORMS = frozenset({"NativeLayerNormBackward0", "NativeGroupNormBackward0"})
+# ...and sums with a constant (h + 1.0, a buffer, a detached branch): a bias of the model's
+# code, whose share of relevance no input receives.
+_SUMS = frozenset({"AddBackward0", "SubBackward0", "RsubBackward0", "AddBackward1", "SubBackward1", "RsubBackward1"})
+
+
+# Single-input reshaping nodes between a weight and the op that reads it (W.T, a view).
+_RESHAPES = frozenset(
+    {
+        "TBackward0", "PermuteBackward0", "TransposeBackward0", "ExpandBackward0", "UnsqueezeBackward0",
+        "SqueezeBackward0", "SqueezeBackward1", "ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0",
+        "CloneBackward0", "ToCopyBackward0", "SliceBackward0", "SelectBackward0",
+    }
+)  # fmt: skip
+
+
+def _is_weight(fn) -> bool:
+    """Whether backward node ``fn`` leads, through reshapes only, to a model parameter
+    (a weight the model's code applies itself: constant to the explanation)."""
+    while fn is not None and type(fn).__name__ in _RESHAPES:
+        fn = fn.next_functions[0][0] if fn.next_functions else None
+    return type(fn).__name__ == "AccumulateGrad" and isinstance(getattr(fn, "variable", None), nn.Parameter)
+
+
+def _unconserving(fn) -> str | None:
+    """The op of backward node ``fn`` if relevance cannot pass it conserved, else None."""
+    name = type(fn).__name__
+    if name in _NORMS:
+        return name
+    if name in _PRODUCTS:
+        # (a product with a constant or a weight, h * 2 or h @ W, is linear)
+        operands = [f for f, _ in fn.next_functions if f is not None and not _is_weight(f)]
+        return name if len(operands) >= 2 or name.startswith("Pow") else None
+    if name == "PowBackward0":
+        return None if float(getattr(fn, "_saved_exponent", 2.0)) == 1.0 else name
+    return None
+
+
 def _mixes_rows(fn, rows: int) -> bool:
     """Whether backward node ``fn`` is an op over the first dimension of a tensor with
     ``rows`` rows (see :data:`_ALONG_DIM`)."""
@@ -863,21 +906,27 @@ def _walk(y: Tensor, outputs: list[tuple[int, Tensor]], rows: int | None = None)
     for i, out in outputs:  # (inner calls return first: the first call per tensor is its own)
         producer.setdefault(out.grad_fn, i)
     glue, top, seen, stack, mixing = [], set(), set(), [(y.grad_fn, True)], []
+    unconserving, constants = [], 0
     while stack:
         fn, near_top = stack.pop()  # near_top: reached from y through _TOP_GLUE nodes only
         if fn is None or (fn, near_top) in seen:
             continue
         seen.add((fn, near_top))
-        if (fn, not near_top) not in seen and type(fn).__name__ in _GLUE_NODES:
+        first = (fn, not near_top) not in seen  # (the first visit of this node)
+        if first and type(fn).__name__ in _GLUE_NODES:
             glue.append(type(fn).__name__)
-        if rows is not None and (fn, not near_top) not in seen and _mixes_rows(fn, rows):
+        if first and rows is not None and _mixes_rows(fn, rows):
             mixing.append(type(fn).__name__)
+        if first and (op := _unconserving(fn)) is not None:
+            unconserving.append(op)
+        if first and type(fn).__name__ in _SUMS and any(f is None for f, _ in fn.next_functions):
+            constants += 1
         if near_top and fn in producer:
             top.add(producer[fn])
             near_top = False
         near_top = near_top and type(fn).__name__ in _TOP_GLUE
         stack.extend((f, near_top) for f, _ in fn.next_functions)
-    return glue, frozenset(top), mixing
+    return glue, frozenset(top), mixing, unconserving, constants
 
 
 def _check_normalisers(ctx: Context, y: Tensor) -> None:
@@ -922,7 +971,20 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
         y = _logits(y, ctx.outputs)
-        found, top_calls, mixing = _walk(y, ctx.outputs, x_in.shape[0] if ctx.on_subgraphs else None)
+        found, top_calls, mixing, unconserving, constants = _walk(
+            y, ctx.outputs, x_in.shape[0] if ctx.on_subgraphs else None
+        )
+        if unconserving:
+            ops = sorted({re.sub(r"Backward\d*$", "", m).lower() for m in unconserving})
+            raise TypeError(
+                f"the model's forward combines activations with {ops} (a product or quotient of two "
+                "activations, h * h or h / h.norm(); a power; a normalisation by their own statistics, "
+                "F.layer_norm): LRP has no conservative rule for these. A normalisation is explained as "
+                "a per-row scale with its statistics detached (h / h.norm(dim=-1, keepdim=True).detach(), "
+                "as LRP's LN-rule takes it); element-wise activations need their module or functional "
+                "form (nn.SiLU() rather than h * torch.sigmoid(h))"
+            )
+        ctx.constants = ctx.constants or constants > 0
         if mixing:  # (named as the user wrote them: MeanBackward1 -> mean, MmBackward0 -> matmul)
             ops = {re.sub(r"Backward\d*$", "", m).lower().replace("mm", "matmul") for m in mixing}
             raise _MixesNodesError(sorted(ops))
@@ -1260,12 +1322,15 @@ def _conservation(ctx: Context, out_value: Tensor, node_feat: Tensor, ea_rel: Te
     def total(v) -> float:  # (detached: a sum that still tracks gradients warns when read)
         return float(v.detach().sum()) if isinstance(v, Tensor) else float(v)
 
-    return {
-        "out": total(out_value),
-        "in": total(node_feat) + (total(ea_rel) if ea_rel is not None else 0.0),
-        "absorbed": total(ctx.absorbed),
-        "lost": total(ctx.lost),
-    }
+    out, into, absorbed, lost = (
+        total(out_value), total(node_feat) + (total(ea_rel) if ea_rel is not None else 0.0),
+        total(ctx.absorbed), total(ctx.lost),
+    )  # fmt: skip
+    if ctx.constants:
+        # Constants the model's code adds (h + 1.0) take their share as a bias does: what
+        # reached no input and no rule's bias.
+        absorbed = out - into - lost
+    return {"out": out, "in": into, "absorbed": absorbed, "lost": lost}
 
 
 def _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index) -> ExplainResult:

@@ -254,10 +254,11 @@ def test_a_custom_map_over_edges_as_many_as_the_subgraph_nodes_is_not_cut(clean_
 @pytest.mark.parametrize("norm", ["l2", "std", "sqrt"])
 @pytest.mark.parametrize("rule", [Epsilon(1e-6), Composite(Epsilon(1e-6), first=WSquare())])
 def test_model_code_that_makes_nan_of_rows_no_target_reaches(norm, rule, head, monkeypatch):
-    """Rows cut off are zeros; a row normalisation in the model's own code makes them
-    NaN (0/0). The backward read them and raised an overflow error; it reads only the
-    rows that can reach a target, and a map that is not cut (a Linear head) and meets
-    such rows makes the pass rerun without cutting."""
+    """Rows cut off are zeros; a row normalisation in the model's own code (its statistics
+    detached: a per-row scale, as LRP's LN-rule takes it) makes them NaN (0/0). The
+    backward read them and raised an overflow error; it reads only the rows that can
+    reach a target, and a map that is not cut (a Linear head) and meets such rows makes
+    the pass rerun without cutting."""
     from torch_geometric.nn import GraphConv
 
     class Net(nn.Module):
@@ -270,9 +271,9 @@ def test_model_code_that_makes_nan_of_rows_no_target_reaches(norm, rule, head, m
             if head:
                 h = self.c2(torch.relu(h), ei)
             if norm == "l2":
-                h = h / h.norm(dim=1, keepdim=True)
+                h = h / h.norm(dim=1, keepdim=True).detach()
             elif norm == "std":
-                h = (h - h.mean(1, keepdim=True)) / h.std(1, keepdim=True)
+                h = (h - h.mean(1, keepdim=True)) / h.std(1, keepdim=True).detach()
             else:
                 h = h.abs().sqrt()
             return self.head(h) if head else self.c2(torch.relu(h), ei)
@@ -298,7 +299,7 @@ def test_per_edge_messages_read_only_live_rows():
 
         def forward(self, x, ei, edge_attr):
             h = self.c1(x, ei)
-            return self.c2(h / h.norm(dim=1, keepdim=True), ei, edge_attr)
+            return self.c2(h / h.norm(dim=1, keepdim=True).detach(), ei, edge_attr)
 
     torch.manual_seed(0)
     x, ei = torch.randn(200, 5, dtype=torch.float64), torch.randint(0, 200, (2, 700))
@@ -329,7 +330,7 @@ def test_a_layer_called_twice_widens_before_its_output_is_judged():
 
         def forward(self, x, ei):
             h = self.c(self.c(x, ei), ei)
-            return h / h.norm(dim=1, keepdim=True)
+            return h / h.norm(dim=1, keepdim=True).detach()
 
     torch.manual_seed(0)
     n = 50
@@ -369,7 +370,7 @@ def test_a_row_norm_of_cut_rows_before_attention_or_edge_features(first, second,
 
         def forward(self, x, ei, edge_attr=None):
             h = self.c1(x, ei)
-            h = h / h.norm(dim=1, keepdim=True)
+            h = h / h.norm(dim=1, keepdim=True).detach()
             h = self.c2(h, ei, edge_attr) if second == "gine" else self.c2(h, ei)
             return self.head(torch.relu(h))
 

@@ -194,6 +194,7 @@ class Context:
     node_rows: int = 0  # built-in message-passing handlers running: their maps' rows are nodes
     cut: bool = True  # whether maps may skip rows that reach no target
     cut_made: bool = False  # some map did
+    constants: bool = False  # the model's own code adds constants (their relevance: absorbed)
 
     def live_rows(self, rows: int, further: int = 0) -> int | None:
         """How many leading rows of a node-level map output (or, ``further=1``, of a
