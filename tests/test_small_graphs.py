@@ -13,10 +13,11 @@ import importlib
 
 import pytest
 import torch
+from test_restricted import MODELS, F  # (the same four model families, F input features)
 from torch import nn
 from torch.testing import assert_close
 from torch_geometric.explain import Explainer
-from torch_geometric.nn import GCN, GIN, GATConv, GCNConv, GraphConv, GraphSAGE, TAGConv
+from torch_geometric.nn import GCN, GCNConv, GraphConv, GraphSAGE, TAGConv
 
 import sparse_lrp
 from sparse_lrp import Composite, Epsilon, Gamma, LRPExplainer, WSquare, ZPlus
@@ -24,7 +25,7 @@ from sparse_lrp import Composite, Epsilon, Gamma, LRPExplainer, WSquare, ZPlus
 pytestmark = pytest.mark.default_paths
 explain_module = importlib.import_module("sparse_lrp.explain")  # (the module, not the function)
 
-N, E, F = 60, 240, 5
+N, E = 60, 240
 
 
 @pytest.fixture(scope="module")
@@ -33,22 +34,6 @@ def graph():
     return torch.randn(N, F, generator=g, dtype=torch.float64), torch.randint(0, N, (2, E), generator=g)
 
 
-class GATNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = GATConv(F, 4, heads=2)
-        self.conv2 = GATConv(8, 3, heads=1)
-
-    def forward(self, x, edge_index):
-        return self.conv2(torch.relu(self.conv1(x, edge_index)), edge_index)
-
-
-MODELS = {
-    "gcn": lambda: GCN(F, 8, 3, 3),
-    "gin": lambda: GIN(F, 8, 2, 3),
-    "sage": lambda: GraphSAGE(F, 8, 2, 3),
-    "gat": GATNet,
-}
 COMPOSITES = {
     "epsilon": Epsilon(1e-6),
     "zplus": ZPlus(),
