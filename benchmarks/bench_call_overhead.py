@@ -8,7 +8,9 @@ gradient x input. On a graph this small a single target runs on the whole graph
 that targets take where the whole graph would cost more, for comparison. ``aten ops`` counts the torch operator calls
 torch.profiler records in one call: on a graph this small they, not the arithmetic, set
 the time.
-Run: ``python benchmarks/bench_call_overhead.py [--calls 40] [--threads 1]``.
+A second table explains one node of a binary tree (tiny k-hop subgraphs) on the whole graph
+and on its subgraph, with the default's choice. Run: ``python
+benchmarks/bench_call_overhead.py [--calls 40] [--threads 1] [--tree-nodes 10000]``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 
 import torch
 from torch.profiler import profile
-from torch_geometric.nn import GCN
+from torch_geometric.nn import GCN, GIN
 from torch_geometric.utils import barabasi_albert_graph
 
 import sparse_lrp
@@ -45,6 +47,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--calls", type=int, default=40)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tree-nodes", type=int, default=10_000, help="binary tree for the path comparison (0: skip)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -89,6 +92,43 @@ def main() -> None:
     print("| --- | --: | --: | --: | --: |")
     for name, ms, ops in rows:
         print(f"| {name} | {ms:.2f} | {ms / base_ms:.2f}x | {ops} | {ops / base_ops:.1f}x |")
+    if a.tree_nodes:
+        tree_paths(a.tree_nodes, a.calls, explain_module)
+
+
+def tree_paths(n: int, calls: int, explain_module) -> None:
+    """A graph whose k-hop subgraphs are tiny (a binary tree, edges both ways): one node
+    target on the whole graph against its subgraph, and the default's choice (the cost
+    model behind ``WHOLE_GRAPH_ROWS``: the subgraph's fixed cost in rows of a pass)."""
+    child = torch.arange(1, n)
+    parent = torch.div(child - 1, 2, rounding_mode="floor")
+    edge_index = torch.cat([torch.stack([parent, child]), torch.stack([child, parent])], 1)
+    x = torch.randn(n, 10)
+    rows_total = n + edge_index.shape[1]
+    default = explain_module.WHOLE_GRAPH_ROWS
+    print(f"\nbinary tree, {n} nodes, {edge_index.shape[1]} edges ({rows_total} rows); 3-layer GCN and GIN, hidden 32")
+    print("| model | whole graph ms | per row (us) | k-hop subgraph ms | default ms (path) |")
+    print("| --- | --: | --: | --: | --: |")
+    for name, cls in (("GCN", GCN), ("GIN", GIN)):
+        model = cls(10, 32, 3, 4).eval()
+        times = {}
+        for path, setting in (("whole", 2**62), ("subgraph", None), ("default", default)):
+            explain_module.WHOLE_GRAPH_ROWS = setting
+            try:
+                times[path] = per_call(
+                    lambda i, m=model: sparse_lrp.explain(m, x, edge_index, index=(37 * i) % n), calls
+                )[0]
+            finally:
+                explain_module.WHOLE_GRAPH_ROWS = default
+        took = (
+            "whole"
+            if abs(times["default"] - times["whole"]) < abs(times["default"] - times["subgraph"])
+            else "subgraph"
+        )
+        print(
+            f"| {name} | {times['whole']:.1f} | {1e3 * times['whole'] / rows_total:.2f} | {times['subgraph']:.1f} "
+            f"| {times['default']:.1f} ({took}) |"
+        )
 
 
 if __name__ == "__main__":
