@@ -278,3 +278,27 @@ def test_graph_sizes_follow_one_given_bound_and_suites_run_once():
     assert sizes("tiny", lo=2000, hi=2000) == [2000]
     assert sizes("quick", lo=1e4, hi=1e6) == [10_000, 100_000, 1_000_000]
     assert _suites("dense,dense,graphs") == ("dense", "graphs")
+
+
+def test_call_overhead_benchmark_prints_both_paths_with_positive_figures():
+    """benchmarks/bench_call_overhead.py (the figures behind WHOLE_GRAPH_ROWS) runs."""
+    import pathlib
+    import subprocess
+    import sys
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_call_overhead.py"
+    proc = subprocess.run(
+        [sys.executable, str(path), "--calls", "2", "--tree-nodes", "300"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("| ")]
+    first = [r for r in rows if r[0].strip().startswith(("forward", "sparse_lrp"))]
+    assert len(first) == 5 and any("k-hop subgraph" in r[0] for r in first)
+    for r in first:
+        ms, ratio, ops = float(r[1]), float(r[2].strip().rstrip("x")), int(r[3])
+        assert ms > 0 and ratio > 0 and ops > 0
+    tree = [r for r in rows if r[0].strip() in ("GCN", "GIN")]
+    assert len(tree) == 2
+    for r in tree:
+        assert float(r[1]) > 0 and float(r[2]) > 0 and float(r[3]) > 0
+        assert r[4].strip().endswith(("(whole)", "(subgraph)"))
