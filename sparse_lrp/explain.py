@@ -716,6 +716,8 @@ _GLUE_NODES = frozenset(
         "SoftplusBackward0", "HardtanhBackward0", "HardswishBackward0", "HardsigmoidBackward0",
         "LogSigmoidBackward0", "SoftshrinkBackward0", "TanhBackward0", "SigmoidBackward0",
         "AtanBackward0", "ErfBackward0", "SinBackward0", "CosBackward0", "ExpBackward0",
+        "SqrtBackward0", "RsqrtBackward0", "LogBackward0", "Log1PBackward0", "Log2Backward0", "Log10Backward0",
+        "Expm1Backward0", "ReciprocalBackward0",
     }
 )  # fmt: skip
 _F = torch.nn.functional
@@ -727,6 +729,9 @@ _GLUE_FUNCTIONS = frozenset(
         torch.selu, torch.celu, torch.special.expit, Tensor.tanh, Tensor.sigmoid,
         torch.atan, torch.erf, torch.special.erf, torch.sin, torch.cos, torch.exp, Tensor.atan, Tensor.erf,
         Tensor.sin, Tensor.cos, Tensor.exp, _F.softsign, _F.tanhshrink,
+        torch.sqrt, torch.rsqrt, torch.log, torch.log1p, torch.log2, torch.log10, torch.expm1, torch.reciprocal,
+        Tensor.sqrt, Tensor.rsqrt, Tensor.log, Tensor.log1p, Tensor.log2, Tensor.log10, Tensor.expm1,
+        Tensor.reciprocal,
     }
 )  # fmt: skip
 _SIGMOIDS = frozenset({_F.sigmoid, torch.sigmoid, torch.special.expit, Tensor.sigmoid})
@@ -823,7 +828,9 @@ _ALL_DIMS = frozenset(
 # hand, h / h.norm()), powers, and normalisations by the activations' own statistics.
 _PRODUCTS = frozenset({"MulBackward0", "DivBackward0", "AddcmulBackward0", "AddcdivBackward0", "MmBackward0",
                        "BmmBackward0", "PowBackward1", "PowBackward2"})  # fmt: skip
-_NORMS = frozenset({"NativeLayerNormBackward0", "NativeGroupNormBackward0"})
+_NORMS = frozenset({"NativeLayerNormBackward0", "NativeGroupNormBackward0", "GluBackward0"})
+# A softmax inside the model (one at its end is its logits' normaliser, see _logits).
+_INNER_NORMALISERS = frozenset({"SoftmaxBackward0", "LogSoftmaxBackward0"})
 # ...and sums with a constant (h + 1.0, a buffer, a detached branch): a bias of the model's
 # code, whose share of relevance no input receives.
 _SUMS = frozenset({"AddBackward0", "SubBackward0", "RsubBackward0", "AddBackward1", "SubBackward1", "RsubBackward1"})
@@ -850,8 +857,10 @@ def _is_weight(fn) -> bool:
 def _unconserving(fn) -> str | None:
     """The op of backward node ``fn`` if relevance cannot pass it conserved, else None."""
     name = type(fn).__name__
-    if name in _NORMS:
+    if name in _NORMS or name in _INNER_NORMALISERS:
         return name
+    if name == "NativeBatchNormBackward0":  # (batch statistics: F.batch_norm(training=True), instance_norm)
+        return name if getattr(fn, "_saved_training", False) else None
     if name in _PRODUCTS:
         # (a product with a constant or a weight, h * 2 or h @ W, is linear)
         operands = [f for f, _ in fn.next_functions if f is not None and not _is_weight(f)]
@@ -861,13 +870,55 @@ def _unconserving(fn) -> str | None:
     return None
 
 
+def _shape_of(fn) -> tuple:
+    """The shape of the tensor backward node ``fn`` produced (a leaf's own)."""
+    if type(fn).__name__ == "AccumulateGrad":
+        return tuple(fn.variable.shape)
+    meta = getattr(fn, "_input_metadata", ())
+    return tuple(meta[0].shape) if meta else ()
+
+
+_GATHERS = frozenset({"IndexBackward0"})  # (rows picked by an index: h[perm], ctx[batch])
+_SCATTERS = frozenset({"IndexAddBackward0", "ScatterAddBackward0", "ScatterReduceBackward0", "IndexReduceBackward0"})
+
+
 def _mixes_rows(fn, rows: int) -> bool:
     """Whether backward node ``fn`` is an op over the first dimension of a tensor with
     ``rows`` rows (see :data:`_ALONG_DIM`)."""
     name = type(fn).__name__
-    if name == "MmBackward0":
-        a, b = getattr(fn, "_saved_self_sym_sizes", ()), getattr(fn, "_saved_mat2_sym_sizes", ())
-        return len(a) == 2 and len(b) == 2 and a[1] == rows and b[0] == rows
+    operands = [f for f, _ in fn.next_functions if f is not None]
+    if name in ("MmBackward0", "BmmBackward0", "SparseAddmmBackward0"):
+        if any(_is_weight(f) for f in operands):  # (h @ W: a weight is no node tensor)
+            return False
+        if name == "MmBackward0":
+            a, b = getattr(fn, "_saved_self_sym_sizes", ()), getattr(fn, "_saved_mat2_sym_sizes", ())
+        elif name == "BmmBackward0":
+            # (a factor without grad is saved, one with grad shows on its own node)
+            nexts = [f for f, _ in fn.next_functions]
+            a, b = (
+                tuple(t.shape) if isinstance(t := getattr(fn, key, None), Tensor) else _shape_of(f) if f else ()
+                for key, f in zip(("_saved_self", "_saved_mat2"), nexts)
+            )
+        else:  # (torch.sparse.mm(A, h): A's columns are h's rows)
+            a, b = getattr(getattr(fn, "_saved_mat1", None), "shape", ()), getattr(fn, "_saved_mat2_sym_sizes", ())
+        return len(a) >= 2 and len(b) >= 2 and a[-1] == rows and b[-2] == rows
+    if name in _GATHERS:
+        indices = getattr(fn, "_saved_indices", ())
+        source = getattr(fn, "_saved_self_sym_sizes", ())
+        out = _shape_of(fn)
+        picks_rows = bool(indices) and indices[0] is not None
+        return picks_rows and ((len(source) > 0 and source[0] == rows) or (len(out) > 0 and out[0] == rows))
+    if name == "SelectBackward0":  # (one node's row read by all: h + h[0])
+        source = getattr(fn, "_saved_self_sym_sizes", ())
+        dim = int(getattr(fn, "_saved_dim", 1))
+        return len(source) > 1 and dim % len(source) == 0 and source[0] == rows
+    if name in _SCATTERS:
+        # Node rows summed into fewer rows (a pooled context): message passing sums edge
+        # rows into node rows instead, and a pass's edges never number its nodes.
+        dim = getattr(fn, "_saved_dim", 0)
+        source = _shape_of(operands[-1]) if operands else ()
+        out = _shape_of(fn)
+        return int(dim) == 0 and len(source) > 0 and source[0] == rows and len(out) > 0 and out[0] != rows
     if name not in _ALONG_DIM and name not in _ALL_DIMS:
         return False
     sizes = getattr(fn, "_saved_self_sym_sizes", None)
@@ -877,17 +928,20 @@ def _mixes_rows(fn, rows: int) -> bool:
     if sizes is None:  # (a shape-keeping op: its output's shape is its input's)
         meta = getattr(fn, "_input_metadata", ())
         sizes = meta[0].shape if meta else None
-    if not sizes or sizes[0] != rows:
+    if not sizes:
         return False
-    if name in _ALL_DIMS:
-        return True
+    if name in _ALL_DIMS:  # (over every element: node rows among them, also flattened)
+        return rows in sizes or math.prod(sizes) % rows == 0
     dims = getattr(fn, "_saved_dim", getattr(fn, "_saved_dims", None))
     if dims is None:
         return False
     dims = dims if isinstance(dims, (tuple, list)) else (dims,)
     # (some nodes save a negative dim as its unsigned 64-bit pattern: -1 as 2^64 - 1)
     dims = [int(d) - 2**64 if int(d) >= 2**63 else int(d) for d in dims]
-    return any(d % len(sizes) == 0 for d in dims) if dims else True  # (dim=() reduces all)
+    if not dims:  # (dim=() reduces all)
+        return rows in sizes or math.prod(sizes) % rows == 0
+    # Over any dimension as long as the node rows (h.T.mean(1) reads them too).
+    return any(sizes[d % len(sizes)] == rows for d in dims)
 
 
 def _walk(y: Tensor, outputs: list[tuple[int, Tensor]], rows: int | None = None) -> tuple[list[str], frozenset, list]:
@@ -919,8 +973,11 @@ def _walk(y: Tensor, outputs: list[tuple[int, Tensor]], rows: int | None = None)
             mixing.append(type(fn).__name__)
         if first and (op := _unconserving(fn)) is not None:
             unconserving.append(op)
-        if first and type(fn).__name__ in _SUMS and any(f is None for f, _ in fn.next_functions):
-            constants += 1
+        if first and type(fn).__name__ in _SUMS:
+            # (Backward1: a Python number; or an operand without grad, or a weight)
+            nexts = [f for f, _ in fn.next_functions]
+            if type(fn).__name__.endswith("1") or any(f is None or _is_weight(f) for f in nexts):
+                constants += 1
         if near_top and fn in producer:
             top.add(producer[fn])
             near_top = False
@@ -985,7 +1042,10 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
                 "form (nn.SiLU() rather than h * torch.sigmoid(h))"
             )
         ctx.constants = ctx.constants or constants > 0
-        if mixing:  # (named as the user wrote them: MeanBackward1 -> mean, MmBackward0 -> matmul)
+        # (an output with no row per node is a graph-level model's: its pooling is no mixing
+        # but the readout, and the error below says so)
+        if mixing and not (task_level == "node" and y.shape[0] != x_in.shape[0]):
+            # (named as the user wrote them: MeanBackward1 -> mean, MmBackward0 -> matmul)
             ops = {re.sub(r"Backward\d*$", "", m).lower().replace("mm", "matmul") for m in mixing}
             raise _MixesNodesError(sorted(ops))
         if not found:
@@ -1464,37 +1524,51 @@ def _explain_many_nodes(
     in_deg = needs is None or bool({"in_degrees", "weighted_in_degrees"} & needs)
     out_deg = needs is None or "out_degrees" in needs
     merge = needs is not None and needs & {"in_degrees", "out_degrees"} == set() and "weighted_in_degrees" in needs
-    cut = True
+    cut, pad = True, 0
     while True:
         args = (model, ctx, x, edge_index, rows, target, k, kwargs, budget)
         try:
             if merge:
                 try:
                     union = _khop_union(edge_index, n, rows, k, boundary_degrees=True, merge=True)
-                    return _many_nodes_pass(*args, union, sparse_output=sparse_output, cut=cut)
+                    return _many_nodes_pass(*args, union, sparse_output=sparse_output, cut=cut, pad=pad)
                 except MergedEdgesError:
                     pass
             union = _khop_union(edge_index, n, rows, k, out_edges=out_deg, boundary_degrees=in_deg)
-            return _many_nodes_pass(*args, union, sparse_output=sparse_output, cut=cut)
+            return _many_nodes_pass(*args, union, sparse_output=sparse_output, cut=cut, pad=pad)
+        except _MixesNodesError:
+            # An op over a dimension as long as the pass's node rows: a node dimension, or
+            # one that happens to be as long (a hidden size). One more (isolated, dropped)
+            # row tells them apart: a node dimension grows with it.
+            if pad:
+                raise
+            pad = 1
         except _MoreHopsError as more:  # a layer called repeatedly: rebuild the subgraphs wider
             k = _HOPS_RUN[model] = more.hops
         except UnsafeCutError:  # the model's code makes NaN of zero rows: compute every row
             cut = False
 
 
-def _many_nodes_pass(model, ctx, x, edge_index, rows, target, k, kwargs, budget, union, sparse_output=None, cut=True):
+def _many_nodes_pass(
+    model, ctx, x, edge_index, rows, target, k, kwargs, budget, union, sparse_output=None, cut=True, pad=0
+):
     n, num_edges, t_count = x.shape[0], edge_index.shape[1], rows.numel()
     per_target_target = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count and t_count > 1
     pieces: dict[str, list] = {}  # name -> [(t_idx, idx, values, size)]
     values, classes, conservation = [], [], {"out": 0.0, "in": 0.0, "absorbed": 0.0, "lost": 0.0}
     chunks = _target_chunks(union, t_count, budget)
     for offset, count, node_t, node_v, ghost, edge_t, edge_e, union_ei, centers, hop in chunks:
-        if node_v.numel() == edge_e.numel():
-            # Per-layer records are placed as node rows or edge rows by their length; an
-            # extra isolated ghost node (no edges, dropped from results) breaks the tie.
-            node_t, node_v = torch.cat([node_t, node_t[-1:]]), torch.cat([node_v, node_v[-1:]])
-            ghost = torch.cat([ghost, ghost.new_ones(1)])
-            hop = torch.cat([hop, hop.new_full((1,), k + 1)])
+        # Per-layer records are placed as node rows or edge rows by their length; an extra
+        # isolated ghost node (no edges, dropped from results) breaks a tie (and `pad` more
+        # tell a node dimension from one as long, see _explain_many_nodes).
+        extra = pad + int(node_v.numel() + pad == edge_e.numel())
+        if extra:
+            node_t, node_v = (
+                torch.cat([node_t, node_t[-1:].repeat(extra)]),
+                torch.cat([node_v, node_v[-1:].repeat(extra)]),
+            )
+            ghost = torch.cat([ghost, ghost.new_ones(extra)])
+            hop = torch.cat([hop, hop.new_full((extra,), k + 1)])
         # The pass runs on the nodes ordered by hops from their target, so that a layer's
         # outputs that can still reach a target are the leading rows (Context.live_rows);
         # results return to the (target, node) order below.
