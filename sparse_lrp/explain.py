@@ -33,6 +33,7 @@ from .composites import Composite, resolve
 from .kernel import NonFiniteError
 from .layers import find_handler, subgraph_needs, supported_types
 from .layers.base import Context, LayerCall, MergedEdgesError, UnsafeCutError, pass_through, record_input
+from .model_code import adds_constant, mixes_rows, unconserving
 from .operators import (
     DEFAULT_MAX_MEMORY,
     GRAPH_STRUCTURES,
@@ -806,146 +807,8 @@ _TOP_GLUE = frozenset(
 )  # fmt: skip
 
 
-# Ops of the model's own code that mix rows along a tensor's first dimension: reductions
-# and reorderings over it (backward nodes that save the dimension), and products that
-# contract it. Over node rows (h.mean(0) added back to every node, h.flip(0), A @ h) they
-# read nodes no k-hop subgraph holds.
-_ALONG_DIM = frozenset(
-    {
-        "SumBackward1", "MeanBackward1", "AmaxBackward0", "AminBackward0", "MaxBackward0", "MinBackward0",
-        "StdBackward0", "VarBackward0", "LogsumexpBackward0", "ProdBackward1", "NormBackward1",
-        "CumsumBackward0", "CumprodBackward0", "SortBackward0", "TopkBackward0", "FlipBackward0",
-        "RollBackward0", "SoftmaxBackward0", "LogSoftmaxBackward0", "MedianBackward1", "KthvalueBackward0",
-    }
-)  # fmt: skip
-_ALL_DIMS = frozenset(
-    {"SumBackward0", "MeanBackward0", "MaxBackward1", "MinBackward1", "ProdBackward0", "NormBackward0"}
-)
-
-
-# Ops of the model's own code that combine activations in no way relevance can follow
-# conserved: products and quotients of two activations (h * h, h * sigmoid(h) written by
-# hand, h / h.norm()), powers, and normalisations by the activations' own statistics.
-_PRODUCTS = frozenset({"MulBackward0", "DivBackward0", "AddcmulBackward0", "AddcdivBackward0", "MmBackward0",
-                       "BmmBackward0", "PowBackward1", "PowBackward2"})  # fmt: skip
-_NORMS = frozenset({"NativeLayerNormBackward0", "NativeGroupNormBackward0", "GluBackward0"})
-# A softmax inside the model (one at its end is its logits' normaliser, see _logits).
-_INNER_NORMALISERS = frozenset({"SoftmaxBackward0", "LogSoftmaxBackward0"})
-# ...and sums with a constant (h + 1.0, a buffer, a detached branch): a bias of the model's
-# code, whose share of relevance no input receives.
-_SUMS = frozenset({"AddBackward0", "SubBackward0", "RsubBackward0", "AddBackward1", "SubBackward1", "RsubBackward1"})
-
-
-# Single-input reshaping nodes between a weight and the op that reads it (W.T, a view).
-_RESHAPES = frozenset(
-    {
-        "TBackward0", "PermuteBackward0", "TransposeBackward0", "ExpandBackward0", "UnsqueezeBackward0",
-        "SqueezeBackward0", "SqueezeBackward1", "ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0",
-        "CloneBackward0", "ToCopyBackward0", "SliceBackward0", "SelectBackward0",
-    }
-)  # fmt: skip
-
-
-def _is_weight(fn) -> bool:
-    """Whether backward node ``fn`` leads, through reshapes only, to a model parameter
-    (a weight the model's code applies itself: constant to the explanation)."""
-    while fn is not None and type(fn).__name__ in _RESHAPES:
-        fn = fn.next_functions[0][0] if fn.next_functions else None
-    return type(fn).__name__ == "AccumulateGrad" and isinstance(getattr(fn, "variable", None), nn.Parameter)
-
-
-def _unconserving(fn) -> str | None:
-    """The op of backward node ``fn`` if relevance cannot pass it conserved, else None."""
-    name = type(fn).__name__
-    if name in _NORMS or name in _INNER_NORMALISERS:
-        return name
-    if name == "NativeBatchNormBackward0":  # (batch statistics: F.batch_norm(training=True), instance_norm)
-        return name if getattr(fn, "_saved_training", False) else None
-    if name in _PRODUCTS:
-        # (a product with a constant or a weight, h * 2 or h @ W, is linear)
-        operands = [f for f, _ in fn.next_functions if f is not None and not _is_weight(f)]
-        return name if len(operands) >= 2 or name.startswith("Pow") else None
-    if name == "PowBackward0":
-        return None if float(getattr(fn, "_saved_exponent", 2.0)) == 1.0 else name
-    return None
-
-
-def _shape_of(fn) -> tuple:
-    """The shape of the tensor backward node ``fn`` produced (a leaf's own)."""
-    if type(fn).__name__ == "AccumulateGrad":
-        return tuple(fn.variable.shape)
-    meta = getattr(fn, "_input_metadata", ())
-    return tuple(meta[0].shape) if meta else ()
-
-
-_GATHERS = frozenset({"IndexBackward0"})  # (rows picked by an index: h[perm], ctx[batch])
-_SCATTERS = frozenset({"IndexAddBackward0", "ScatterAddBackward0", "ScatterReduceBackward0", "IndexReduceBackward0"})
-
-
-def _mixes_rows(fn, rows: int) -> bool:
-    """Whether backward node ``fn`` is an op over the first dimension of a tensor with
-    ``rows`` rows (see :data:`_ALONG_DIM`)."""
-    name = type(fn).__name__
-    operands = [f for f, _ in fn.next_functions if f is not None]
-    if name in ("MmBackward0", "BmmBackward0", "SparseAddmmBackward0"):
-        if any(_is_weight(f) for f in operands):  # (h @ W: a weight is no node tensor)
-            return False
-        if name == "MmBackward0":
-            a, b = getattr(fn, "_saved_self_sym_sizes", ()), getattr(fn, "_saved_mat2_sym_sizes", ())
-        elif name == "BmmBackward0":
-            # (a factor without grad is saved, one with grad shows on its own node)
-            nexts = [f for f, _ in fn.next_functions]
-            a, b = (
-                tuple(t.shape) if isinstance(t := getattr(fn, key, None), Tensor) else _shape_of(f) if f else ()
-                for key, f in zip(("_saved_self", "_saved_mat2"), nexts)
-            )
-        else:  # (torch.sparse.mm(A, h): A's columns are h's rows)
-            a, b = getattr(getattr(fn, "_saved_mat1", None), "shape", ()), getattr(fn, "_saved_mat2_sym_sizes", ())
-        return len(a) >= 2 and len(b) >= 2 and a[-1] == rows and b[-2] == rows
-    if name in _GATHERS:
-        indices = getattr(fn, "_saved_indices", ())
-        source = getattr(fn, "_saved_self_sym_sizes", ())
-        out = _shape_of(fn)
-        picks_rows = bool(indices) and indices[0] is not None
-        return picks_rows and ((len(source) > 0 and source[0] == rows) or (len(out) > 0 and out[0] == rows))
-    if name == "SelectBackward0":  # (one node's row read by all: h + h[0])
-        source = getattr(fn, "_saved_self_sym_sizes", ())
-        dim = int(getattr(fn, "_saved_dim", 1))
-        return len(source) > 1 and dim % len(source) == 0 and source[0] == rows
-    if name in _SCATTERS:
-        # Node rows summed into fewer rows (a pooled context): message passing sums edge
-        # rows into node rows instead, and a pass's edges never number its nodes.
-        dim = getattr(fn, "_saved_dim", 0)
-        source = _shape_of(operands[-1]) if operands else ()
-        out = _shape_of(fn)
-        return int(dim) == 0 and len(source) > 0 and source[0] == rows and len(out) > 0 and out[0] != rows
-    if name not in _ALONG_DIM and name not in _ALL_DIMS:
-        return False
-    sizes = getattr(fn, "_saved_self_sym_sizes", None)
-    if sizes is None:
-        saved = getattr(fn, "_saved_self", None)
-        sizes = saved.shape if isinstance(saved, Tensor) else None
-    if sizes is None:  # (a shape-keeping op: its output's shape is its input's)
-        meta = getattr(fn, "_input_metadata", ())
-        sizes = meta[0].shape if meta else None
-    if not sizes:
-        return False
-    if name in _ALL_DIMS:  # (over every element: node rows among them, also flattened)
-        return rows in sizes or math.prod(sizes) % rows == 0
-    dims = getattr(fn, "_saved_dim", getattr(fn, "_saved_dims", None))
-    if dims is None:
-        return False
-    dims = dims if isinstance(dims, (tuple, list)) else (dims,)
-    # (some nodes save a negative dim as its unsigned 64-bit pattern: -1 as 2^64 - 1)
-    dims = [int(d) - 2**64 if int(d) >= 2**63 else int(d) for d in dims]
-    if not dims:  # (dim=() reduces all)
-        return rows in sizes or math.prod(sizes) % rows == 0
-    # Over any dimension as long as the node rows (h.T.mean(1) reads them too).
-    return any(sizes[d % len(sizes)] == rows for d in dims)
-
-
-def _walk(y: Tensor, outputs: list[tuple[int, Tensor]], rows: int | None = None) -> tuple[list[str], frozenset, list]:
-    """One pass over ``y``'s autograd graph for three things:
+def _walk(y: Tensor, outputs: list[tuple[int, Tensor]], rows: int | None = None) -> tuple:
+    """One pass over ``y``'s autograd graph for:
 
     * backward nodes of :data:`_GLUE_NODES` (element-wise functions the model's own code
       called, to be routed through the Pass rule);
@@ -954,13 +817,17 @@ def _walk(y: Tensor, outputs: list[tuple[int, Tensor]], rows: int | None = None)
       conv under a global pooling). A layer output that a call inside another returned
       (GINConv's MLP) counts as the inner call's, the map that computed it;
     * with ``rows`` (the node rows of a pass on subgraphs), the model's own ops that mix
-      them (:func:`_mixes_rows`).
+      them (:func:`~sparse_lrp.model_code.mixes_rows`);
+    * ops with no conservative rule, and how many constants the code adds
+      (:mod:`sparse_lrp.model_code`).
+
+    Returns ``(glue, top calls, mixing ops, unconserving ops, constants)``.
     """
     producer: dict = {}
     for i, out in outputs:  # (inner calls return first: the first call per tensor is its own)
         producer.setdefault(out.grad_fn, i)
     glue, top, seen, stack, mixing = [], set(), set(), [(y.grad_fn, True)], []
-    unconserving, constants = [], 0
+    refused, constants = [], 0
     while stack:
         fn, near_top = stack.pop()  # near_top: reached from y through _TOP_GLUE nodes only
         if fn is None or (fn, near_top) in seen:
@@ -969,21 +836,18 @@ def _walk(y: Tensor, outputs: list[tuple[int, Tensor]], rows: int | None = None)
         first = (fn, not near_top) not in seen  # (the first visit of this node)
         if first and type(fn).__name__ in _GLUE_NODES:
             glue.append(type(fn).__name__)
-        if first and rows is not None and _mixes_rows(fn, rows):
+        if first and rows is not None and mixes_rows(fn, rows):
             mixing.append(type(fn).__name__)
-        if first and (op := _unconserving(fn)) is not None:
-            unconserving.append(op)
-        if first and type(fn).__name__ in _SUMS:
-            # (Backward1: a Python number; or an operand without grad, or a weight)
-            nexts = [f for f, _ in fn.next_functions]
-            if type(fn).__name__.endswith("1") or any(f is None or _is_weight(f) for f in nexts):
-                constants += 1
+        if first and (op := unconserving(fn)) is not None:
+            refused.append(op)
+        if first and adds_constant(fn):
+            constants += 1
         if near_top and fn in producer:
             top.add(producer[fn])
             near_top = False
         near_top = near_top and type(fn).__name__ in _TOP_GLUE
         stack.extend((f, near_top) for f, _ in fn.next_functions)
-    return glue, frozenset(top), mixing, unconserving, constants
+    return glue, frozenset(top), mixing, refused, constants
 
 
 def _check_normalisers(ctx: Context, y: Tensor) -> None:
@@ -1028,11 +892,11 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
         y = _logits(y, ctx.outputs)
-        found, top_calls, mixing, unconserving, constants = _walk(
+        found, top_calls, mixing, refused, constants = _walk(
             y, ctx.outputs, x_in.shape[0] if ctx.on_subgraphs else None
         )
-        if unconserving:
-            ops = sorted({re.sub(r"Backward\d*$", "", m).lower() for m in unconserving})
+        if refused:
+            ops = sorted({re.sub(r"Backward\d*$", "", m).lower() for m in refused})
             raise TypeError(
                 f"the model's forward combines activations with {ops} (a product or quotient of two "
                 "activations, h * h or h / h.norm(); a power; a normalisation by their own statistics, "
