@@ -372,7 +372,7 @@ def uncoalesced_coo(W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     idx_r = torch.cat([rows, rows, zr, zr]).flip(0)
     idx_c = torch.cat([cols, cols, zc, zc]).flip(0)
     v = torch.cat([vals / 2, vals / 2, torch.ones(1, dtype=W.dtype), -torch.ones(1, dtype=W.dtype)]).flip(0)
-    coo = torch.sparse_coo_tensor(torch.stack([idx_r, idx_c]), v, W.shape)
+    coo = torch.sparse_coo_tensor(torch.stack([idx_r, idx_c]), v, W.shape, check_invariants=True)
     assert not coo.is_coalesced()
     mask = W != 0
     mask[zr, zc] = True
