@@ -399,7 +399,7 @@ def test_flat_counts_stored_pattern_including_stored_zero(layout, backend):
     # store an explicit zero at (0, 1) and (1, 2)
     idx = torch.tensor([[0, 0, 0, 1], [0, 1, 2, 2]])
     val = torch.tensor([1.0, 0.0, 2.0, 0.0], dtype=torch.float64)
-    coo = torch.sparse_coo_tensor(idx, val, (2, 3)).coalesce()
+    coo = torch.sparse_coo_tensor(idx, val, (2, 3), check_invariants=True).coalesce()
     Ws = coo if layout == "coo" else coo.to_sparse_csr()
     assert Ws.values().numel() == 4
     x = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)

@@ -237,11 +237,15 @@ def test_a_strided_batch_first_input_is_still_the_models_input(layer):
 def test_a_sparse_weight_whose_indices_change_behind_the_version_counter_is_rebuilt():
     """The cache of a sparse weight's operator keyed on its values only: indices edited
     through NumPy (a connection moved) were served the old structure."""
-    w = torch.sparse_coo_tensor(torch.tensor([[0, 0, 0], [0, 1, 2]]), torch.tensor([1.0, 2.0, 3.0]), (1, 3))
+    w = torch.sparse_coo_tensor(
+        torch.tensor([[0, 0, 0], [0, 1, 2]]), torch.tensor([1.0, 2.0, 3.0]), (1, 3), check_invariants=True
+    )
     x, r = torch.ones(1, 3), torch.ones(1, 1)
     sparse_lrp.linear_lrp(x, w, r, Epsilon(0.0))  # (fills the cache)
     w._indices().numpy()[1, 0] = 2  # connection (0, 0) -> (0, 2): values 1, 2, 3 at 2, 1, 2
-    fresh = torch.sparse_coo_tensor(torch.tensor([[0, 0, 0], [2, 1, 2]]), torch.tensor([1.0, 2.0, 3.0]), (1, 3))
+    fresh = torch.sparse_coo_tensor(
+        torch.tensor([[0, 0, 0], [2, 1, 2]]), torch.tensor([1.0, 2.0, 3.0]), (1, 3), check_invariants=True
+    )
     got = sparse_lrp.linear_lrp(x, w, r, Epsilon(0.0))
     torch.testing.assert_close(got, sparse_lrp.linear_lrp(x, fresh, r, Epsilon(0.0)))
     torch.testing.assert_close(got, torch.tensor([[0.0, 2.0 / 6, 4.0 / 6]]))
