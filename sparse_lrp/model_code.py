@@ -12,6 +12,7 @@ graph once and applies them.
 from __future__ import annotations
 
 import math
+import re
 
 from torch import Tensor, nn
 
@@ -162,3 +163,13 @@ def adds_constant(fn) -> bool:
         return False
     nexts = [f for f, _ in fn.next_functions]
     return type(fn).__name__.endswith("1") or any(f is None or is_weight(f) for f in nexts)
+
+
+_OP_NAMES = {"mm": "matmul", "bmm": "matmul", "sparseaddmm": "sparse matmul", "nativelayernorm": "layer_norm",
+             "nativegroupnorm": "group_norm", "nativebatchnorm": "batch_norm"}  # fmt: skip
+
+
+def op_name(node_name: str) -> str:
+    """A backward node's op as the user wrote it: ``MeanBackward1`` -> ``mean``."""
+    name = re.sub(r"Backward\d*$", "", node_name).lower()
+    return _OP_NAMES.get(name, name)

@@ -623,3 +623,16 @@ def randomise(module: torch.nn.Module, seed: int = 3, scale: float = 0.7) -> tor
         for p in module.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * scale)
     return module
+
+
+def drop_graph(holder: list, entries: dict) -> tuple[bool, int, int]:
+    """Drop the only reference to the graph in ``holder`` and collect: ``(freed, cache
+    entries before, after)`` for a cache's ``entries`` (a graph the caller drops must be
+    freed, its cached structures with it)."""
+    import gc
+    import weakref
+
+    alive, before = weakref.ref(holder[0]), len(entries)
+    holder.clear()
+    gc.collect()
+    return alive() is None, before, len(entries)
