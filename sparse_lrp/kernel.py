@@ -506,6 +506,65 @@ def propagate(
 
 
 @summing_once
+def check_edge_call(
+    caller: str,
+    x: Tensor,
+    edge_index: Tensor | EdgeOperator,
+    edge_weight: Tensor | None,
+    relevance: Tensor,
+    rule: Rule,
+    *,
+    bias: Tensor | None = None,
+    num_out: int | None = None,
+    z: Tensor | None = None,
+) -> None:
+    """The checks of an ``edge_lrp`` call (shared with :func:`sparse_lrp.reference.edge_lrp`):
+    a linear-map rule, matching shapes, devices and dtypes, edges in range, finite values."""
+    if isinstance(rule, Pass) or not isinstance(rule, Rule):
+        raise TypeError(f"{caller} needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    if edge_weight is not None and not isinstance(edge_weight, Tensor):
+        raise TypeError(f"edge_weight must be a torch.Tensor or None, got {type(edge_weight).__name__}")
+    op = edge_index if isinstance(edge_index, EdgeOperator) else None
+    check_tensor("x", x, ndim=2)
+    check_tensor("relevance", relevance, ndim=2)
+    if relevance.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"relevance has {relevance.shape[1]} channels but x has {x.shape[1]} "
+            f"(x is [N_in, C] = {tuple(x.shape)}, relevance is [N_out, C] = {tuple(relevance.shape)})"
+        )
+    if num_out is not None and num_out != relevance.shape[0]:
+        raise ValueError(f"num_out={num_out} but relevance has {relevance.shape[0]} rows")
+    check_same("x", x, relevance=relevance, edge_weight=edge_weight, bias=bias, z=z)
+    ei = op.edge_index if op is not None else edge_index
+    if op is not None and (op.num_in != x.shape[0] or op.num_out != relevance.shape[0]):
+        raise ValueError(
+            f"prepared operator maps {op.num_in} -> {op.num_out} but x has {x.shape[0]} rows "
+            f"and relevance {relevance.shape[0]}"
+        )
+    check_edge_index(ei, x.shape[0], relevance.shape[0])
+    if ei.device != x.device:
+        raise ValueError(f"edge_index is on {ei.device} but x is on {x.device}")
+    if edge_weight is not None:
+        check_tensor("edge_weight", edge_weight, ndim=1)
+        if edge_weight.shape[0] != ei.shape[1]:
+            raise ValueError(f"edge_weight has {edge_weight.shape[0]} entries but edge_index has {ei.shape[1]} edges")
+    if bias is not None:
+        check_tensor("bias", bias)
+        try:
+            shape = torch.broadcast_shapes(bias.shape, relevance.shape)
+        except RuntimeError:
+            shape = None
+        if shape != relevance.shape:  # (extra leading dimensions broadcast, but widen)
+            raise ValueError(
+                f"bias of shape {tuple(bias.shape)} does not broadcast against relevance {tuple(relevance.shape)}"
+            )
+    if z is not None and z.shape != relevance.shape:
+        raise ValueError(f"z has shape {tuple(z.shape)} but relevance has {tuple(relevance.shape)}")
+    for name, t in (("x", x), ("relevance", relevance), ("edge_weight", edge_weight), ("bias", bias), ("z", z)):
+        if t is not None:
+            check_finite(name, t)
+
+
 def edge_lrp(
     x: Tensor,
     edge_index: Tensor | EdgeOperator,
@@ -558,51 +617,10 @@ def edge_lrp(
         raise TypeError(f"edge_lrp needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    if edge_weight is not None and not isinstance(edge_weight, Tensor):
-        raise TypeError(f"edge_weight must be a torch.Tensor or None, got {type(edge_weight).__name__}")
     op = edge_index if isinstance(edge_index, EdgeOperator) else None
     check_budget(max_memory)
     if check:
-        check_tensor("x", x, ndim=2)
-        check_tensor("relevance", relevance, ndim=2)
-        if relevance.shape[1] != x.shape[1]:
-            raise ValueError(
-                f"relevance has {relevance.shape[1]} channels but x has {x.shape[1]} "
-                f"(x is [N_in, C] = {tuple(x.shape)}, relevance is [N_out, C] = {tuple(relevance.shape)})"
-            )
-        if num_out is not None and num_out != relevance.shape[0]:
-            raise ValueError(f"num_out={num_out} but relevance has {relevance.shape[0]} rows")
-        check_same("x", x, relevance=relevance, edge_weight=edge_weight, bias=bias, z=z)
-        ei = op.edge_index if op is not None else edge_index
-        if op is not None and (op.num_in != x.shape[0] or op.num_out != relevance.shape[0]):
-            raise ValueError(
-                f"prepared operator maps {op.num_in} -> {op.num_out} but x has {x.shape[0]} rows "
-                f"and relevance {relevance.shape[0]}"
-            )
-        check_edge_index(ei, x.shape[0], relevance.shape[0])
-        if ei.device != x.device:
-            raise ValueError(f"edge_index is on {ei.device} but x is on {x.device}")
-        if edge_weight is not None:
-            check_tensor("edge_weight", edge_weight, ndim=1)
-            if edge_weight.shape[0] != ei.shape[1]:
-                raise ValueError(
-                    f"edge_weight has {edge_weight.shape[0]} entries but edge_index has {ei.shape[1]} edges"
-                )
-        if bias is not None:
-            check_tensor("bias", bias)
-            try:
-                shape = torch.broadcast_shapes(bias.shape, relevance.shape)
-            except RuntimeError:
-                shape = None
-            if shape != relevance.shape:  # (extra leading dimensions broadcast, but widen)
-                raise ValueError(
-                    f"bias of shape {tuple(bias.shape)} does not broadcast against relevance {tuple(relevance.shape)}"
-                )
-        if z is not None and z.shape != relevance.shape:
-            raise ValueError(f"z has shape {tuple(z.shape)} but relevance has {tuple(relevance.shape)}")
-        for name, t in (("x", x), ("relevance", relevance), ("edge_weight", edge_weight), ("bias", bias), ("z", z)):
-            if t is not None:
-                check_finite(name, t)
+        check_edge_call("edge_lrp", x, edge_index, edge_weight, relevance, rule, bias=bias, num_out=num_out, z=z)
     if op is None:
         op = EdgeOperator(edge_index, x.shape[0], relevance.shape[0])
     if edge_weight is None:

@@ -10,7 +10,7 @@ from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, TensorKe
 from .rules import Pass, Rule, broadcast_param
 from .validation import check_budget, check_finite, check_same, check_sparse_indices, check_tensor
 
-__all__ = ["linear_lrp", "sparse_weight_edges"]
+__all__ = ["check_linear_call", "linear_lrp", "sparse_weight_edges"]
 
 
 def sparse_weight_edges(weight: Tensor) -> tuple[Tensor, Tensor]:
@@ -43,6 +43,38 @@ def _operator(weight: Tensor) -> tuple[EdgeOperator, Tensor]:
         return EdgeOperator(edge_index, weight.shape[1], weight.shape[0]), values
 
     return _OPERATORS.get(weight, build)
+
+
+def check_linear_call(
+    caller: str, x: Tensor, weight: Tensor, relevance: Tensor, rule: Rule, bias: Tensor | None
+) -> None:
+    """The checks of a ``linear_lrp`` call (shared with :func:`sparse_lrp.reference.linear_lrp`):
+    a linear-map rule, a 2-D dense/COO/CSR weight, matching shapes, devices and dtypes, finite values."""
+    if isinstance(rule, Pass) or not isinstance(rule, Rule):
+        raise TypeError(f"{caller} needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    if isinstance(weight, Tensor) and weight.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
+        raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
+    if isinstance(weight, Tensor) and weight.layout != torch.strided and weight.dense_dim() > 0:
+        raise TypeError(
+            f"weight is a hybrid sparse tensor ({weight.dense_dim()} dense dimension(s)); "
+            "give a 2-D sparse weight with scalar entries"
+        )
+    check_tensor("x", x, ndim=2)
+    check_tensor("relevance", relevance, ndim=2)
+    check_tensor("weight", weight, ndim=2)
+    check_same("x", x, weight=weight, relevance=relevance, bias=bias)
+    n_out, n_in = weight.shape
+    if x.shape[1] != n_in:
+        raise ValueError(f"x has {x.shape[1]} features but weight [out, in] = {tuple(weight.shape)} expects {n_in}")
+    if relevance.shape != (x.shape[0], n_out):
+        raise ValueError(f"relevance must have shape [B, out] = {(x.shape[0], n_out)}, got {tuple(relevance.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1)
+        if bias.shape[0] != n_out:
+            raise ValueError(f"bias has {bias.shape[0]} entries but weight has {n_out} outputs")
+    for name, t in (("x", x), ("weight", weight), ("relevance", relevance), ("bias", bias)):
+        if t is not None:
+            check_finite(name, t)
 
 
 @summing_once
@@ -81,30 +113,8 @@ def linear_lrp(
         raise TypeError(f"linear_lrp needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
-    if isinstance(weight, Tensor) and weight.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
-        raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
-    if isinstance(weight, Tensor) and weight.layout != torch.strided and weight.dense_dim() > 0:
-        raise TypeError(
-            f"weight is a hybrid sparse tensor ({weight.dense_dim()} dense dimension(s)); "
-            "give a 2-D sparse weight with scalar entries"
-        )
     check_budget(max_memory)
-    check_tensor("x", x, ndim=2)
-    check_tensor("relevance", relevance, ndim=2)
-    check_tensor("weight", weight, ndim=2)
-    check_same("x", x, weight=weight, relevance=relevance, bias=bias)
-    n_out, n_in = weight.shape
-    if x.shape[1] != n_in:
-        raise ValueError(f"x has {x.shape[1]} features but weight [out, in] = {tuple(weight.shape)} expects {n_in}")
-    if relevance.shape != (x.shape[0], n_out):
-        raise ValueError(f"relevance must have shape [B, out] = {(x.shape[0], n_out)}, got {tuple(relevance.shape)}")
-    if bias is not None:
-        check_tensor("bias", bias, ndim=1)
-        if bias.shape[0] != n_out:
-            raise ValueError(f"bias has {bias.shape[0]} entries but weight has {n_out} outputs")
-    for name, t in (("x", x), ("weight", weight), ("relevance", relevance), ("bias", bias)):
-        if t is not None:
-            check_finite(name, t)
+    check_linear_call("linear_lrp", x, weight, relevance, rule, bias)
 
     with torch.no_grad():  # relevance is a result, not a differentiable function of the inputs
         return _linear(x, weight, relevance, rule, bias, strategy, return_absorbed, max_memory)
