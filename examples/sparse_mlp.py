@@ -11,8 +11,9 @@ Checks printed at the end:
 * conservation: output relevance = input relevance + what the biases (and the rules'
   stabilisers) absorbed, summed over layers;
 * agreement: the same pass with the dense (zero-filled) weights gives the same
-  relevance, and so does the whole-model API ``sparse_lrp.explain`` on the dense
-  ``nn.Sequential``.
+  relevance, and so do the rules evaluated literally by the dense reference
+  (``sparse_lrp.reference.linear_lrp``, what to check your own results against) and
+  the whole-model API ``sparse_lrp.explain`` on the dense ``nn.Sequential``.
 
 Run: python examples/sparse_mlp.py
 (``SPARSE_LRP_EXAMPLES_SMALL=1`` runs it on a tiny model in seconds, as the tests do.)
@@ -23,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -61,12 +63,17 @@ def train(model: nn.Sequential, x: Tensor, y: Tensor, epochs: int, masks: list[T
 
 
 def lrp_layer_by_layer(
-    layers: list[tuple[Tensor, Tensor]], x: Tensor, target: Tensor, rules: list[Rule]
+    layers: list[tuple[Tensor, Tensor]],
+    x: Tensor,
+    target: Tensor,
+    rules: list[Rule],
+    linear_lrp: Callable = sparse_lrp.linear_lrp,
 ) -> tuple[Tensor, Tensor, float]:
     """Explain ``Linear-ReLU-...-Linear`` given as ``(weight, bias)`` pairs (dense or sparse).
 
     Returns the input relevance ``[B, in]``, the explained logits ``[B]`` and the total
-    relevance absorbed by biases and stabilisers.
+    relevance absorbed by biases and stabilisers. ``linear_lrp``: the library's, or its
+    dense reference twin ``sparse_lrp.reference.linear_lrp``.
     """
     # Forward, keeping each layer's input. A sparse weight multiplies as W @ xᵀ.
     inputs, h = [], x
@@ -83,7 +90,7 @@ def lrp_layer_by_layer(
     absorbed = 0.0
     for (w, b), a, rule in zip(reversed(layers), reversed(inputs), reversed(rules)):
         # ReLU passes relevance through unchanged, so each step is one linear map.
-        relevance, lost = sparse_lrp.linear_lrp(a, w, relevance, rule, bias=b, return_absorbed=True)
+        relevance, lost = linear_lrp(a, w, relevance, rule, bias=b, return_absorbed=True)
         absorbed += float(lost.sum())
     return relevance, logits[rows, target], absorbed
 
@@ -132,6 +139,9 @@ def main() -> None:
     diff = float((r_sparse - r_dense).abs().max())
     timing = f"{t_sparse * 1e3:.1f} ms sparse, {t_dense * 1e3:.1f} ms dense"
     print(f"sparse vs dense weights: max |difference| {diff:.1e} ({timing})")
+    r_ref, _, _ = lrp_layer_by_layer(dense, batch, target, rules, sparse_lrp.reference.linear_lrp)
+    ref_diff = float((r_sparse - r_ref).abs().max())
+    print(f"sparse vs the dense reference (rules written out): max |difference| {ref_diff:.1e}")
 
     # The whole-model API on the dense nn.Sequential, with the same rule per layer.
     composite = sparse_lrp.Composite(ZPlus(), top=Epsilon(1e-6))
@@ -140,6 +150,7 @@ def main() -> None:
 
     assert abs(total_out - total_in - absorbed) < 1e-3 * max(1.0, abs(total_out)), "relevance not conserved"
     assert torch.allclose(r_sparse, r_dense, atol=1e-4, rtol=1e-4), "sparse and dense weights disagree"
+    assert torch.allclose(r_sparse, r_ref, atol=1e-4, rtol=1e-4), "sparse weights and the dense reference disagree"
     assert torch.allclose(r_sparse, res.node_feat, atol=1e-4, rtol=1e-4), "layer by layer and explain() disagree"
 
 

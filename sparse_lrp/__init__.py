@@ -5,7 +5,7 @@ carries the message ``w_ji x_i / z_j * R_j`` (or a rule's variant of it), and th
 messages sum into input relevance. Dense, sparse and graph layers share that kernel.
 """
 
-from . import composites, rules
+from . import composites, reference, rules
 from .backend import available_backends, get_backend, set_backend, use_backend
 from .composites import Composite
 from .explain import ExplainResult, explain
@@ -22,6 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "rules",
     "composites",
+    "reference",
     "Composite",
     "explain",
     "ExplainResult",
