@@ -1328,10 +1328,12 @@ def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: T
 
 
 # Rows (nodes + edges) of one pass over the union of node targets' subgraphs: passes of
-# this size keep each layer's tensors small, where graph-sized ones run slower
-# (`python benchmarks/bench_many_targets.py --compare-max-union 1048576 131072` prints
-# the batched time with those budgets against this default).
-UNION_ROWS = 2**18
+# this size keep each layer's tensors small (a few MiB, near the CPU's caches), where
+# graph-sized ones run slower. `python benchmarks/bench_many_targets.py
+# --compare-max-union 262144 65536` prints the batched time with those budgets against
+# this default: 1.02x and 1.01x of it for 1,000 targets of a 1M-edge graph, and with
+# `--nodes 1000 --edges 10000` 1.09x and 1.13x (2-core CPU; 2^17 replaced 2^18).
+UNION_ROWS = 2**17
 
 
 def _target_chunks(union: tuple, t_count: int, budget: int):
