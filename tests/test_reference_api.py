@@ -50,11 +50,12 @@ def test_seed_notebook_batch_by_hand():
     close(reference.linear_lrp(x, W, Q, ZPlus(stabilizer=NOTEBOOK_EPS)), torch.tensor(Z_PLUS, dtype=DT))
 
 
+@pytest.mark.parametrize("case", ["empty_rows_cols", "mixed_integer"])  # (exact zero denominators too)
 @pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
 @pytest.mark.parametrize("zero_bias", [False, True])
 @pytest.mark.parametrize("rule_id,spec", RULES)
-def test_linear_equals_the_formulas_from_the_papers(rule_id, spec, zero_bias, layout):
-    x, W, R, b = make_case("empty_rows_cols", seed=3)
+def test_linear_equals_the_formulas_from_the_papers(rule_id, spec, zero_bias, layout, case):
+    x, W, R, b = make_case(case, seed=3)
     rule = make_rule(spec, x.shape[1], zero_bias=zero_bias)
     # A sparse weight's connections are its stored entries; a dense one's, every entry.
     mask = torch.ones(W.shape, dtype=torch.bool) if layout == "dense" else W != 0
