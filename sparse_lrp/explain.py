@@ -542,6 +542,48 @@ def _merged(edge_index: Tensor, num_nodes: int, nodes: Tensor, values: list[Tens
     return out
 
 
+# Pairs (target, node) that the breadth-first search did not number (the sources of the
+# border's in-edges, the other ends of out-edges: many per kept node) are found through
+# a dense table over a block of targets at a time: one gather per pair where
+# `torch.searchsorted` among the union's sorted pairs takes ~20 dependent reads. Blocks
+# keep the table at this many entries (int32: 64 MiB). With fewer than _SEARCH_BELOW
+# pairs to find per block (small subgraphs of a large graph: many blocks, few pairs)
+# filling the tables costs more than the search (2M-node graph, 1000 targets, 2 hops,
+# out-edges: 131 ms with tables against 70 ms searching).
+_PAIR_TABLE = 2**24
+_SEARCH_BELOW = 2**13
+
+
+def _search(keys: Tensor, queries: Tensor) -> Tensor:
+    """Positions of ``queries`` among the sorted ``keys``, -1 for those not among them."""
+    at = torch.searchsorted(keys, queries).clamp(max=max(keys.numel() - 1, 0))
+    return torch.where(keys.index_select(0, at) == queries, at, -1)
+
+
+def _pair_rows(keys: Tensor, queries: list[Tensor], width: int, n_t: int) -> list[Tensor]:
+    """Positions in ``keys`` (sorted, ``t * width + node`` with ``t < n_t``) of each of
+    ``queries``' keys, -1 for keys not among them. Each query tensor must be ordered by
+    ``t`` (any order within a ``t``), so that a block of targets is one slice of it."""
+    block = max(1, min(n_t, _PAIR_TABLE // width))
+    if sum(q.numel() for q in queries) < -(-n_t // block) * _SEARCH_BELOW:
+        return [_search(keys, q) for q in queries]
+    table = torch.full(
+        (block * width,), -1, dtype=torch.int32 if keys.numel() < 2**31 else torch.int64, device=keys.device
+    )
+    out = [torch.empty_like(q) for q in queries]
+    bounds = torch.arange(0, n_t + block, block, device=keys.device) * width
+    k_at = torch.searchsorted(keys, bounds).tolist()
+    q_at = [torch.searchsorted(q, bounds).tolist() for q in queries]  # (a binary search only needs them split by t)
+    for i in range(len(k_at) - 1):
+        base = bounds[i]
+        k = keys[k_at[i] : k_at[i + 1]] - base
+        table[k] = torch.arange(k_at[i], k_at[i + 1], device=keys.device, dtype=table.dtype)
+        for q, at, o in zip(queries, q_at, out):
+            o[at[i] : at[i + 1]] = table.index_select(0, q[at[i] : at[i + 1]] - base)
+        table[k] = -1  # (cleared for the next block)
+    return out
+
+
 def _khop_union(
     edge_index: Tensor,
     num_nodes: int,
@@ -580,85 +622,117 @@ def _khop_union(
     """
     device = edge_index.device
     src, dst = edge_index[0].long(), edge_index[1].long()
-    t_ids = torch.arange(targets.numel(), device=device)
     targets = targets.to(device)
-
+    n_t = targets.numel()
+    t_ids = torch.arange(n_t, device=device)
     graph = _graph(edge_index, num_nodes)
-
-    def edges_at(end: int, keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Edges whose ``end`` (0 source, 1 target) is the node of a key ``target * N + node``:
-        their target ids, positions in ``edge_index`` and the keys' entries they belong to."""
-        owner, positions = graph.incident(end, keys % num_nodes)
-        return (keys // num_nodes).index_select(0, owner), positions, owner
-
-    key = t_ids * num_nodes + targets
-    seen = key
-    frontier = key
-    inner = key[:0]  # nodes closer than `hops`: their outputs matter
-    found = [key.numel()]  # nodes first reached at each hop
-    for _ in range(hops):
-        inner = seen
-        et, pos, _ = edges_at(1, frontier)
-        new = torch.unique(et * num_nodes + src.index_select(0, pos))
-        fresh = new[~torch.isin(new, seen)]
-        seen = torch.cat([seen, fresh])
-        frontier = fresh
-        found.append(fresh.numel())
-    ends = seen if boundary_degrees and not merge else inner  # (inner is a prefix of seen)
     num_edges = edge_index.shape[1]
     span = num_edges + 1  # edge ids per target, with room for the merged edges' id E
-    et, edge_e, owner = edges_at(1, ends)
-    edge_key = et * span + edge_e
-    if merge and boundary_degrees:
+    width = num_nodes + 1  # node ids per target, with room for the ghost's id N
+    merging = merge and boundary_degrees
+    every_in = boundary_degrees and not merge  # every kept node's in-edges, not only the inner nodes'
+
+    # Breadth-first over pairs (target, node), keyed `t * width + node` and numbered as
+    # found: the targets, then each hop's new pairs in key order. Each hop searches its
+    # in-edges' sources among the (few) pairs found before it and keeps their numbers:
+    # those in-edges are the union's edges into the nodes closer than `hops`, whose ends
+    # then need no search among all the union's pairs (once most of the time spent here).
+    key = t_ids * width + targets
+    parts = [key]  # the pairs first found at each hop
+    known, number = key, t_ids  # the pairs found so far, sorted, and their numbers
+    count = n_t
+    into = []  # per hop: the in-edges' owners in its part, positions and sources' numbers
+    for h in range(hops):
+        base = parts[h] - parts[h] % width
+        owner, pos = graph.incident(1, parts[h] - base)
+        pair = base.index_select(0, owner) + src.index_select(0, pos)
+        new, inv = torch.unique(pair, return_inverse=True)
+        at = _search(known, new)
+        num = torch.where(at >= 0, number.index_select(0, at.clamp(min=0)), -1)
+        fresh = num < 0
+        parts.append(new[fresh])
+        num[fresh] = torch.arange(count, count + parts[-1].numel(), device=device)
+        count += parts[-1].numel()
+        into.append((owner, pos, pair, num.index_select(0, inv)))
+        if h + 1 < hops:
+            known, number = sort_ints(torch.cat(parts), n_t * width)
+
+    # Keys with the ghost, node id num_nodes, after each target's nodes.
+    sizes = [p.numel() for p in parts] + [n_t]
+    node_keys, sort_pos = sort_ints(torch.cat([*parts, t_ids * width + num_nodes]), n_t * width)
+    row = torch.empty_like(sort_pos)  # each pair's row in the union, by its number
+    row[sort_pos] = torch.arange(sort_pos.numel(), device=device)
+    part_rows = row.split(sizes)
+    ghosts = part_rows[-1]
+    # Hops from the node's target (ghosts stand beyond the last), in the keys' order.
+    hop = torch.repeat_interleave(
+        torch.arange(hops + 2, device=device), torch.tensor(sizes, device=device)
+    ).index_select(0, sort_pos)
+
+    edge_key, edge_src, edge_dst = [key[:0]], [key[:0]], [key[:0]]  # (rows in the union)
+    for h, (owner, pos, pair, num) in enumerate(into):
+        edge_key.append((pair // width) * span + pos)
+        edge_src.append(row.index_select(0, num))
+        edge_dst.append(part_rows[h].index_select(0, owner))
+    lookups = []  # edges whose other end (1: source, 0: target) may be outside: (end, owner, pos, pair, rows)
+    if every_in:
+        base = parts[hops] - parts[hops] % width
+        owner, pos = graph.incident(1, parts[hops] - base)
+        lookups.append((1, owner, pos, base.index_select(0, owner) + src.index_select(0, pos), part_rows[hops]))
+    if out_edges:
+        for part, p_rows in zip(parts, part_rows):
+            base = part - part % width
+            owner, pos = graph.incident(0, part - base)
+            lookups.append((0, owner, pos, base.index_select(0, owner) + dst.index_select(0, pos), p_rows))
+    if merging:
         # A border node's self-loops stay real edges: layers that add "remaining"
         # self-loops (gcn_norm) must still see which nodes have one.
         loops, loop_ids = _self_loops(edge_index, num_nodes)
-        border = seen[inner.numel() :]
-        lo, lp = loops.incident(1, border % num_nodes)
-        owner = torch.cat([owner, inner.numel() + lo])
-        edge_key = torch.cat([edge_key, (border.index_select(0, lo) // num_nodes) * span + loop_ids[lp]])
-        at = _merged(edge_index, num_nodes, border % num_nodes)[0].nonzero().squeeze(1)
-        owner = torch.cat([owner, inner.numel() + at])
-        edge_key = torch.cat([edge_key, (border.index_select(0, at) // num_nodes) * span + num_edges])
-    if out_edges:
-        ot, oe, _ = edges_at(0, seen)
-        # An edge between two kept nodes is both an in- and an out-edge: keep it once.
-        edge_key = torch.unique(torch.cat([edge_key, ot * span + oe]))
-        owner = None
-    else:
-        # Sorted by (target, edge): chunks of targets are slices, results come out coalesced.
-        edge_key, order = sort_ints(edge_key, targets.numel() * span)
-        owner = owner.index_select(0, order)
+        border, border_rows = parts[hops], part_rows[hops]
+        v = border % width
+        loop_deg = loops.in_degree(v)
+        with_loop = loop_deg.nonzero().squeeze(1)
+        lo, lp = loops.incident(1, v.index_select(0, with_loop))
+        lo = with_loop.index_select(0, lo)
+        edge_key.append((border.index_select(0, lo) // width) * span + loop_ids.index_select(0, lp))
+        edge_src.append(border_rows.index_select(0, lo))
+        edge_dst.append(edge_src[-1])
+        # One merged edge from the ghost into each border node with other in-edges (the
+        # count `_merged` gives), in the border's order: the stable sort keeps it.
+        at = (graph.in_degree(v) - loop_deg).nonzero().squeeze(1)
+        m_t, m_rows = border.index_select(0, at) // width, border_rows.index_select(0, at)
+        if out_edges:  # (edges reduced to unique keys: one merged edge per target, ghost to ghost)
+            m_t = torch.unique_consecutive(m_t)
+            m_rows = ghosts.index_select(0, m_t)
+        edge_key.append(m_t * span + num_edges)
+        edge_src.append(ghosts.index_select(0, m_t))
+        edge_dst.append(m_rows)
+    if lookups:
+        kept_in = hop <= hops if every_in else hop < hops  # by row: nodes whose in-edges are kept
+        found = _pair_rows(node_keys, [pair for _, _, _, pair, _ in lookups], width, n_t)
+        for (end, owner, pos, pair, o_rows), at in zip(lookups, found):
+            if not end:  # an edge between two kept nodes may be an in-edge kept already: keep it once
+                again = (at >= 0) & kept_in.index_select(0, at.clamp(min=0))
+                if merging:  # (the border's self-loops)
+                    again |= src.index_select(0, pos) == dst.index_select(0, pos)
+                keep = (~again).nonzero().squeeze(1)
+                owner, pos, pair, at = (x.index_select(0, keep) for x in (owner, pos, pair, at))
+            edge_key.append((pair // width) * span + pos)
+            other = torch.where(at >= 0, at, ghosts.index_select(0, pair // width))  # outside: the ghost
+            own = o_rows.index_select(0, owner)
+            edge_src.append(other if end else own)
+            edge_dst.append(own if end else other)
+    # Sorted by (target, edge): chunks of targets are slices, results come out coalesced.
+    edge_key, order = sort_ints(torch.cat(edge_key), n_t * span)
     edge_t, edge_e = edge_key // span, edge_key % span
-
-    # Keys (target, node) with room for the ghost, node id num_nodes, after each target's nodes.
-    width = num_nodes + 1
-    node_keys, sort_pos = sort_ints(
-        torch.cat([(seen // num_nodes) * width + seen % num_nodes, t_ids * width + num_nodes]), targets.numel() * width
-    )
+    union_ei = edge_key.new_empty((2, order.numel()))
+    torch.index_select(torch.cat(edge_src), 0, order, out=union_ei[0])  # (faster than one [2, n] gather)
+    torch.index_select(torch.cat(edge_dst), 0, order, out=union_ei[1])
     node_t, node_v = node_keys // width, node_keys % width
     ghost = node_v == num_nodes
     node_v = torch.where(ghost, targets[node_t], node_v)
-    ghosts = torch.searchsorted(node_keys, t_ids * width + num_nodes)
-
-    def rows(ends: Tensor) -> Tensor:
-        k = edge_t * width + ends.index_select(0, edge_e.clamp(max=max(num_edges - 1, 0)))
-        at = torch.searchsorted(node_keys, k)
-        kept = (node_keys[at.clamp(max=node_keys.numel() - 1)] == k) & (edge_e < num_edges)
-        return torch.where(kept, at, ghosts.index_select(0, edge_t))  # merged edges: from the ghost
-
-    if owner is None:
-        dst_rows = rows(dst)
-    else:  # an in-edge's target is the kept node it was gathered for: its rank among the keys
-        rank = torch.empty_like(sort_pos)
-        rank[sort_pos] = torch.arange(sort_pos.numel(), device=device)
-        dst_rows = rank.index_select(0, owner)
-    centers = torch.searchsorted(node_keys, t_ids * width + targets)
-    # Hops from the node's target (ghosts stand beyond the last), in the keys' order.
-    hop = torch.repeat_interleave(
-        torch.arange(hops + 2, device=device), torch.tensor([*found, targets.numel()], device=device)
-    ).index_select(0, sort_pos)
-    return node_t, node_v, ghost, edge_t, edge_e, torch.stack([rows(src), dst_rows]), centers, hop
+    centers = part_rows[0].clone()
+    return node_t, node_v, ghost, edge_t, edge_e, union_ei, centers, hop
 
 
 # -- the explanation ----------------------------------------------------------------
