@@ -23,7 +23,7 @@ DT = torch.float64
 NOTEBOOK_EPS = 1e-5  # the notebook's ``10e-6``
 
 
-def close(a, b):
+def assert_close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
@@ -46,8 +46,8 @@ def graph_case(seed: int, multi: bool):
 
 def test_seed_notebook_batch_by_hand():
     W, x, Q = (torch.tensor(t, dtype=DT) for t in (W_BATCH, X_BATCH, Q_BATCH))
-    close(reference.linear_lrp(x, W, Q, Epsilon(NOTEBOOK_EPS)), torch.tensor(Z_RULE, dtype=DT))
-    close(reference.linear_lrp(x, W, Q, ZPlus(stabilizer=NOTEBOOK_EPS)), torch.tensor(Z_PLUS, dtype=DT))
+    assert_close(reference.linear_lrp(x, W, Q, Epsilon(NOTEBOOK_EPS)), torch.tensor(Z_RULE, dtype=DT))
+    assert_close(reference.linear_lrp(x, W, Q, ZPlus(stabilizer=NOTEBOOK_EPS)), torch.tensor(Z_PLUS, dtype=DT))
 
 
 @pytest.mark.parametrize("case", ["empty_rows_cols", "mixed_integer"])  # (exact zero denominators too)
@@ -61,8 +61,8 @@ def test_linear_equals_the_formulas_from_the_papers(rule_id, spec, zero_bias, la
     mask = torch.ones(W.shape, dtype=torch.bool) if layout == "dense" else W != 0
     expected, absorbed = ref_lrp(rule, x, W, R, b, mask)
     r_in, got_absorbed = reference.linear_lrp(x, to_layout(W, layout), R, rule, b, return_absorbed=True)
-    close(r_in, expected)
-    close(got_absorbed, absorbed)
+    assert_close(r_in, expected)
+    assert_close(got_absorbed, absorbed)
 
 
 @pytest.mark.parametrize("rule_id,spec", RULES)
@@ -72,7 +72,7 @@ def test_edges_equal_the_formulas_from_the_papers(rule_id, spec):
     expected = ref_edge_lrp(rule, x, ei, w, R, bias)
     got = reference.edge_lrp(x, ei, w, R, rule, bias=bias, return_edge_relevance=True, return_absorbed=True)
     for a, b in zip(got, expected):
-        close(a, b)
+        assert_close(a, b)
 
 
 def test_lrp0_is_gradient_times_input():
@@ -81,7 +81,7 @@ def test_lrp0_is_gradient_times_input():
     W = torch.randn(5, 9, generator=g, dtype=DT)
     z = x @ W.T
     (grad,) = torch.autograd.grad(z.sum(), x)  # LRP-0 of R = z without bias: x * W^T 1
-    close(reference.linear_lrp(x.detach(), W, z.detach(), Z()), x.detach() * grad)
+    assert_close(reference.linear_lrp(x.detach(), W, z.detach(), Z()), x.detach() * grad)
 
 
 @pytest.mark.parametrize("rule", [Z(), ZPlus(), WSquare(), Flat()], ids=repr)
@@ -102,14 +102,14 @@ def test_parallel_edges_stay_separate_connections():
     # w²: contributions 4 and 1 over 5 -> the edges carry 0.8 and 0.2 (merged into one
     # weight 1 they could not be told apart)
     r_in, edge = reference.edge_lrp(x, ei, w, R, WSquare(stabilizer=0.0), return_edge_relevance=True)
-    close(edge, torch.tensor([0.8, 0.2], dtype=DT))
-    close(r_in, torch.ones(1, 1, dtype=DT))
+    assert_close(edge, torch.tensor([0.8, 0.2], dtype=DT))
+    assert_close(r_in, torch.ones(1, 1, dtype=DT))
     # z+: contributions x⁺w⁺ = 2 and 0 -> all through the positive edge
     _, edge = reference.edge_lrp(x, ei, w, R, ZPlus(stabilizer=0.0), return_edge_relevance=True)
-    close(edge, torch.tensor([1.0, 0.0], dtype=DT))
+    assert_close(edge, torch.tensor([1.0, 0.0], dtype=DT))
     # LRP-0: contributions 2 and -1 over z = 1 -> 2 and -1
     _, edge = reference.edge_lrp(x, ei, w, R, Z(), return_edge_relevance=True)
-    close(edge, torch.tensor([2.0, -1.0], dtype=DT))
+    assert_close(edge, torch.tensor([2.0, -1.0], dtype=DT))
 
 
 def test_an_output_without_connections_passes_nothing_and_no_nan():
@@ -118,8 +118,8 @@ def test_an_output_without_connections_passes_nothing_and_no_nan():
     R = torch.tensor([[1.0, 3.0]], dtype=DT)
     for rule in (Z(), Flat(stabilizer=0.0), WSquare(stabilizer=0.0)):
         r_in, absorbed = reference.linear_lrp(x, W, R, rule, return_absorbed=True)
-        close(r_in, torch.tensor([[1.0, 0.0]], dtype=DT))
-        close(absorbed, torch.tensor([[0.0, 3.0]], dtype=DT))
+        assert_close(r_in, torch.tensor([[1.0, 0.0]], dtype=DT))
+        assert_close(absorbed, torch.tensor([[0.0, 3.0]], dtype=DT))
 
 
 @pytest.mark.parametrize("layout", ["dense", "coo", "csr"])
@@ -130,7 +130,7 @@ def test_the_kernel_agrees_with_it(rule_id, spec, layout, backend):
     rule = make_rule(spec, x.shape[1])
     fast = sparse_lrp.linear_lrp(x, to_layout(W, layout), R, rule, b, return_absorbed=True)
     for a, e in zip(fast, reference.linear_lrp(x, to_layout(W, layout), R, rule, b, return_absorbed=True)):
-        close(a, e)
+        assert_close(a, e)
     gx, ei, w, gR, bias = graph_case(9, multi=True)
     graph_rule = make_rule(spec, gx.shape[1])
     for strategy in ("spmm", "scatter"):
@@ -141,7 +141,7 @@ def test_the_kernel_agrees_with_it(rule_id, spec, layout, backend):
             gx, ei, w, gR, graph_rule, bias=bias, return_edge_relevance=True, return_absorbed=True
         )
         for a, e in zip(fast, slow):
-            close(a, e)
+            assert_close(a, e)
 
 
 def test_bad_input_gets_the_librarys_errors():
@@ -177,5 +177,5 @@ def test_a_zero_denominator_is_stabilised_upwards():
         Epsilon(0.5),
         return_absorbed=True,
     )
-    close(r_in, torch.tensor([[2.0, -2.0]], dtype=DT))
-    close(absorbed, torch.ones(1, 1, dtype=DT))
+    assert_close(r_in, torch.tensor([[2.0, -2.0]], dtype=DT))
+    assert_close(absorbed, torch.ones(1, 1, dtype=DT))
