@@ -9,10 +9,11 @@ tensor (``[C, out, E]`` for edges) and evaluate::
     R_i   = sum_g coef_g sum_j [where_g] c^g_ji / stab(d^g_j) * R_j
     stab(d) = d + stabilizer * sign(d),  sign(0) = +1,  and 0 where stab(d) == 0
 
-They share nothing with the library's kernel but the rule objects' declarations (which
-terms, bias shares and coefficients a rule has: its one definition, see
-:mod:`sparse_lrp.rules`): no sparse products, no edge chunks, no fused terms, no
-shortcuts through a known forward output and no float64 recomputation. So a result of
+Of the library they use the rule objects' declarations (which terms, bias shares and
+coefficients a rule has: its one definition, see :mod:`sparse_lrp.rules`), the public
+functions' input checks and the reading of a sparse weight's entries (duplicates summed),
+nothing of the kernel: no sparse products, no edge chunks, no fused terms, no shortcuts
+through a known forward output and no float64 recomputation. So a result of
 the kernel, of a sparse layer or of a layer handler you wrote can be checked against
 them, in the precision of the inputs (pass float64 for tight tolerances).
 
