@@ -635,7 +635,7 @@ def _khop_union(
     # found: the targets, then each hop's new pairs in key order. Each hop searches its
     # in-edges' sources among the (few) pairs found before it and keeps their numbers:
     # those in-edges are the union's edges into the nodes closer than `hops`, whose ends
-    # then need no search among all the union's pairs (once most of the time spent here).
+    # then need no search among all the union's pairs.
     key = t_ids * width + targets
     parts = [key]  # the pairs first found at each hop
     known, number = key, t_ids  # the pairs found so far, sorted, and their numbers
@@ -689,16 +689,15 @@ def _khop_union(
         loops, loop_ids = _self_loops(edge_index, num_nodes)
         border, border_rows = parts[hops], part_rows[hops]
         v = border % width
-        loop_deg = loops.in_degree(v)
-        with_loop = loop_deg.nonzero().squeeze(1)
+        with_loop = loops.in_degree(v).nonzero().squeeze(1)
         lo, lp = loops.incident(1, v.index_select(0, with_loop))
         lo = with_loop.index_select(0, lo)
         edge_key.append((border.index_select(0, lo) // width) * span + loop_ids.index_select(0, lp))
         edge_src.append(border_rows.index_select(0, lo))
         edge_dst.append(edge_src[-1])
-        # One merged edge from the ghost into each border node with other in-edges (the
-        # count `_merged` gives), in the border's order: the stable sort keeps it.
-        at = (graph.in_degree(v) - loop_deg).nonzero().squeeze(1)
+        # One merged edge from the ghost into each border node with other in-edges, in
+        # the border's order: the stable sort keeps it.
+        at = _merged(edge_index, num_nodes, v)[0].nonzero().squeeze(1)
         m_t, m_rows = border.index_select(0, at) // width, border_rows.index_select(0, at)
         if out_edges:  # (edges reduced to unique keys: one merged edge per target, ghost to ghost)
             m_t = torch.unique_consecutive(m_t)
@@ -725,7 +724,7 @@ def _khop_union(
     edge_key, order = sort_ints(torch.cat(edge_key), n_t * span)
     edge_t, edge_e = edge_key // span, edge_key % span
     union_ei = edge_key.new_empty((2, order.numel()))
-    torch.index_select(torch.cat(edge_src), 0, order, out=union_ei[0])  # (faster than one [2, n] gather)
+    torch.index_select(torch.cat(edge_src), 0, order, out=union_ei[0])
     torch.index_select(torch.cat(edge_dst), 0, order, out=union_ei[1])
     node_t, node_v = node_keys // width, node_keys % width
     ghost = node_v == num_nodes

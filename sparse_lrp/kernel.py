@@ -37,7 +37,7 @@ from .operators import (
     has_nonzero,
     summing_once,
 )
-from .rules import Pass, Rule
+from .rules import Rule, check_map_rule
 from .validation import check_budget, check_edge_index, check_finite, check_same, check_tensor, non_finite
 
 __all__ = ["Branch", "Propagated", "edge_lrp", "propagate", "propagate_branches", "stabilize"]
@@ -520,8 +520,7 @@ def check_edge_call(
 ) -> None:
     """The checks of an ``edge_lrp`` call (shared with :func:`sparse_lrp.reference.edge_lrp`):
     a linear-map rule, matching shapes, devices and dtypes, edges in range, finite values."""
-    if isinstance(rule, Pass) or not isinstance(rule, Rule):
-        raise TypeError(f"{caller} needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    check_map_rule(caller, rule)
     if edge_weight is not None and not isinstance(edge_weight, Tensor):
         raise TypeError(f"edge_weight must be a torch.Tensor or None, got {type(edge_weight).__name__}")
     op = edge_index if isinstance(edge_index, EdgeOperator) else None
@@ -613,8 +612,7 @@ def edge_lrp(
         ``R_in [N_in, C]``, followed by the edge relevance and the absorbed relevance
         when requested.
     """
-    if isinstance(rule, Pass) or not isinstance(rule, Rule):
-        raise TypeError(f"edge_lrp needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    check_map_rule("edge_lrp", rule)  # (before the strategy: a wrong rule is the first thing to say)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     op = edge_index if isinstance(edge_index, EdgeOperator) else None

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .kernel import STRATEGIES, propagate
 from .operators import DEFAULT_MAX_MEMORY, DenseOperator, EdgeOperator, TensorKeyed, summing_once
-from .rules import Pass, Rule, broadcast_param
+from .rules import Rule, broadcast_param, check_map_rule
 from .validation import check_budget, check_finite, check_same, check_sparse_indices, check_tensor
 
 __all__ = ["check_linear_call", "linear_lrp", "sparse_weight_edges"]
@@ -50,8 +50,7 @@ def check_linear_call(
 ) -> None:
     """The checks of a ``linear_lrp`` call (shared with :func:`sparse_lrp.reference.linear_lrp`):
     a linear-map rule, a 2-D dense/COO/CSR weight, matching shapes, devices and dtypes, finite values."""
-    if isinstance(rule, Pass) or not isinstance(rule, Rule):
-        raise TypeError(f"{caller} needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    check_map_rule(caller, rule)
     if isinstance(weight, Tensor) and weight.layout not in (torch.strided, torch.sparse_coo, torch.sparse_csr):
         raise TypeError(f"weight layout {weight.layout} is not supported; use dense, sparse COO or sparse CSR")
     if isinstance(weight, Tensor) and weight.layout != torch.strided and weight.dense_dim() > 0:
@@ -109,8 +108,7 @@ def linear_lrp(
     Returns:
         ``R_in [B, in]`` (and the absorbed relevance when requested).
     """
-    if isinstance(rule, Pass) or not isinstance(rule, Rule):
-        raise TypeError(f"linear_lrp needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
+    check_map_rule("linear_lrp", rule)  # (before the strategy: a wrong rule is the first thing to say)
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {STRATEGIES}")
     check_budget(max_memory)

@@ -1,7 +1,8 @@
 """The dense reference: each rule evaluated literally, for checking results in tests.
 
 Twins of :func:`sparse_lrp.linear_lrp` and :func:`sparse_lrp.edge_lrp` with the same
-arguments and results, computed the slow and obvious way. They materialise every
+arguments (less the kernel's own: ``strategy``, ``max_memory``, a known ``z``, a prepared
+operator) and the same results, computed the slow and obvious way. They materialise every
 contribution ``c^g_ji`` of every group ``g`` of the rule as a dense ``[B, out, in]``
 tensor (``[C, out, E]`` for edges) and evaluate::
 
@@ -99,7 +100,7 @@ def linear_lrp(
     *,
     return_absorbed: bool = False,
 ):
-    """The dense reference of :func:`sparse_lrp.linear_lrp` (same arguments and results).
+    """The dense reference of :func:`sparse_lrp.linear_lrp` (same results; no ``strategy``/``max_memory``).
 
     ``x [B, in]``, ``weight [out, in]`` dense (every entry is a connection) or sparse
     COO/CSR (its stored entries are the connections, duplicates summed, a stored zero
@@ -135,7 +136,8 @@ def edge_lrp(
     return_edge_relevance: bool = False,
     return_absorbed: bool = False,
 ):
-    """The dense reference of :func:`sparse_lrp.edge_lrp` (same arguments and results).
+    """The dense reference of :func:`sparse_lrp.edge_lrp` (same results; a plain ``edge_index``,
+    no ``z``, ``strategy`` or ``max_memory``).
 
     Every edge ``e = (i -> j)`` is its own connection, parallel edges included: the
     dense map has one input column per edge (``x[i]``, weight ``w_e`` into row ``j``),

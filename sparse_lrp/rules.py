@@ -30,6 +30,7 @@ from torch import Tensor
 from .validation import non_finite
 
 __all__ = [
+    "check_map_rule",
     "Rule",
     "Term",
     "Group",
@@ -82,6 +83,12 @@ def broadcast_param(t: Tensor, x: Tensor, name: str = "a rule parameter (ZBox bo
     except RuntimeError:
         shapes = f"of shape {tuple(t.shape)} does not broadcast against the input {tuple(x.shape)}"
         raise ValueError(f"{name} {shapes}") from None
+
+
+def check_map_rule(caller: str, rule: object) -> None:
+    """``rule`` must be a linear-map rule (not ``Pass``, which only element-wise steps take)."""
+    if isinstance(rule, Pass) or not isinstance(rule, Rule):
+        raise TypeError(f"{caller} needs a linear-map rule (Epsilon, ZPlus, ...), got {rule!r}")
 
 
 @dataclass(frozen=True)
