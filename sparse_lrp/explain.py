@@ -137,9 +137,9 @@ def _nonlinear_free() -> tuple[type, ...]:
     import torch_geometric.nn.norm as norm
 
     names = [
-        (nn, ("LayerNorm", "GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm")),
-        (nn, ("RMSNorm", "CosineSimilarity", "PairwiseDistance")),
-        (norm, ("LayerNorm", "InstanceNorm", "PairNorm", "GraphNorm", "DiffGroupNorm", "MessageNorm")),
+        (nn, ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm")),
+        (nn, ("CosineSimilarity", "PairwiseDistance")),
+        (norm, ("DiffGroupNorm", "MessageNorm")),
         (aggr, ("MulAggregation", "PowerMeanAggregation", "SoftmaxAggregation", "StdAggregation", "VarAggregation")),
     ]
     return tuple(getattr(mod, n) for mod, group in names for n in group if hasattr(mod, n))

@@ -236,23 +236,23 @@ def test_unsupported_layer_with_parameters_is_named(x):
         sparse_lrp.explain(WithLSTM().double(), x, EI, index=0)
 
 
-class WithTransformerConv(nn.Module):
+class WithGatedConv(nn.Module):
     """A message-passing layer whose parameters all sit in child Linears."""
 
     def __init__(self):
         super().__init__()
-        self.conv = gnn.TransformerConv(F, C)
+        self.conv = gnn.ResGatedGraphConv(F, C, bias=False)
 
     def forward(self, x, edge_index):
         return self.conv(x, edge_index)
 
 
 def test_unsupported_message_passing_with_learned_children_is_named(x):
-    """Its child Linears have handlers, but its attention would pass relevance as a
+    """Its child Linears have handlers, but its gates would pass relevance as a
     gradient: refused (it ran silently before). Parameter-free LGConv still runs
     (test_models: test_layers_reading_beyond_the_given_in_edges)."""
-    with pytest.raises(TypeError, match=r"'conv'.*TransformerConv has parameters but no LRP handler"):
-        sparse_lrp.explain(WithTransformerConv().double(), x, EI, index=0)
+    with pytest.raises(TypeError, match=r"'conv'.*ResGatedGraphConv has parameters but no LRP handler"):
+        sparse_lrp.explain(WithGatedConv().double(), x, EI, index=0)
 
 
 def test_unsupported_layer_leaves_model_untouched(x):
@@ -744,9 +744,10 @@ def test_more_elementwise_activations_pass_relevance(mid):
 
 
 def test_nonlinear_parameter_free_modules_are_refused():
-    """LayerNorm without affine, PairNorm, a softmax inside the model: autograd through them
-    is no LRP rule, and they gave unconserved relevance silently. A softmax as the model's
-    last step stays supported (its logits are explained)."""
+    """torch's InstanceNorm1d, a softmax inside the model: autograd through them is no LRP
+    rule, and they gave unconserved relevance silently. A softmax as the model's last step
+    stays supported (its logits are explained). (LayerNorm, PairNorm and the other graph
+    normalisations have handlers under the LN-rule: tests/test_norms.py.)"""
     torch.manual_seed(0)
     x = torch.randn(4, 6, dtype=DT)
 
@@ -754,10 +755,8 @@ def test_nonlinear_parameter_free_modules_are_refused():
         layers = [nn.Linear(6, 8, bias=False), mid, nn.Linear(8, 3, bias=False)] + ([last] if last else [])
         return nn.Sequential(*layers).double().eval()
 
-    with pytest.raises(TypeError, match=r"module '1' of type .*LayerNorm is a nonlinear map"):
-        sparse_lrp.explain(mlp(nn.LayerNorm(8, elementwise_affine=False)), x, index=1)
-    with pytest.raises(TypeError, match=r"PairNorm is a nonlinear map"):
-        sparse_lrp.explain(mlp(gnn.PairNorm()), x, index=1)
+    with pytest.raises(TypeError, match=r"module '1' of type .*InstanceNorm1d is a nonlinear map"):
+        sparse_lrp.explain(mlp(nn.InstanceNorm1d(8)), x, index=1)
     with pytest.raises(TypeError, match=r"module '1' \(Softmax\) normalises inside the model"):
         sparse_lrp.explain(mlp(nn.Softmax(-1)), x, index=1)
     model = mlp(nn.ReLU(), nn.LogSoftmax(-1))
