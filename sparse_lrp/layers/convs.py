@@ -261,6 +261,50 @@ def gatv2_conv(call: LayerCall, x, edge_index, edge_attr=None, return_attention_
     return out
 
 
+def transformer_conv(call: LayerCall, x, edge_index, edge_attr=None, return_attention_weights=None) -> Tensor:
+    """TransformerConv: ``out_j = sum_i α_ji (W_v x_i + b_v + W_e e_ji) + W_s x_j + b_s``, the
+    forward's attention ``α`` fixed, and with ``beta`` its gate ``β`` too (as LRP treats
+    gating): ``out = β skip + (1 - β) attention``.
+
+    With ``edge_dim`` the per-edge messages ``W_v x_i + W_e e_ji`` are the inputs of the
+    sum, so their relevance is the edge relevance, split between ``x_i`` and ``e_ji``.
+    """
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if edge_attr is not None and m.lin_edge is None:
+        raise ValueError(f"{call.name}: TransformerConv got edge_attr but has no edge_dim (no lin_edge)")
+    heads, c = m.heads, m.out_channels
+    forward = type(m).forward.__get__(m)  # (the class's: see _attention)
+    _, (ei, alpha) = forward(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
+    alpha, ids = alpha.detach(), _model_ids(call, edge_index)
+    value = call.linear(x, m.lin_value.weight, m.lin_value.bias).view(-1, heads, c)
+    if m.lin_edge is None:
+        out = _heads(call, value, ei, alpha, ids, None, m.concat)
+    else:
+        n, num_edges = x.shape[0], ei.shape[1]
+        e = call.linear(edge_attr, m.lin_edge.weight, m.lin_edge.bias).view(-1, heads, c)
+        msg = value.index_select(0, ei[0]) + e
+        rows = torch.stack(
+            [
+                torch.arange(num_edges * heads, device=x.device),
+                (ei[1][:, None] * heads + torch.arange(heads, device=x.device)).reshape(-1),
+            ]
+        )
+        per_head = None if ids is None else ids[:, None].expand(-1, heads).reshape(-1)
+        w = call.aggr_weights(rows, alpha.reshape(-1), n * heads, x)
+        out = call.messages(msg.reshape(-1, c), rows, n * heads, per_head, weight=w).view(n, heads, c)
+        out = out.reshape(n, heads * c) if m.concat else out.mean(1)
+    if not m.root_weight:
+        return out
+    skip = call.linear(x, m.lin_skip.weight, m.lin_skip.bias)
+    if m.lin_beta is None:
+        return out + skip
+    with torch.no_grad():
+        a, s = out.detach(), skip.detach()
+        beta = torch.sigmoid(torch.nn.functional.linear(torch.cat([a, s, a - s], -1), m.lin_beta.weight))
+    return beta * skip + (1 - beta) * out
+
+
 def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """SGConv: ``out = Θ Â^K x + b``."""
     _check_plain(call, x, edge_index)
@@ -353,6 +397,7 @@ def _register() -> None:
     register_handler(g.GINEConv, gine_conv, children=("nn", "lin"), subgraph=())
     register_handler(g.GATConv, gat_conv, subgraph=())
     register_handler(g.GATv2Conv, gatv2_conv, subgraph=())
+    register_handler(g.TransformerConv, transformer_conv, subgraph=())
     register_handler(g.SGConv, sg_conv, subgraph=_sg_needs)
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
     register_handler(g.APPNP, appnp, subgraph=_cached_graph_needs)
