@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import GRAPH_STRUCTURES
+from ..operators import GRAPH_STRUCTURES, DiagonalOperator
 from . import register_handler
-from .base import LayerCall
+from .base import LayerCall, MapBranch
 
 
 def _check_plain(call: LayerCall, x, edge_index) -> None:
@@ -305,6 +305,100 @@ def transformer_conv(call: LayerCall, x, edge_index, edge_attr=None, return_atte
     return beta * skip + (1 - beta) * out
 
 
+def res_gated_graph_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tensor:
+    """ResGatedGraphConv: ``out_i = sum_{j->i} η_ji ⊙ v_j + W_s x_i + b``, its gates
+    ``η_ji = act(k_i + q_j)`` held fixed (as LRP treats gating). The gated per-edge messages
+    are the inputs of the sum, so their relevance is the edge relevance; with ``edge_dim``
+    each value ``v_ji = W_v [x_j, e_ji] + b_v`` splits it between the node and the edge."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if (edge_attr is None) != (m.edge_dim is None):
+        raise ValueError(f"{call.name}: ResGatedGraphConv needs edge_attr exactly when it has edge_dim")
+    src, dst = edge_index
+    with torch.no_grad():
+        xd = x.detach()
+        if m.edge_dim is None:
+            k, q = m.lin_key(xd).index_select(0, dst), m.lin_query(xd).index_select(0, src)
+        else:
+            e = edge_attr.detach()
+            k = m.lin_key(torch.cat([xd.index_select(0, dst), e], -1))
+            q = m.lin_query(torch.cat([xd.index_select(0, src), e], -1))
+        gate = m.act(k + q)
+    if m.edge_dim is None:
+        v = call.linear(x, m.lin_value.weight, m.lin_value.bias).index_select(0, src)
+    else:
+        v = call.linear(torch.cat([x.index_select(0, src), edge_attr], -1), m.lin_value.weight, m.lin_value.bias)
+    rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), dst])
+    w = call.aggr_weights(edge_index, None, x.shape[0], x)
+    extra = [call.dense_branch(x, m.lin_skip.weight)] if m.root_weight else []
+    return call.messages(gate * v, rows, x.shape[0], _model_ids(call, edge_index), extra, m.bias, w)
+
+
+def le_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
+    """LEConv: ``out_i = sum_{j->i} w_ji (Θ1 x_j + b1 - Θ2 x_i) + Θ3 x_i + b3`` as one map.
+    Both ends' terms of a message travel on its edge (the ``-Θ2 x_i`` one from ``i`` to
+    itself), so an edge's relevance is its whole message's."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    n = x.shape[0]
+    a = call.linear(x, m.lin1.weight, m.lin1.bias)
+    b = call.linear(x, m.lin2.weight, m.lin2.bias)
+    w = x.new_ones(edge_index.shape[1]) if edge_weight is None else edge_weight.detach()
+    ids = _model_ids(call, edge_index)
+    at_target = call.ctx.memo(("le_targets", edge_index), lambda: torch.stack([edge_index[1], edge_index[1]]))
+    own = MapBranch(call.ctx.operator(at_target, n, n), -w, b, edge_ids=ids, record_edges=True)
+    root = call.dense_branch(x, m.lin3.weight)
+    return call.edges(a, edge_index, w, bias=m.lin3.bias, edge_ids=ids, extra=[own, root])
+
+
+def cluster_gcn_conv(call: LayerCall, x, edge_index) -> Tensor:
+    """ClusterGCNConv: ``out = Θ_out (Â + λ diag(Â)) x + Θ_root x + b``, ``Â`` each edge
+    weighted by its target's inverse in-degree (self-loops added)."""
+    from torch_geometric.utils import add_self_loops, degree, remove_self_loops
+
+    _check_plain(call, x, edge_index)
+    m = call.module
+    n = x.shape[0]
+
+    def normalised():
+        ei, ids = edge_index, _model_ids(call, edge_index)
+        if m.add_self_loops:  # (as the layer does: the graph's loops replaced by one per node)
+            ei = add_self_loops(remove_self_loops(edge_index)[0], num_nodes=n)[0]
+            ids = _follow(ids, _replaced_loops(edge_index, n))
+        # (in torch's default dtype, as the layer's degree() computes them: the same weights)
+        deg_inv = 1.0 / degree(ei[1], num_nodes=n).clamp(min=1.0)
+        w = deg_inv.index_select(0, ei[1])
+        return ei, torch.where(ei[0] == ei[1], w + m.diag_lambda * w, w).to(x.dtype), ids
+
+    ei, w, ids = call.ctx.memo(("cluster_gcn", edge_index, n, m.add_self_loops, m.diag_lambda, x.dtype), normalised)
+    a = call.aggregate(x, ei, w, edge_ids=ids)
+    return _with_root(call, a, x, m.lin_out, m.lin_root)
+
+
+def gcn2_conv(call: LayerCall, x, x_0, edge_index, edge_weight=None) -> Tensor:
+    """GCN2Conv (GCNII): ``h = (1 - α) Â x + α x_0``, ``out = (1 - β) h + β h Θ``; with
+    ``shared_weights=False`` the two summands of ``h`` take their own ``Θ1``, ``Θ2``. The
+    identity and ``Θ`` parts are branches of one map (one denominator, the rule on each)."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if m.normalize:
+        ei, w, ids = _normalised(call, edge_index, edge_weight, x, False, m.add_self_loops)
+    else:
+        ei, w, ids = edge_index, edge_weight, None
+    w = x.new_ones(ei.shape[1]) if w is None else w.detach()
+    x_0 = x_0[: x.shape[0]]
+    keep = x.new_full((x.shape[1],), 1.0 - m.beta)
+
+    def mixed(h: Tensor, weight: Tensor) -> list[MapBranch]:
+        return [MapBranch(DiagonalOperator(keep), keep, h), call.dense_branch(h, m.beta * weight.T)]
+
+    if m.weight2 is None:
+        h = call.aggregate(x, ei, w * (1 - m.alpha), edge_ids=ids, extra=[call.self_loops(x_0, m.alpha)])
+        return call.map(mixed(h, m.weight1))
+    h = call.aggregate(x, ei, w * (1 - m.alpha), edge_ids=ids)
+    return call.map(mixed(h, m.weight1) + mixed(x_0 * m.alpha, m.weight2))
+
+
 def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """SGConv: ``out = Θ Â^K x + b``."""
     _check_plain(call, x, edge_index)
@@ -398,6 +492,10 @@ def _register() -> None:
     register_handler(g.GATConv, gat_conv, subgraph=())
     register_handler(g.GATv2Conv, gatv2_conv, subgraph=())
     register_handler(g.TransformerConv, transformer_conv, subgraph=())
+    register_handler(g.ResGatedGraphConv, res_gated_graph_conv, subgraph=())
+    register_handler(g.LEConv, le_conv, subgraph=())
+    register_handler(g.ClusterGCNConv, cluster_gcn_conv, subgraph=())
+    register_handler(g.GCN2Conv, gcn2_conv, subgraph=_cached_graph_needs)
     register_handler(g.SGConv, sg_conv, subgraph=_sg_needs)
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
     register_handler(g.APPNP, appnp, subgraph=_cached_graph_needs)

@@ -1,0 +1,195 @@
+"""ResGatedGraphConv, LEConv, ClusterGCNConv, GCN2Conv against their formulas written out.
+
+Each reference below is the layer's documented formula as dense tensors (gates held
+fixed, read from the layer's own Linears on the forward's values). The models are
+bias-free ReLU networks, so LRP-0 equals gradient x input of the references (node and
+edge features), relevance is conserved, and batched node targets equal single calls.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch_geometric.nn as gnn
+from torch import nn
+from torch.testing import assert_close
+
+import sparse_lrp
+from sparse_lrp.rules import Epsilon
+
+DT = torch.float64
+N, F, H, D = 10, 5, 6, 3
+
+
+@pytest.fixture
+def graph():
+    g = torch.Generator().manual_seed(0)
+    src, dst = torch.randint(0, N, (2, 36), generator=g)
+    keep = src != dst  # (no self-loops: the references add their own)
+    ei = torch.stack([src[keep], dst[keep]])
+    e = ei.shape[1]
+    return (
+        torch.randn(N, F, dtype=DT, generator=g),
+        ei,
+        torch.rand(e, dtype=DT, generator=g) + 0.5,
+        torch.randn(e, D, dtype=DT, generator=g),
+    )
+
+
+def adjacency(ei, w, n=N):
+    """``A[j, i] = sum of w over the edges i -> j``."""
+    return torch.zeros(n, n, dtype=DT).index_put((ei[1], ei[0]), w, accumulate=True)
+
+
+# -- the layers written out -----------------------------------------------------------
+def res_gated(m, x, ei, ea):
+    src, dst = ei
+    with torch.no_grad():  # (the gates: constants)
+        if m.edge_dim is None:
+            gate = torch.sigmoid(m.lin_key(x)[dst] + m.lin_query(x)[src])
+        else:
+            gate = torch.sigmoid(m.lin_key(torch.cat([x[dst], ea], 1)) + m.lin_query(torch.cat([x[src], ea], 1)))
+    if m.edge_dim is None:
+        v = x[src] @ m.lin_value.weight.T
+    else:
+        v = torch.cat([x[src], ea], 1) @ m.lin_value.weight.T
+    out = torch.zeros(x.shape[0], v.shape[1], dtype=DT).index_add(0, dst, gate * v)
+    return out + x @ m.lin_skip.weight.T
+
+
+def le(m, x, ei, ew):
+    a = adjacency(ei, ew)
+    return a @ (x @ m.lin1.weight.T) - a.sum(1, keepdim=True) * (x @ m.lin2.weight.T) + x @ m.lin3.weight.T
+
+
+def cluster(m, x, ei):
+    counts = adjacency(ei, torch.ones(ei.shape[1], dtype=DT)) + torch.eye(N, dtype=DT)
+    # Each row: its target's in-edges, a self-loop among them, by the inverse in-degree; the
+    # layer computes these weights in float32 (torch's default dtype), and so does this.
+    inv = 1.0 / counts.sum(1).float()
+    a = counts * inv.double()[:, None]
+    a = a + torch.diag((inv + m.diag_lambda * inv).double() - inv.double())
+    return (a @ x) @ m.lin_out.weight.T + x @ m.lin_root.weight.T
+
+
+def gcn2(m, x, x0, ei, ew):
+    a = adjacency(ei, ew) + torch.eye(N, dtype=DT)
+    d = a.sum(1).rsqrt()
+    a = d[:, None] * a * d[None, :]
+    h = (1 - m.alpha) * (a @ x)
+    if m.weight2 is None:
+        h = h + m.alpha * x0
+        return (1 - m.beta) * h + m.beta * h @ m.weight1
+    x0 = m.alpha * x0
+    return (1 - m.beta) * h + m.beta * h @ m.weight1 + (1 - m.beta) * x0 + m.beta * x0 @ m.weight2
+
+
+class Net(nn.Module):
+    """``head(relu(conv2(relu(conv1(pre(x))))))``, each conv called as its kind needs."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.pre = nn.Linear(F, H, bias=False)
+        if kind == "res_gated":
+            self.conv1, self.conv2 = gnn.ResGatedGraphConv(H, H, bias=False), gnn.ResGatedGraphConv(H, H, bias=False)
+        elif kind == "res_gated_edges":
+            self.conv1 = gnn.ResGatedGraphConv(H, H, edge_dim=D, bias=False)
+            self.conv2 = gnn.ResGatedGraphConv(H, H, edge_dim=D, bias=False)
+        elif kind == "le":
+            self.conv1, self.conv2 = gnn.LEConv(H, H, bias=False), gnn.LEConv(H, H, bias=False)
+        elif kind == "cluster":
+            self.conv1 = gnn.ClusterGCNConv(H, H, diag_lambda=0.3, bias=False)
+            self.conv2 = gnn.ClusterGCNConv(H, H, bias=False)
+        elif kind == "gcn2":
+            self.conv1, self.conv2 = gnn.GCN2Conv(H, 0.2, 0.5, 1), gnn.GCN2Conv(H, 0.1, 0.5, 2)
+        elif kind == "gcn2_separate":
+            self.conv1 = gnn.GCN2Conv(H, 0.2, 0.5, 1, shared_weights=False)
+            self.conv2 = gnn.GCN2Conv(H, 0.1, 0.5, 2, shared_weights=False)
+        for conv in (self.conv1, self.conv2):
+            for name, p in conv.named_parameters():
+                if name.endswith("bias"):  # (the value Linears always have one)
+                    p.data.zero_()
+        self.head = nn.Linear(H, 3, bias=False)
+
+    def layer(self, conv, h, h0, ei, ew, ea, dense: bool):
+        if self.kind.startswith("res_gated"):
+            attr = ea if conv.edge_dim is not None else None
+            return res_gated(conv, h, ei, attr) if dense else conv(h, ei, attr)
+        if self.kind == "le":
+            return le(conv, h, ei, ew) if dense else conv(h, ei, ew)
+        if self.kind == "cluster":
+            return cluster(conv, h, ei) if dense else conv(h, ei)
+        return gcn2(conv, h, h0, ei, ew) if dense else conv(h, h0, ei, ew)
+
+    def forward(self, x, edge_index, edge_weight=None, edge_attr=None, dense=False):
+        h0 = self.pre(x)
+        h = torch.relu(self.layer(self.conv1, h0, h0, edge_index, edge_weight, edge_attr, dense))
+        h = torch.relu(self.layer(self.conv2, h, h0, edge_index, edge_weight, edge_attr, dense))
+        return self.head(h)
+
+
+KINDS = ["res_gated", "res_gated_edges", "le", "cluster", "gcn2", "gcn2_separate"]
+
+
+def _inputs(kind, ew, ea):
+    return {
+        "edge_weight": ew if kind in ("le", "gcn2", "gcn2_separate") else None,
+        "edge_attr": ea if kind == "res_gated_edges" else None,
+    }
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lrp0_is_gradient_x_input_of_the_formula(kind, graph):
+    x, ei, ew, ea = graph
+    torch.manual_seed(0)
+    model = Net(kind).double().eval()
+    kw = _inputs(kind, ew, ea)
+    assert_close(model(x, ei, **kw, dense=True), model(x, ei, **kw))  # (the reference is the layer)
+    given = {k: v for k, v in kw.items() if v is not None}
+    for index, target in [(2, 0), (7, 2)]:
+        res = sparse_lrp.explain(model, x, ei, index=index, target=target, composite=Epsilon(0.0), **given)
+        xg = x.clone().requires_grad_(True)
+        eg = ea.clone().requires_grad_(True)
+        attr = eg if kw["edge_attr"] is not None else None
+        model(xg, ei, kw["edge_weight"], attr, dense=True)[index, target].backward()
+        assert_close(res.node_feat, (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
+        total = res.node_feat.sum()
+        if kw["edge_attr"] is not None:
+            assert_close(res.edge_attr, (eg.grad * ea).detach(), atol=1e-12, rtol=1e-9)
+            total = total + res.edge_attr.sum()
+        assert total.item() == pytest.approx(res.output.item(), abs=1e-12)
+
+
+def test_le_conv_edge_relevance_by_hand(graph):
+    """One LEConv (no root term), LRP-0, output channel k: edge ``j -> i`` carries its whole
+    message ``w_ji (Θ1 x_j - Θ2 x_i)_k`` into the explained node (ratio 1 at the logit)."""
+    x, ei, ew, _ = graph
+    torch.manual_seed(1)
+    conv = gnn.LEConv(F, 3, bias=False).double().eval()
+    conv.lin3.weight.data.zero_()
+    res = sparse_lrp.explain(conv, x, ei, index=4, target=1, composite=Epsilon(0.0), edge_weight=ew)
+    msg = ew * ((x @ conv.lin1.weight.T)[ei[0], 1] - (x @ conv.lin2.weight.T)[ei[1], 1])
+    assert_close(res.edge, torch.where(ei[1] == 4, msg, 0.0).detach(), atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_targets_equal_single_calls(kind, graph):
+    x, ei, ew, ea = graph
+    torch.manual_seed(2)
+    model = Net(kind).double().eval()
+    given = {k: v for k, v in _inputs(kind, ew, ea).items() if v is not None}
+    for preset in ("epsilon", "zplus", "gamma"):
+        batched = sparse_lrp.explain(model, x, ei, index=[0, 5, 9], composite=preset, **given)
+        for row, i in enumerate([0, 5, 9]):
+            single = sparse_lrp.explain(model, x, ei, index=i, composite=preset, **given)
+            assert_close(batched.node_feat[row], single.node_feat, atol=1e-12, rtol=1e-9)
+            assert_close(batched.edge[row], single.edge, atol=1e-12, rtol=1e-9)
+            c = single.conservation
+            assert c["out"] == pytest.approx(c["in"] + c["absorbed"] + c["lost"], abs=1e-10)
+
+
+def test_res_gated_edge_attr_mismatch_is_refused(graph):
+    x, ei, _, ea = graph
+    with pytest.raises(ValueError, match="needs edge_attr exactly when it has edge_dim"):
+        sparse_lrp.explain(gnn.ResGatedGraphConv(F, 2).double().eval(), x, ei, index=0, edge_attr=ea)
