@@ -123,6 +123,26 @@ TWO_LAYER = {
         (),
     ),
     "graph_add": (lambda: TwoLayers(gnn.GraphConv(F, H, bias=False), gnn.GraphConv(H, C, bias=False)), ()),
+    # max/min aggregation: each output channel is its winning message's (autograd's
+    # gradient goes to the winner too, so gradient x input is the reference as for sums)
+    "graph_max_edge_weight": (
+        lambda: TwoLayers(gnn.GraphConv(F, H, bias=False, aggr="max"), gnn.GraphConv(H, C, bias=False, aggr="max")),
+        ("ew",),
+    ),
+    "sage_max": (
+        lambda: TwoLayers(gnn.SAGEConv(F, H, bias=False, aggr="max"), gnn.SAGEConv(H, C, bias=False, aggr="max")),
+        (),
+    ),
+    "gin_min": (lambda: TwoLayers(_gin(F, H, aggr="min"), _gin(H, C, aggr="max")), ()),
+    "gine_max": (lambda: TwoLayers(_gine(F, H, aggr="max"), _gine(H, C, aggr="max")), ("ea",)),
+    "gcn_max": (
+        lambda: TwoLayers(gnn.GCNConv(F, H, bias=False, aggr="max"), gnn.GCNConv(H, C, bias=False, aggr="min")),
+        (),
+    ),
+    "tag_max": (
+        lambda: TwoLayers(gnn.TAGConv(F, H, K=2, bias=False, aggr="max"), gnn.TAGConv(H, C, K=2, bias=False)),
+        (),
+    ),
     "graph_mean": (
         lambda: TwoLayers(gnn.GraphConv(F, H, aggr="mean", bias=False), gnn.GraphConv(H, C, aggr="mean", bias=False)),
         (),
@@ -721,16 +741,52 @@ NONLINEAR_AGGR = {
 }
 
 
-@pytest.mark.parametrize("aggr", ["max", ["mean", "max"]], ids=["max", "multi"])
-@pytest.mark.parametrize("layer", list(NONLINEAR_AGGR))
-def test_nonlinear_aggregation_is_refused_not_explained_as_a_sum(layer, aggr, inputs):
-    # max (or several aggregations at once) is no linear map: explaining it as a sum
-    # would describe another model than the one that ran.
+@pytest.mark.parametrize("layer", [*NONLINEAR_AGGR, "cheb_max", "appnp_max"])
+def test_nonlinear_aggregation_is_refused_not_explained_as_a_sum(layer, inputs):
+    # Several aggregations at once are no linear map: explaining them as a sum would
+    # describe another model than the one that ran. Max is a selection where the
+    # aggregation is the layer's last step (test_lrp0_equals_gradient_times_input), not
+    # inside ChebConv's recursion or APPNP's propagation, which sum it with other terms.
     x, _, ea = inputs
-    conv = NONLINEAR_AGGR[layer](aggr).double().eval()
+    if layer == "appnp_max":
+        conv = gnn.APPNP(K=2, alpha=0.1, aggr="max").double().eval()
+    else:
+        conv = NONLINEAR_AGGR["cheb" if layer == "cheb_max" else layer]("max" if "_max" in layer else ["mean", "max"])
+        conv = conv.double().eval()
     kw = {"edge_attr": ea} if layer == "gine" else {}
     with pytest.raises(ValueError, match=r"aggr=.*max.*not supported"):
         sparse_lrp.explain(conv, x, EI, index=3, **kw)
+
+
+def test_max_aggregation_by_hand_ties_share():
+    """GraphConv(aggr="max") with the identity as its neighbour weight: node 2's channel 0
+    is 1.0, reached by nodes 0 and 1 alike (a tie: each gets half, as autograd's gradient
+    splits it), channel 1 is 3.0 from node 3 alone. Edge relevance follows the winners."""
+    conv = gnn.GraphConv(2, 2, aggr="max", bias=False).double().eval()
+    with torch.no_grad():
+        conv.lin_rel.weight.copy_(torch.eye(2))
+        conv.lin_root.weight.zero_()
+    x = torch.tensor([[1.0, 2.0], [1.0, -1.0], [0.0, 0.0], [0.5, 3.0]], dtype=DT)
+    ei = torch.tensor([[0, 1, 3], [2, 2, 2]])
+    res = sparse_lrp.explain(conv, x, ei, index=2, target=0, composite=Epsilon(0.0))
+    assert res.output.item() == 1.0
+    assert_close(res.node_feat, torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=DT))
+    assert_close(res.edge, torch.tensor([0.5, 0.5, 0.0], dtype=DT))
+    res = sparse_lrp.explain(conv, x, ei, index=2, target=1, composite=Epsilon(0.0))
+    assert_close(res.node_feat, torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 3.0]], dtype=DT))
+    assert_close(res.edge, torch.tensor([0.0, 0.0, 3.0], dtype=DT))
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "zplus", "gamma"])
+def test_max_aggregation_batched_targets_equal_single_calls(preset, inputs):
+    """A node's max reads only its own in-edges: k-hop subgraphs stay exact."""
+    x, _, _ = inputs
+    model = TwoLayers(gnn.SAGEConv(F, H, aggr="max"), gnn.GraphConv(H, C, aggr="min")).double().eval()
+    batched = sparse_lrp.explain(model, x, EI, index=[1, 4, 9], composite=preset)
+    for row, i in enumerate([1, 4, 9]):
+        single = sparse_lrp.explain(model, x, EI, index=i, composite=preset)
+        assert_close(batched.node_feat[row], single.node_feat, atol=1e-12, rtol=1e-9)
+        assert_close(batched.edge[row], single.edge, atol=1e-12, rtol=1e-9)
 
 
 class _LinAPPNP(nn.Module):

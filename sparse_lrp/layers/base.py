@@ -661,6 +661,10 @@ def _blocks(ctx, branch, x, r_out, z, bias, rule, groups, t_count, ratio):
     return r_in, absorbed, res[1].view(t_count, op.num_edges)
 
 
+# Aggregations that select one message per output channel (torch's scatter_reduce names).
+_EXTREMES = {"max": "amax", "min": "amin"}
+
+
 def aggr_name(module: nn.Module) -> str:
     """A message-passing layer's aggregation by name (``"add"``, ``"mean"``, ``"max"``...)."""
     # PyG resolves aggr (a name, an Aggregation object, a list) into aggr_module.
@@ -842,19 +846,74 @@ class LayerCall:
             bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
         return self.map(branches, bias).reshape(num_out, *lead)
 
-    def aggregate(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None, **edges) -> Tensor:
+    def aggregate(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_weight: Tensor | None = None,
+        bias: Tensor | None = None,
+        edge_ids: Tensor | None = None,
+        num_out: int | None = None,
+        extra: list[MapBranch] | None = None,
+    ) -> Tensor:
         """A message-passing layer's propagation: :meth:`edges` (``bias``, ``edge_ids``,
-        ``extra`` as there) under the layer's own aggregation (see :meth:`aggr_weights`)."""
-        w = self.aggr_weights(edge_index, edge_weight, x.shape[0], x)
-        return self.edges(x, edge_index, w, **edges)
+        ``extra`` as there) under the layer's own aggregation: a sum with the weights of
+        :meth:`aggr_weights`, or for ``max``/``min`` :meth:`reduce_messages`' selection."""
+        if aggr_name(self.module) not in _EXTREMES:
+            w = self.aggr_weights(edge_index, edge_weight, x.shape[0], x)
+            return self.edges(x, edge_index, w, bias, edge_ids, num_out, extra)
+        num_out = x.shape[0] if num_out is None else num_out
+        lead = x.shape[1:]
+        ids = edge_ids if edge_ids is not None else self.ctx.edge_ids(edge_index)
+        rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
+        msg = x.reshape(x.shape[0], -1).index_select(0, edge_index[0])
+        extra = [dataclasses.replace(b, x=b.x.reshape(b.x.shape[0], -1)) for b in extra or []]
+        if bias is not None:
+            bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
+        return self.reduce_messages(msg, rows, num_out, ids, extra, bias, edge_weight).reshape(num_out, *lead)
+
+    def reduce_messages(
+        self,
+        msg: Tensor,
+        rows: Tensor,
+        num_out: int,
+        edge_ids: Tensor | None,
+        extra: list[MapBranch] | None = None,
+        bias: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> Tensor:
+        """:meth:`messages` (each scaled by ``weight [E]``) under the layer's aggregation.
+
+        ``add``/``mean`` sum them with :meth:`aggr_weights`. ``max``/``min`` are explained
+        as what they compute: each output channel *is* the winning message's channel, so
+        it passes all its relevance to that message, as autograd's gradient does (ties
+        share it equally; winner-take-all, as LRP treats max pooling). The selection is a
+        constant of the forward pass, and the winners' sum is the layer's output exactly.
+        """
+        aggr = aggr_name(self.module)
+        if aggr not in _EXTREMES:
+            return self.messages(
+                msg, rows, num_out, edge_ids, extra, bias, self.aggr_weights(rows, weight, num_out, msg)
+            )
+        if weight is not None:
+            msg = msg * weight.detach().reshape(-1, *[1] * (msg.dim() - 1))
+        with torch.no_grad():
+            dst = rows[1].reshape(-1, *[1] * (msg.dim() - 1)).expand_as(msg)
+            best = msg.new_zeros(num_out, *msg.shape[1:]).scatter_reduce(
+                0, dst, msg, _EXTREMES[aggr], include_self=False
+            )
+            won = (msg == best.gather(0, dst)).to(msg.dtype)
+            share = won / torch.zeros_like(best).scatter_add_(0, dst, won).gather(0, dst)
+        return self.messages(msg * share, rows, num_out, edge_ids, extra, bias)
 
     def aggr_weights(self, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor) -> Tensor | None:
         """Edge weights under which the layer's aggregation is a plain sum over in-edges.
 
         ``add``/``sum`` keep ``weight``; ``mean`` divides it by each target's number of
         in-edges (complete for every node a target depends on, on k-hop subgraphs too;
-        computed once per graph and explanation). Other aggregations (max, softmax, several
-        at once) are not linear maps: refused.
+        computed once per graph and explanation). Other aggregations (softmax, several at
+        once) are not linear maps: refused (:meth:`aggregate` and :meth:`reduce_messages`
+        take max/min as the selections they are).
         """
         aggr = aggr_name(self.module)
         if aggr in ("add", "sum"):

@@ -198,9 +198,8 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
     num_edges = edge_index.shape[1]
     rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
     ids = call.ctx.edge_ids(edge_index)
-    w = call.aggr_weights(edge_index, None, x.shape[0], x)
     loops = [call.self_loops(x, 1.0 + m.eps.detach())]
-    return m.nn(call.messages(msg, rows, x.shape[0], ids, extra=loops, weight=w))
+    return m.nn(call.reduce_messages(msg, rows, x.shape[0], ids, extra=loops))
 
 
 def _attention(call: LayerCall, x, edge_index, edge_attr):
@@ -291,8 +290,8 @@ def transformer_conv(call: LayerCall, x, edge_index, edge_attr=None, return_atte
             ]
         )
         per_head = None if ids is None else ids[:, None].expand(-1, heads).reshape(-1)
-        w = call.aggr_weights(rows, alpha.reshape(-1), n * heads, x)
-        out = call.messages(msg.reshape(-1, c), rows, n * heads, per_head, weight=w).view(n, heads, c)
+        out = call.reduce_messages(msg.reshape(-1, c), rows, n * heads, per_head, weight=alpha.reshape(-1))
+        out = out.view(n, heads, c)
         out = out.reshape(n, heads * c) if m.concat else out.mean(1)
     if not m.root_weight:
         return out
@@ -329,9 +328,8 @@ def res_gated_graph_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tens
     else:
         v = call.linear(torch.cat([x.index_select(0, src), edge_attr], -1), m.lin_value.weight, m.lin_value.bias)
     rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), dst])
-    w = call.aggr_weights(edge_index, None, x.shape[0], x)
     extra = [call.dense_branch(x, m.lin_skip.weight)] if m.root_weight else []
-    return call.messages(gate * v, rows, x.shape[0], _model_ids(call, edge_index), extra, m.bias, w)
+    return call.reduce_messages(gate * v, rows, x.shape[0], _model_ids(call, edge_index), extra, m.bias)
 
 
 def le_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
