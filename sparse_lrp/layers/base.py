@@ -661,6 +661,15 @@ def _blocks(ctx, branch, x, r_out, z, bias, rule, groups, t_count, ratio):
     return r_in, absorbed, res[1].view(t_count, op.num_edges)
 
 
+def _flattened(extra: list[MapBranch] | None, bias: Tensor | None, num_out: int, lead: tuple) -> tuple:
+    """A node map's ``extra`` branches and ``bias`` with their trailing dimensions ``lead``
+    (heads, channels) flattened into the map's channels."""
+    flat = [dataclasses.replace(b, x=b.x.reshape(b.x.shape[0], -1)) for b in extra or []]
+    if bias is not None:
+        bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
+    return flat, bias
+
+
 # Aggregations that select one message per output channel (torch's scatter_reduce names).
 _EXTREMES = {"max": "amax", "min": "amin"}
 
@@ -839,37 +848,23 @@ class LayerCall:
         ids = edge_ids if edge_ids is not None else self.ctx.edge_ids(edge_index)
         lead = x.shape[1:]
         x2 = x.reshape(x.shape[0], -1)
-        branches = [MapBranch(op, w, x2, edge_ids=ids, record_edges=True)]
-        for b in extra or []:
-            branches.append(MapBranch(b.op, b.weight, b.x.reshape(b.x.shape[0], -1), b.edge_ids, b.record_edges))
-        if bias is not None:
-            bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
-        return self.map(branches, bias).reshape(num_out, *lead)
+        extra, bias = _flattened(extra, bias, num_out, lead)
+        return self.map([MapBranch(op, w, x2, edge_ids=ids, record_edges=True), *extra], bias).reshape(num_out, *lead)
 
-    def aggregate(
-        self,
-        x: Tensor,
-        edge_index: Tensor,
-        edge_weight: Tensor | None = None,
-        bias: Tensor | None = None,
-        edge_ids: Tensor | None = None,
-        num_out: int | None = None,
-        extra: list[MapBranch] | None = None,
-    ) -> Tensor:
+    def aggregate(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None, **edges) -> Tensor:
         """A message-passing layer's propagation: :meth:`edges` (``bias``, ``edge_ids``,
-        ``extra`` as there) under the layer's own aggregation: a sum with the weights of
-        :meth:`aggr_weights`, or for ``max``/``min`` :meth:`reduce_messages`' selection."""
+        ``num_out``, ``extra`` as there) under the layer's own aggregation: a sum with the
+        weights of :meth:`aggr_weights`, or for ``max``/``min`` :meth:`reduce_messages`' selection."""
         if aggr_name(self.module) not in _EXTREMES:
             w = self.aggr_weights(edge_index, edge_weight, x.shape[0], x)
-            return self.edges(x, edge_index, w, bias, edge_ids, num_out, extra)
-        num_out = x.shape[0] if num_out is None else num_out
+            return self.edges(x, edge_index, w, **edges)
+        num_out = edges.get("num_out") or x.shape[0]
         lead = x.shape[1:]
-        ids = edge_ids if edge_ids is not None else self.ctx.edge_ids(edge_index)
+        ids = edges.get("edge_ids")
+        ids = ids if ids is not None else self.ctx.edge_ids(edge_index)
         rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
         msg = x.reshape(x.shape[0], -1).index_select(0, edge_index[0])
-        extra = [dataclasses.replace(b, x=b.x.reshape(b.x.shape[0], -1)) for b in extra or []]
-        if bias is not None:
-            bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
+        extra, bias = _flattened(edges.get("extra"), edges.get("bias"), num_out, lead)
         return self.reduce_messages(msg, rows, num_out, ids, extra, bias, edge_weight).reshape(num_out, *lead)
 
     def reduce_messages(
