@@ -134,12 +134,10 @@ def _nonlinear_free() -> tuple[type, ...]:
     """Parameter-free modules that are neither linear nor element-wise: autograd through
     them is no LRP rule (their relevance would follow gradients, unconserved)."""
     import torch_geometric.nn.aggr as aggr
-    import torch_geometric.nn.norm as norm
 
     names = [
         (nn, ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm")),
         (nn, ("CosineSimilarity", "PairwiseDistance")),
-        (norm, ("DiffGroupNorm", "MessageNorm")),
         (aggr, ("MulAggregation", "PowerMeanAggregation", "SoftmaxAggregation", "StdAggregation", "VarAggregation")),
     ]
     return tuple(getattr(mod, n) for mod, group in names for n in group if hasattr(mod, n))

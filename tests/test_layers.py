@@ -758,6 +758,30 @@ def test_nonlinear_aggregation_is_refused_not_explained_as_a_sum(layer, inputs):
         sparse_lrp.explain(conv, x, EI, index=3, **kw)
 
 
+def test_sage_normalize_holds_the_row_norm_constant(inputs):
+    """SAGEConv(normalize=True) divides each output row by its L2 norm: held constant (the
+    LN-rule), LRP-0 is gradient x input of the layers with that norm detached."""
+    x, _, _ = inputs
+    torch.manual_seed(0)
+    model = TwoLayers(gnn.SAGEConv(F, H, bias=False, normalize=True), gnn.SAGEConv(H, C, bias=False, normalize=True))
+    model = model.double().eval()
+    plain = [gnn.SAGEConv(F, H, bias=False).double(), gnn.SAGEConv(H, C, bias=False).double()]
+    for p, conv in zip(plain, (model.conv1, model.conv2)):
+        p.load_state_dict(conv.state_dict())
+
+    def ref(x_):
+        h = plain[0](x_, EI)
+        h = torch.relu(h / h.detach().norm(dim=-1, keepdim=True))
+        out = plain[1](h, EI)
+        return out / out.detach().norm(dim=-1, keepdim=True)
+
+    assert_close(ref(x), model(x, EI))
+    res = sparse_lrp.explain(model, x, EI, index=6, target=1, composite=Epsilon(0.0))
+    (gx,) = grad_x_input(lambda x_: ref(x_)[6, 1], x)
+    assert_close(res.node_feat, gx)
+    assert res.node_feat.sum().item() == pytest.approx(res.output.item(), abs=1e-12)
+
+
 def test_max_aggregation_by_hand_ties_share():
     """GraphConv(aggr="max") with the identity as its neighbour weight: node 2's channel 0
     is 1.0, reached by nodes 0 and 1 alike (a tie: each gets half, as autograd's gradient

@@ -1,4 +1,4 @@
-"""ResGatedGraphConv, LEConv, ClusterGCNConv, GCN2Conv against their formulas written out.
+"""ResGatedGraphConv, LEConv, ClusterGCNConv, GCN2Conv, GENConv, EdgeConv against their formulas.
 
 Each reference below is the layer's documented formula as dense tensors (gates held
 fixed, read from the layer's own Linears on the forward's values). The models are
@@ -84,6 +84,22 @@ def gcn2(m, x, x0, ei, ew):
     return (1 - m.beta) * h + m.beta * h @ m.weight1 + (1 - m.beta) * x0 + m.beta * x0 @ m.weight2
 
 
+def gen(m, x, ei, ea):
+    """GENConv: softmax-weighted messages ``ReLU(x_j + e_ji) + ε`` (weights as constants)."""
+    src = x @ m.lin_src.weight.T if hasattr(m, "lin_src") else x
+    msg = src[ei[0]]
+    if ea is not None:
+        msg = msg + (ea @ m.lin_edge.weight.T if hasattr(m, "lin_edge") else ea)
+    msg = torch.relu(msg) + m.eps
+    scores = (msg * m.aggr_module.t).detach()
+    w = (scores - scores.max()).exp()
+    alpha = w / torch.zeros(x.shape[0], w.shape[1], dtype=DT).index_add(0, ei[1], w)[ei[1]]
+    out = torch.zeros(x.shape[0], msg.shape[1], dtype=DT).index_add(0, ei[1], alpha * msg)
+    if hasattr(m, "msg_norm"):  # (its norms: constants too)
+        out = out * (x.norm(dim=-1, keepdim=True) * m.msg_norm.scale / out.norm(dim=-1, keepdim=True)).detach()
+    return m.mlp(out + (x @ m.lin_dst.weight.T if hasattr(m, "lin_dst") else x))
+
+
 class Net(nn.Module):
     """``head(relu(conv2(relu(conv1(pre(x))))))``, each conv called as its kind needs."""
 
@@ -106,6 +122,16 @@ class Net(nn.Module):
         elif kind == "gcn2_separate":
             self.conv1 = gnn.GCN2Conv(H, 0.2, 0.5, 1, shared_weights=False)
             self.conv2 = gnn.GCN2Conv(H, 0.1, 0.5, 2, shared_weights=False)
+        elif kind == "gen":
+            self.conv1 = gnn.GENConv(H, 4)  # (softmax aggregation, t = 1; lin_src and lin_dst)
+            self.conv2 = gnn.GENConv(4, H, learn_t=True, t=0.7, msg_norm=True, learn_msg_scale=True, num_layers=3)
+        elif kind == "gen_edges":
+            self.conv1 = gnn.GENConv(H, H, edge_dim=D, msg_norm=True)
+            self.conv2 = gnn.GENConv(H, H, edge_dim=D, learn_t=True, t=2.0)
+        elif kind == "edge":
+            mlp = nn.Sequential(nn.Linear(2 * H, H, bias=False), nn.ReLU(), nn.Linear(H, H, bias=False))
+            self.conv1 = gnn.EdgeConv(mlp)  # (max aggregation)
+            self.conv2 = gnn.EdgeConv(nn.Linear(2 * H, H, bias=False), aggr="add")
         for conv in (self.conv1, self.conv2):
             for name, p in conv.named_parameters():
                 if name.endswith("bias"):  # (the value Linears always have one)
@@ -116,6 +142,11 @@ class Net(nn.Module):
         if self.kind.startswith("res_gated"):
             attr = ea if conv.edge_dim is not None else None
             return res_gated(conv, h, ei, attr) if dense else conv(h, ei, attr)
+        if self.kind.startswith("gen"):
+            attr = ea if self.kind == "gen_edges" else None
+            return gen(conv, h, ei, attr) if dense else conv(h, ei, attr)
+        if self.kind == "edge":  # (max is a selection: autograd through the layer is the reference)
+            return conv(h, ei)
         if self.kind == "le":
             return le(conv, h, ei, ew) if dense else conv(h, ei, ew)
         if self.kind == "cluster":
@@ -129,13 +160,13 @@ class Net(nn.Module):
         return self.head(h)
 
 
-KINDS = ["res_gated", "res_gated_edges", "le", "cluster", "gcn2", "gcn2_separate"]
+KINDS = ["res_gated", "res_gated_edges", "le", "cluster", "gcn2", "gcn2_separate", "gen", "gen_edges", "edge"]
 
 
 def _inputs(kind, ew, ea):
     return {
         "edge_weight": ew if kind in ("le", "gcn2", "gcn2_separate") else None,
-        "edge_attr": ea if kind == "res_gated_edges" else None,
+        "edge_attr": ea if kind in ("res_gated_edges", "gen_edges") else None,
     }
 
 
@@ -158,7 +189,10 @@ def test_lrp0_is_gradient_x_input_of_the_formula(kind, graph):
         if kw["edge_attr"] is not None:
             assert_close(res.edge_attr, (eg.grad * ea).detach(), atol=1e-12, rtol=1e-9)
             total = total + res.edge_attr.sum()
-        assert total.item() == pytest.approx(res.output.item(), abs=1e-12)
+        # (GENConv's ε, a constant in every message, absorbs its share: the report says how much)
+        assert total.item() == pytest.approx(res.output.item() - res.conservation["absorbed"], abs=1e-12)
+        if not kind.startswith("gen"):
+            assert abs(res.conservation["absorbed"]) < 1e-12
 
 
 def test_le_conv_edge_relevance_by_hand(graph):
@@ -187,6 +221,12 @@ def test_batched_targets_equal_single_calls(kind, graph):
             assert_close(batched.edge[row], single.edge, atol=1e-12, rtol=1e-9)
             c = single.conservation
             assert c["out"] == pytest.approx(c["in"] + c["absorbed"] + c["lost"], abs=1e-10)
+
+
+def test_gen_conv_power_mean_is_refused(graph):
+    x, ei, _, _ = graph
+    with pytest.raises(ValueError, match=r"aggr='powermean' is not supported"):
+        sparse_lrp.explain(gnn.GENConv(F, 2, aggr="powermean").double().eval(), x, ei, index=0)
 
 
 def test_res_gated_edge_attr_mismatch_is_refused(graph):

@@ -329,6 +329,35 @@ def test_instance_norm_with_running_statistics_is_an_affine_map():
     assert norm.running_mean.abs().sum() > 0  # (the statistics were used, and they are not trivial)
 
 
+def test_diff_group_norm_with_its_assignment_fixed():
+    """DiffGroupNorm ``x + λ sum_g BN(s_g x)``, ``s = softmax(x W)`` held fixed, its batch norm
+    in eval mode (running statistics; made bias-free: a per-channel scale ``a``). LRP-0 is
+    gradient x input of ``x + λ sum_g a_g s_g x`` with ``s`` a constant, and conserves."""
+    torch.manual_seed(0)
+    norm = gnn.DiffGroupNorm(8, groups=3, lamda=0.3).double()
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), norm, nn.ReLU(), nn.Linear(8, 3, bias=False)).double()
+    x = torch.randn(20, 6, dtype=DT)
+    model.train()
+    model(x)  # (running statistics)
+    model.eval()
+    with torch.no_grad():
+        norm.norm.running_mean.zero_()
+        norm.norm.weight.uniform_(0.5, 1.5)
+        norm.norm.bias.zero_()
+    a = (norm.norm.weight / (norm.norm.running_var + norm.norm.eps).sqrt()).view(3, 8)
+
+    def logit(inp):
+        h = model[0](inp)
+        s = torch.softmax(h @ norm.lin.weight.T, -1).detach()
+        h = h + 0.3 * (s[:, :, None] * h[:, None, :] * a).sum(1)
+        return model[3](torch.relu(h))[4, 2]
+
+    res = sparse_lrp.explain(model, x, index=4, target=2, composite=Epsilon(0.0))
+    assert res.output.item() == pytest.approx(model(x)[4, 2].item(), abs=1e-12)
+    assert_close(res.node_feat, _grad_x_input(logit, x), atol=1e-12, rtol=1e-9)
+    assert res.node_feat.sum().item() == pytest.approx(res.output.item(), abs=1e-12)
+
+
 def test_model_is_unchanged_and_errors_are_clear():
     torch.manual_seed(0)
     norm = gnn.GraphNorm(8)

@@ -23,8 +23,9 @@ relevance goes to a side channel instead, exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -855,7 +856,7 @@ class LayerCall:
         """A message-passing layer's propagation: :meth:`edges` (``bias``, ``edge_ids``,
         ``num_out``, ``extra`` as there) under the layer's own aggregation: a sum with the
         weights of :meth:`aggr_weights`, or for ``max``/``min`` :meth:`reduce_messages`' selection."""
-        if aggr_name(self.module) not in _EXTREMES:
+        if aggr_name(self.module) not in (*_EXTREMES, "softmax"):
             w = self.aggr_weights(edge_index, edge_weight, x.shape[0], x)
             return self.edges(x, edge_index, w, **edges)
         num_out = edges.get("num_out") or x.shape[0]
@@ -879,17 +880,21 @@ class LayerCall:
     ) -> Tensor:
         """:meth:`messages` (each scaled by ``weight [E]``) under the layer's aggregation.
 
-        ``add``/``mean`` sum them with :meth:`aggr_weights`. ``max``/``min`` are explained
+        ``add``/``mean`` sum them with :meth:`aggr_weights`. ``softmax`` (DeeperGCN's
+        ``SoftmaxAggregation``) is a sum weighted by ``softmax_j(t · msg)`` per target and
+        channel: those weights are held fixed, as attention is. ``max``/``min`` are explained
         as what they compute: each output channel *is* the winning message's channel, so
         it passes all its relevance to that message, as autograd's gradient does (ties
         share it equally; winner-take-all, as LRP treats max pooling). The selection is a
         constant of the forward pass, and the winners' sum is the layer's output exactly.
         """
         aggr = aggr_name(self.module)
+        if aggr == "softmax":
+            msg = msg * self._softmax_weights(msg, rows[1], num_out)
+            return self.messages(msg, rows, num_out, edge_ids, extra, bias, weight)
         if aggr not in _EXTREMES:
-            return self.messages(
-                msg, rows, num_out, edge_ids, extra, bias, self.aggr_weights(rows, weight, num_out, msg)
-            )
+            w = self.aggr_weights(rows, weight, num_out, msg)
+            return self.messages(msg, rows, num_out, edge_ids, extra, bias, w)
         if weight is not None:
             msg = msg * weight.detach().reshape(-1, *[1] * (msg.dim() - 1))
         with torch.no_grad():
@@ -900,6 +905,17 @@ class LayerCall:
             won = (msg == best.gather(0, dst)).to(msg.dtype)
             share = won / torch.zeros_like(best).scatter_add_(0, dst, won).gather(0, dst)
         return self.messages(msg * share, rows, num_out, edge_ids, extra, bias)
+
+    def _softmax_weights(self, msg: Tensor, dst: Tensor, num_out: int) -> Tensor:
+        """The weights ``SoftmaxAggregation`` gives each message's channels, as constants."""
+        from torch_geometric.utils import softmax
+
+        agg = self.module.aggr_module
+        if msg.dim() != 2:
+            raise ValueError(f"{self.name}: softmax aggregation is supported on [E, C] messages")
+        with torch.no_grad():
+            t = agg.t if not isinstance(agg.t, Tensor) else agg.t.detach().view(-1, agg.channels)
+            return softmax(msg.detach() * t, dst, num_nodes=num_out, dim=0)
 
     def aggr_weights(self, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor) -> Tensor | None:
         """Edge weights under which the layer's aggregation is a plain sum over in-edges.
@@ -958,6 +974,16 @@ class LayerCall:
         loop = self.ctx.memo(("self_loops", n, str(x.device)), lambda: torch.arange(n, device=x.device).expand(2, n))
         w = torch.as_tensor(weight, dtype=x.dtype, device=x.device).expand(n).contiguous()
         return MapBranch(self.ctx.operator(loop, n, n).identity_pattern(), w, x)
+
+    @contextlib.contextmanager
+    def over_edges(self) -> Iterator[None]:
+        """Run model code whose rows are edges, not nodes (EdgeConv's MLP on its messages):
+        its maps must not take a row count as the union's nodes and cut them."""
+        rows, self.ctx.node_rows = self.ctx.node_rows, 0
+        try:
+            yield
+        finally:
+            self.ctx.node_rows = rows
 
     def passthrough(self, fn: Callable[[Tensor], Tensor], x: Tensor, normaliser: bool = False) -> Tensor:
         """An element-wise ``fn(x)`` under the Pass rule (``normaliser``: a sigmoid, whose

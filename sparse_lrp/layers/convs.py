@@ -164,15 +164,17 @@ def graph_conv(call: LayerCall, x, edge_index, edge_weight=None, size=None) -> T
 
 
 def sage_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
-    """SAGEConv: ``out = W_l mean_j(h_j) + W_r x_i + b``, ``h = ReLU(W x + b)`` with ``project``, else ``x``."""
+    """SAGEConv: ``out = W_l mean_j(h_j) + W_r x_i + b``, ``h = ReLU(W x + b)`` with ``project``, else ``x``;
+    ``normalize`` divides each row by its L2 norm, held constant (the LN-rule, see :mod:`.norms`)."""
     _check_plain(call, x, edge_index)
     m = call.module
-    if m.normalize:
-        raise ValueError(f"{call.name}: SAGEConv(normalize=True) (L2 output normalisation) is not supported")
     # The projection feeds the neighbour messages only: PyG's root weight reads the raw x.
     h = call.passthrough(torch.relu, call.linear(x, m.lin.weight, m.lin.bias)) if m.project else x
     a = call.aggregate(h, edge_index)
-    return _with_root(call, a, x, m.lin_l, m.lin_r if m.root_weight else None)
+    out = _with_root(call, a, x, m.lin_l, m.lin_r if m.root_weight else None)
+    if m.normalize:  # (as F.normalize: a norm below 1e-12 counts as 1e-12)
+        out = out / out.detach().norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
+    return out
 
 
 def gin_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
@@ -397,6 +399,42 @@ def gcn2_conv(call: LayerCall, x, x_0, edge_index, edge_weight=None) -> Tensor:
     return call.map(mixed(h, m.weight1) + mixed(x_0 * m.alpha, m.weight2))
 
 
+def gen_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tensor:
+    """GENConv (DeeperGCN): ``out_i = mlp(norm(aggr_j(ReLU(x_j + e_ji) + ε)) + x_i)``, the
+    softmax aggregation's weights held fixed (as attention), MessageNorm's norms too. The
+    per-edge messages are the inputs of the aggregation: their relevance is the edge
+    relevance, split between ``x_j`` and the edge features (``ε``, a constant, keeps its
+    share: absorbed)."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    src = call.linear(x, m.lin_src.weight, m.lin_src.bias) if hasattr(m, "lin_src") else x
+    msg = src.index_select(0, edge_index[0])
+    if edge_attr is not None:
+        e = call.linear(edge_attr, m.lin_edge.weight, m.lin_edge.bias) if hasattr(m, "lin_edge") else edge_attr
+        msg = msg + e
+    msg = torch.relu(msg) + m.eps
+    rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
+    out = call.reduce_messages(msg, rows, x.shape[0], _model_ids(call, edge_index))
+    if hasattr(m, "lin_aggr_out"):
+        out = call.linear(out, m.lin_aggr_out.weight, m.lin_aggr_out.bias)
+    if hasattr(m, "msg_norm"):
+        out = m.msg_norm(x, out)
+    dst = call.linear(x, m.lin_dst.weight, m.lin_dst.bias) if hasattr(m, "lin_dst") else x
+    return m.mlp(out + dst)
+
+
+def edge_conv(call: LayerCall, x, edge_index) -> Tensor:
+    """EdgeConv: ``out_i = aggr_j nn([x_i, x_j - x_i])``: ``nn`` is explained by its own
+    layers over the edges' rows, and its outputs, the messages, carry the edge relevance."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    x_i, x_j = x.index_select(0, edge_index[1]), x.index_select(0, edge_index[0])
+    with call.over_edges():
+        msg = m.nn(torch.cat([x_i, x_j - x_i], -1))
+    rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
+    return call.reduce_messages(msg, rows, x.shape[0], _model_ids(call, edge_index))
+
+
 def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """SGConv: ``out = Θ Â^K x + b``."""
     _check_plain(call, x, edge_index)
@@ -494,6 +532,8 @@ def _register() -> None:
     register_handler(g.LEConv, le_conv, subgraph=())
     register_handler(g.ClusterGCNConv, cluster_gcn_conv, subgraph=())
     register_handler(g.GCN2Conv, gcn2_conv, subgraph=_cached_graph_needs)
+    register_handler(g.GENConv, gen_conv, children=("mlp", "msg_norm"), subgraph=())
+    register_handler(g.EdgeConv, edge_conv, children=("nn",), subgraph=())
     register_handler(g.SGConv, sg_conv, subgraph=_sg_needs)
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
     register_handler(g.APPNP, appnp, subgraph=_cached_graph_needs)

@@ -167,6 +167,27 @@ def pair_norm(call: LayerCall, x: Tensor, batch: Tensor | None = None, batch_siz
     return m.scale * u / d
 
 
+def message_norm(call: LayerCall, x: Tensor, msg: Tensor, p: float = 2.0) -> Tensor:
+    """PyG ``MessageNorm`` (DeeperGCN): ``s msg ||x||_p / ||msg||_p`` per row, both norms
+    held constant: all relevance stays with the messages (``x`` enters as a statistic)."""
+    with torch.no_grad():
+        scale = x.detach().norm(p=p, dim=-1, keepdim=True) * call.module.scale.detach()
+        scale = scale / msg.detach().norm(p=p, dim=-1, keepdim=True).clamp_min(1e-12)  # (as F.normalize)
+    return msg * scale
+
+
+def diff_group_norm(call: LayerCall, x: Tensor) -> Tensor:
+    """PyG ``DiffGroupNorm``: ``x + λ sum_g BN(s_g x)``, the soft group assignment
+    ``s = softmax(x W)`` held fixed (as LRP treats gating); its batch norm is explained by
+    its own handler (eval mode: a per-channel affine map)."""
+    m = call.module
+    f, g = m.in_channels, m.groups
+    with torch.no_grad():
+        s = torch.softmax(torch.nn.functional.linear(x.detach(), m.lin.weight), dim=-1)
+    out = (s.unsqueeze(-1) * x.unsqueeze(-2)).reshape(-1, g * f)
+    return x + m.lamda * m.norm(out).view(-1, g, f).sum(-2)
+
+
 register_handler(nn.LayerNorm, layer_norm, subgraph=())
 register_handler(nn.GroupNorm, group_norm, subgraph=())
 if hasattr(nn, "RMSNorm"):  # (torch >= 2.4)
@@ -181,3 +202,5 @@ if _pyg is not None:
     register_handler(_pyg.GraphNorm, graph_norm)
     register_handler(_pyg.InstanceNorm, instance_norm, subgraph=lambda m: () if _running_statistics(m) else None)
     register_handler(_pyg.PairNorm, pair_norm)
+    register_handler(_pyg.MessageNorm, message_norm, subgraph=())
+    register_handler(_pyg.DiffGroupNorm, diff_group_norm, children=("norm",), subgraph=())
