@@ -309,7 +309,8 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
     nodes = int(isinstance(module, MessagePassing) and handler.__module__.startswith("sparse_lrp."))
     ctx.node_rows += nodes
     try:
-        if args and isinstance(args[0], Tensor) and args[0].is_floating_point() and args[0].requires_grad:
+        first = args[0] if args else None
+        if isinstance(first, Tensor) and first.is_floating_point() and first.requires_grad and not ctx.edge_rows:
             args = (record_input(call, args[0]), *args[1:])
         before = ctx.hops_run
         ctx.in_handler += 1

@@ -223,6 +223,24 @@ def test_batched_targets_equal_single_calls(kind, graph):
             assert c["out"] == pytest.approx(c["in"] + c["absorbed"] + c["lost"], abs=1e-10)
 
 
+def test_edge_cnn_whose_mlp_shares_the_models_activation(graph):
+    """PyG's EdgeCNN: its EdgeConv MLPs run over edge rows and share the model's ReLU with
+    its node rows (the per-layer records once summed edge rows into node rows and failed).
+    Max aggregation, biases zeroed: LRP-0 is gradient x input of the model itself."""
+    x, ei, _, _ = graph
+    torch.manual_seed(4)
+    model = gnn.EdgeCNN(F, 8, 2, 3).double().eval()
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.data.zero_()
+    res = sparse_lrp.explain(model, x, ei, index=[3, 6], target=1, composite=Epsilon(0.0))
+    for row, i in enumerate([3, 6]):
+        xg = x.clone().requires_grad_(True)
+        model(xg, ei)[i, 1].backward()
+        assert_close(res.node_feat[row], (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
+        assert res.layers["act"]["node"].shape == (2, N)  # (node rows only: the MLP's calls are over edges)
+
+
 def test_gen_conv_power_mean_is_refused(graph):
     x, ei, _, _ = graph
     with pytest.raises(ValueError, match=r"aggr='powermean' is not supported"):

@@ -193,6 +193,7 @@ class Context:
     live: list[int] | None = None
     union_rows: int = 0
     node_rows: int = 0  # built-in message-passing handlers running: their maps' rows are nodes
+    edge_rows: int = 0  # model code running over edge rows (LayerCall.over_edges): no per-node records
     cut: bool = True  # whether maps may skip rows that reach no target
     cut_made: bool = False  # some map did
     constants: bool = False  # the model's own code adds constants (their relevance: absorbed)
@@ -978,12 +979,15 @@ class LayerCall:
     @contextlib.contextmanager
     def over_edges(self) -> Iterator[None]:
         """Run model code whose rows are edges, not nodes (EdgeConv's MLP on its messages):
-        its maps must not take a row count as the union's nodes and cut them."""
+        its maps must not take a row count as the union's nodes and cut them, and the layers
+        in it record no per-node relevance (their rows are no nodes)."""
         rows, self.ctx.node_rows = self.ctx.node_rows, 0
+        self.ctx.edge_rows += 1
         try:
             yield
         finally:
             self.ctx.node_rows = rows
+            self.ctx.edge_rows -= 1
 
     def passthrough(self, fn: Callable[[Tensor], Tensor], x: Tensor, normaliser: bool = False) -> Tensor:
         """An element-wise ``fn(x)`` under the Pass rule (``normaliser``: a sigmoid, whose
