@@ -134,6 +134,13 @@ TWO_LAYER = {
         (),
     ),
     "gin_min": (lambda: TwoLayers(_gin(F, H, aggr="min"), _gin(H, C, aggr="max")), ()),
+    "sage_multi": (
+        lambda: TwoLayers(
+            gnn.SAGEConv(F, H, bias=False, aggr=["mean", "max", "sum"]),
+            gnn.SAGEConv(H, C, bias=False, aggr=["min", "add"]),
+        ),
+        (),
+    ),
     "gine_max": (lambda: TwoLayers(_gine(F, H, aggr="max"), _gine(H, C, aggr="max")), ("ea",)),
     "gcn_max": (
         lambda: TwoLayers(gnn.GCNConv(F, H, bias=False, aggr="max"), gnn.GCNConv(H, C, bias=False, aggr="min")),
@@ -741,21 +748,27 @@ NONLINEAR_AGGR = {
 }
 
 
-@pytest.mark.parametrize("layer", [*NONLINEAR_AGGR, "cheb_max", "appnp_max"])
-def test_nonlinear_aggregation_is_refused_not_explained_as_a_sum(layer, inputs):
-    # Several aggregations at once are no linear map: explaining them as a sum would
-    # describe another model than the one that ran. Max is a selection where the
-    # aggregation is the layer's last step (test_lrp0_equals_gradient_times_input), not
-    # inside ChebConv's recursion or APPNP's propagation, which sum it with other terms.
+@pytest.mark.parametrize("aggr", ["std", ["mean", "std"]], ids=["std", "multi_std"])
+@pytest.mark.parametrize("layer", list(NONLINEAR_AGGR))
+def test_nonlinear_aggregation_is_refused_not_explained_as_a_sum(layer, aggr, inputs):
+    # std (alone or among several) is no linear map nor a selection: explaining it as a sum
+    # would describe another model than the one that ran. (Max, min, softmax and several
+    # of those concatenated are explained: test_lrp0_equals_gradient_times_input.)
     x, _, ea = inputs
-    if layer == "appnp_max":
-        conv = gnn.APPNP(K=2, alpha=0.1, aggr="max").double().eval()
-    else:
-        conv = NONLINEAR_AGGR["cheb" if layer == "cheb_max" else layer]("max" if "_max" in layer else ["mean", "max"])
-        conv = conv.double().eval()
+    conv = NONLINEAR_AGGR[layer](aggr).double().eval()
     kw = {"edge_attr": ea} if layer == "gine" else {}
-    with pytest.raises(ValueError, match=r"aggr=.*max.*not supported"):
+    with pytest.raises(ValueError, match=r"aggr=.*std.* is not supported|several aggregations are supported"):
         sparse_lrp.explain(conv, x, EI, index=3, **kw)
+
+
+@pytest.mark.parametrize("layer", ["cheb", "appnp"])
+def test_max_inside_a_propagation_is_refused(layer, inputs):
+    # Max is a selection where the aggregation is the layer's own step, not inside
+    # ChebConv's recursion or APPNP's propagation, which sum it with other terms.
+    x, _, _ = inputs
+    conv = gnn.APPNP(K=2, alpha=0.1, aggr="max") if layer == "appnp" else gnn.ChebConv(F, C, K=2, aggr="max")
+    with pytest.raises(ValueError, match=r"aggr='max' is not supported"):
+        sparse_lrp.explain(conv.double().eval(), x, EI, index=3)
 
 
 def test_sage_normalize_holds_the_row_norm_constant(inputs):

@@ -241,6 +241,73 @@ def test_edge_cnn_whose_mlp_shares_the_models_activation(graph):
         assert res.layers["act"]["node"].shape == (2, N)  # (node rows only: the MLP's calls are over edges)
 
 
+def test_softmax_aggregation_of_weighted_messages(graph):
+    """GraphConv(aggr="softmax") with edge weights: the layer weighs each message, then takes
+    softmax_j(t · w_ji x_j) per channel as its aggregation weights (held fixed here). LRP-0 is
+    gradient x input of that written out, with the weights as constants."""
+    x, ei, ew, _ = graph
+    torch.manual_seed(6)
+    conv = gnn.GraphConv(F, 3, aggr=gnn.aggr.SoftmaxAggregation(t=0.7), bias=False).double().eval()
+
+    def ref(x_):
+        msg = ew[:, None] * x_[ei[0]]
+        w = (0.7 * msg).detach().exp()
+        alpha = w / torch.zeros(N, F, dtype=DT).index_add(0, ei[1], w)[ei[1]]
+        agg = torch.zeros(N, F, dtype=DT).index_add(0, ei[1], alpha * msg)
+        return agg @ conv.lin_rel.weight.T + x_ @ conv.lin_root.weight.T
+
+    assert_close(ref(x), conv(x, ei, ew))
+    res = sparse_lrp.explain(conv, x, ei, index=5, target=2, composite=Epsilon(0.0), edge_weight=ew)
+    xg = x.clone().requires_grad_(True)
+    ref(xg)[5, 2].backward()
+    assert_close(res.node_feat, (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
+
+
+PNA = {
+    "all_scalers": dict(
+        aggregators=["mean", "min", "max", "sum"],
+        scalers=["identity", "amplification", "attenuation", "linear", "inverse_linear"],
+        towers=2,
+    ),
+    "edges_undivided": dict(aggregators=["max"], scalers=["identity"], edge_dim=D, divide_input=False),
+    "deep_towers": dict(aggregators=["mean", "max"], scalers=["amplification"], towers=3, pre_layers=2, post_layers=2),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(PNA))
+def test_pna_conv_lrp0_is_gradient_x_input(variant, graph):
+    """PNAConv: MLP messages over edge rows, mean/sum/min/max (selections: autograd's own
+    gradient is the reference) scaled by degree functions (constants), towers, post-MLPs.
+    Biases zeroed: LRP-0 is gradient x input of the layer itself, node and edge features."""
+    _, ei, _, ea = graph
+    torch.manual_seed(5)
+    deg = torch.bincount(torch.bincount(ei[1], minlength=N))
+    conv = gnn.PNAConv(H, H, deg=deg, **PNA[variant]).double().eval()
+    for name, p in conv.named_parameters():
+        if name.endswith("bias"):
+            p.data.zero_()
+    h = torch.randn(N, H, dtype=DT)
+    kw = {"edge_attr": ea} if "edge_dim" in PNA[variant] else {}
+    res = sparse_lrp.explain(conv, h, ei, index=[2, 8], target=1, composite=Epsilon(0.0), **kw)
+    for row, i in enumerate([2, 8]):
+        hg, eg = h.clone().requires_grad_(True), ea.clone().requires_grad_(True)
+        conv(hg, ei, **({"edge_attr": eg} if kw else {}))[i, 1].backward()
+        assert_close(res.node_feat[row], (hg.grad * h).detach(), atol=1e-12, rtol=1e-9)
+        total = res.node_feat[row].sum()
+        if kw:
+            assert_close(res.edge_attr[row], (eg.grad * ea).detach(), atol=1e-12, rtol=1e-9)
+            total = total + res.edge_attr[row].sum()
+        assert total.item() == pytest.approx(res.output[row].item(), abs=1e-12)
+
+
+def test_pna_std_aggregator_is_refused(graph):
+    x, ei, _, _ = graph
+    deg = torch.bincount(torch.bincount(ei[1], minlength=N))
+    conv = gnn.PNAConv(F, 4, aggregators=["mean", "std"], scalers=["identity"], deg=deg).double().eval()
+    with pytest.raises(ValueError, match=r"aggr='std' is not supported"):
+        sparse_lrp.explain(conv, x, ei, index=0)
+
+
 def test_gen_conv_power_mean_is_refused(graph):
     x, ei, _, _ = graph
     with pytest.raises(ValueError, match=r"aggr='powermean' is not supported"):

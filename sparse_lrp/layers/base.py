@@ -676,14 +676,31 @@ def _flattened(extra: list[MapBranch] | None, bias: Tensor | None, num_out: int,
 _EXTREMES = {"max": "amax", "min": "amin"}
 
 
+_SUMS = ("add", "sum", "mean")
+
+
+def aggregation_kind(agg: nn.Module) -> str:
+    """A PyG ``Aggregation`` object by name (``"add"``, ``"mean"``, ``"max"``, ``"multi"``...)."""
+    kind = type(agg).__name__.replace("Aggregation", "").lower()
+    return "add" if kind == "sum" else kind
+
+
 def aggr_name(module: nn.Module) -> str:
-    """A message-passing layer's aggregation by name (``"add"``, ``"mean"``, ``"max"``...)."""
+    """A message-passing layer's aggregation by name (``"add"``, ``"mean"``, ``"max"``, ``"multi"``...)."""
     # PyG resolves aggr (a name, an Aggregation object, a list) into aggr_module.
     agg = getattr(module, "aggr_module", None)
-    if agg is None:
-        return str(getattr(module, "aggr", "add"))
-    kind = type(agg).__name__.replace("Aggregation", "").lower()
-    return "add" if kind == "sum" else kind if kind != "multi" else str(module.aggr)
+    return str(getattr(module, "aggr", "add")) if agg is None else aggregation_kind(agg)
+
+
+def _softmax_weights(name: str, agg: nn.Module, msg: Tensor, dst: Tensor, num_out: int) -> Tensor:
+    """The weights ``SoftmaxAggregation`` ``agg`` gives each message's channels, as constants."""
+    from torch_geometric.utils import softmax
+
+    if msg.dim() != 2:
+        raise ValueError(f"{name}: softmax aggregation is supported on [E, C] messages")
+    with torch.no_grad():
+        t = agg.t if not isinstance(agg.t, Tensor) else agg.t.detach().view(-1, agg.channels)
+        return softmax(msg.detach() * t, dst, num_nodes=num_out, dim=0)
 
 
 def _is_feature_map(b: MapBranch) -> bool:
@@ -856,10 +873,13 @@ class LayerCall:
     def aggregate(self, x: Tensor, edge_index: Tensor, edge_weight: Tensor | None = None, **edges) -> Tensor:
         """A message-passing layer's propagation: :meth:`edges` (``bias``, ``edge_ids``,
         ``num_out``, ``extra`` as there) under the layer's own aggregation: a sum with the
-        weights of :meth:`aggr_weights`, or for ``max``/``min`` :meth:`reduce_messages`' selection."""
-        if aggr_name(self.module) not in (*_EXTREMES, "softmax"):
+        weights of :meth:`aggr_weights`, or the others of :meth:`reduce_messages`."""
+        kind = aggr_name(self.module)
+        if kind in _SUMS:
             w = self.aggr_weights(edge_index, edge_weight, x.shape[0], x)
             return self.edges(x, edge_index, w, **edges)
+        if kind == "multi" and x.dim() > 2:  # (PyG concatenates along the last dimension only)
+            raise ValueError(f"{self.name}: several aggregations are supported on [N, C] inputs")
         num_out = edges.get("num_out") or x.shape[0]
         lead = x.shape[1:]
         ids = edges.get("edge_ids")
@@ -867,7 +887,8 @@ class LayerCall:
         rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
         msg = x.reshape(x.shape[0], -1).index_select(0, edge_index[0])
         extra, bias = _flattened(edges.get("extra"), edges.get("bias"), num_out, lead)
-        return self.reduce_messages(msg, rows, num_out, ids, extra, bias, edge_weight).reshape(num_out, *lead)
+        out = self.reduce_messages(msg, rows, num_out, ids, extra, bias, edge_weight)
+        return out.reshape(num_out, *lead[:-1], -1)  # (several aggregations: channels concatenated)
 
     def reduce_messages(
         self,
@@ -878,8 +899,10 @@ class LayerCall:
         extra: list[MapBranch] | None = None,
         bias: Tensor | None = None,
         weight: Tensor | None = None,
+        aggregation: nn.Module | None = None,
     ) -> Tensor:
-        """:meth:`messages` (each scaled by ``weight [E]``) under the layer's aggregation.
+        """:meth:`messages` (each scaled by ``weight [E]``) under the layer's aggregation
+        (or ``aggregation``, a PyG ``Aggregation`` the layer wraps, as PNA's scalers do).
 
         ``add``/``mean`` sum them with :meth:`aggr_weights`. ``softmax`` (DeeperGCN's
         ``SoftmaxAggregation``) is a sum weighted by ``softmax_j(t · msg)`` per target and
@@ -888,46 +911,50 @@ class LayerCall:
         it passes all its relevance to that message, as autograd's gradient does (ties
         share it equally; winner-take-all, as LRP treats max pooling). The selection is a
         constant of the forward pass, and the winners' sum is the layer's output exactly.
+        Several aggregations (``MultiAggregation``, mode ``"cat"``) are each of these, their
+        outputs concatenated: one map per aggregation, all reading the same messages.
         """
-        aggr = aggr_name(self.module)
-        if aggr == "softmax":
-            msg = msg * self._softmax_weights(msg, rows[1], num_out)
-            return self.messages(msg, rows, num_out, edge_ids, extra, bias, weight)
-        if aggr not in _EXTREMES:
-            w = self.aggr_weights(rows, weight, num_out, msg)
+        agg = aggregation if aggregation is not None else getattr(self.module, "aggr_module", None)
+        kind = aggregation_kind(agg) if agg is not None else aggr_name(self.module)
+        if kind == "multi":
+            if agg.mode != "cat" or extra or bias is not None:
+                raise ValueError(
+                    f"{self.name or '<model>'} ({type(self.module).__name__}): several aggregations are supported "
+                    f"concatenated (mode='cat', got {agg.mode!r}), with nothing else summed into them"
+                )
+            parts = [
+                self.reduce_messages(msg, rows, num_out, edge_ids, weight=weight, aggregation=a) for a in agg.aggrs
+            ]
+            return torch.cat(parts, dim=-1)
+        if kind not in _EXTREMES and kind != "softmax":
+            w = self.aggr_weights(rows, weight, num_out, msg, kind=kind)
             return self.messages(msg, rows, num_out, edge_ids, extra, bias, w)
-        if weight is not None:
+        if weight is not None:  # (the layer weighs its messages, then aggregates them)
             msg = msg * weight.detach().reshape(-1, *[1] * (msg.dim() - 1))
+        if kind == "softmax":
+            msg = msg * _softmax_weights(self.name, agg, msg, rows[1], num_out)
+            return self.messages(msg, rows, num_out, edge_ids, extra, bias)
         with torch.no_grad():
             dst = rows[1].reshape(-1, *[1] * (msg.dim() - 1)).expand_as(msg)
             best = msg.new_zeros(num_out, *msg.shape[1:]).scatter_reduce(
-                0, dst, msg, _EXTREMES[aggr], include_self=False
+                0, dst, msg, _EXTREMES[kind], include_self=False
             )
             won = (msg == best.gather(0, dst)).to(msg.dtype)
             share = won / torch.zeros_like(best).scatter_add_(0, dst, won).gather(0, dst)
         return self.messages(msg * share, rows, num_out, edge_ids, extra, bias)
 
-    def _softmax_weights(self, msg: Tensor, dst: Tensor, num_out: int) -> Tensor:
-        """The weights ``SoftmaxAggregation`` gives each message's channels, as constants."""
-        from torch_geometric.utils import softmax
-
-        agg = self.module.aggr_module
-        if msg.dim() != 2:
-            raise ValueError(f"{self.name}: softmax aggregation is supported on [E, C] messages")
-        with torch.no_grad():
-            t = agg.t if not isinstance(agg.t, Tensor) else agg.t.detach().view(-1, agg.channels)
-            return softmax(msg.detach() * t, dst, num_nodes=num_out, dim=0)
-
-    def aggr_weights(self, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor) -> Tensor | None:
-        """Edge weights under which the layer's aggregation is a plain sum over in-edges.
+    def aggr_weights(
+        self, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor, kind: str | None = None
+    ) -> Tensor | None:
+        """Edge weights under which the layer's aggregation (or ``kind``) is a plain sum
+        over in-edges.
 
         ``add``/``sum`` keep ``weight``; ``mean`` divides it by each target's number of
         in-edges (complete for every node a target depends on, on k-hop subgraphs too;
-        computed once per graph and explanation). Other aggregations (softmax, several at
-        once) are not linear maps: refused (:meth:`aggregate` and :meth:`reduce_messages`
-        take max/min as the selections they are).
+        computed once per graph and explanation). Other aggregations are no sums: refused
+        here (:meth:`reduce_messages` takes max/min/softmax and several at once).
         """
-        aggr = aggr_name(self.module)
+        aggr = aggr_name(self.module) if kind is None else kind
         if aggr in ("add", "sum"):
             return weight
 
@@ -938,9 +965,12 @@ class LayerCall:
 
         if aggr == "mean":
             return self.ctx.memo(("mean", edge_index, weight, num_out, like.dtype), mean)
+        if aggr == "multi":  # (named as the layer was given it)
+            aggr = getattr(self.module, "aggr", aggr)
         raise ValueError(
-            f"{self.name or '<model>'} ({type(self.module).__name__}): aggr={aggr!r} is not supported "
-            "(use add/sum/mean): LRP needs the aggregation to be a linear map"
+            f"{self.name or '<model>'} ({type(self.module).__name__}): aggr={aggr!r} is not supported: LRP "
+            "needs the aggregation to be a linear map (add/sum/mean) or a selection or fixed weighting "
+            "(max/min/softmax, not inside APPNP's or ChebConv's propagation)"
         )
 
     def dense_branch(self, x: Tensor, weight: Tensor) -> MapBranch:

@@ -435,6 +435,51 @@ def edge_conv(call: LayerCall, x, edge_index) -> Tensor:
     return call.reduce_messages(msg, rows, x.shape[0], _model_ids(call, edge_index))
 
 
+def pna_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tensor:
+    """PNAConv: per tower, messages ``pre([x_i, x_j, enc(e_ji)])`` (MLPs over the edges'
+    rows), several aggregations each scaled by degree functions (constants of the graph),
+    then ``post([x_i, aggregated])`` and ``lin``. Mean, sum, min and max aggregate as
+    :meth:`~.base.LayerCall.reduce_messages` explains them; std and var are refused."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    towers, f_in = m.towers, m.F_in
+    h = x.view(-1, towers, f_in) if m.divide_input else x.view(-1, 1, f_in).repeat(1, towers, 1)
+    parts = [h.index_select(0, edge_index[1]), h.index_select(0, edge_index[0])]
+    if edge_attr is not None:
+        e = call.linear(edge_attr, m.edge_encoder.weight, m.edge_encoder.bias)
+        parts.append(e.view(-1, 1, f_in).repeat(1, towers, 1))
+    joined = torch.cat(parts, dim=-1)
+    with call.over_edges():
+        msg = torch.stack([nn_(joined[:, i]) for i, nn_ in enumerate(m.pre_nns)], dim=1)
+    n, num_edges = x.shape[0], edge_index.shape[1]
+    rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
+    scaler = m.aggr_module
+    ids = _model_ids(call, edge_index)
+    flat = call.reduce_messages(msg.reshape(num_edges, -1), rows, n, ids, aggregation=scaler.aggr)
+    # (each aggregation's [N, towers * F] block back to PyG's [N, towers, F], concatenated last)
+    out = torch.cat([b.view(n, towers, f_in) for b in flat.split(towers * f_in, dim=1)], dim=-1)
+    deg = torch.bincount(edge_index[1], minlength=n).to(x.dtype).view(-1, 1, 1)
+    scaled = [out * _degree_scale(name, deg, scaler) for name in scaler.scaler]
+    out = torch.cat([h, *scaled], dim=-1)
+    out = torch.cat([nn_(out[:, i]) for i, nn_ in enumerate(m.post_nns)], dim=1)
+    return call.linear(out, m.lin.weight, m.lin.bias)
+
+
+def _degree_scale(name: str, deg: Tensor, agg) -> Tensor | float:
+    """PNA's degree scaler ``name`` per node (a constant of the graph, as its forward computes it)."""
+    if name == "identity":
+        return 1.0
+    if name == "amplification":
+        return torch.log(deg + 1) / agg.avg_deg_log
+    if name == "attenuation":
+        return agg.avg_deg_log / torch.log(deg.clamp(min=1) + 1)
+    if name == "linear":
+        return deg / agg.avg_deg_lin
+    if name == "inverse_linear":
+        return agg.avg_deg_lin / deg.clamp(min=1)
+    raise ValueError(f"unknown PNA scaler {name!r}")
+
+
 def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """SGConv: ``out = Θ Â^K x + b``."""
     _check_plain(call, x, edge_index)
@@ -534,6 +579,7 @@ def _register() -> None:
     register_handler(g.GCN2Conv, gcn2_conv, subgraph=_cached_graph_needs)
     register_handler(g.GENConv, gen_conv, children=("mlp", "msg_norm"), subgraph=())
     register_handler(g.EdgeConv, edge_conv, children=("nn",), subgraph=())
+    register_handler(g.PNAConv, pna_conv, children=("pre_nns", "post_nns"), subgraph=())
     register_handler(g.SGConv, sg_conv, subgraph=_sg_needs)
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
     register_handler(g.APPNP, appnp, subgraph=_cached_graph_needs)
