@@ -138,7 +138,7 @@ def _nonlinear_free() -> tuple[type, ...]:
     names = [
         (nn, ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LocalResponseNorm")),
         (nn, ("CosineSimilarity", "PairwiseDistance")),
-        (aggr, ("MulAggregation", "PowerMeanAggregation", "SoftmaxAggregation", "StdAggregation", "VarAggregation")),
+        (aggr, ("MulAggregation", "PowerMeanAggregation", "StdAggregation", "VarAggregation")),
     ]
     return tuple(getattr(mod, n) for mod, group in names for n in group if hasattr(mod, n))
 
