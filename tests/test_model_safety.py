@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 import torch_geometric.nn as gnn
-from gnn_reference import DT, assert_close, drop_graph, grad_x_input, make_batch, make_graph, randomise
+from gnn_reference import DT, assert_close, drop_graph, grad_x_input, make_batch, make_graph, randomise, zero_biases
 from torch import nn
 
 import sparse_lrp
@@ -461,6 +461,18 @@ class LinAPPNP(nn.Module):
         return self.prop(self.lin(x), edge_index)
 
 
+class LinGCN2(nn.Module):
+    """GCN2Conv reads an initial embedding beside the graph: ``conv(lin(x), lin(x))``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.conv = nn.Linear(F, C, bias=False), gnn.GCN2Conv(C, alpha=0.2, theta=0.5, layer=1)
+
+    def forward(self, x, edge_index):
+        h = self.lin(x)
+        return self.conv(h, h, edge_index)
+
+
 EDGELESS = {
     "gcn": lambda: gnn.GCNConv(F, C, bias=False),
     "gat": lambda: gnn.GATConv(F, C, heads=2, bias=False),
@@ -471,6 +483,18 @@ EDGELESS = {
     "sg": lambda: gnn.SGConv(F, C, K=2, bias=False),
     "tag": lambda: gnn.TAGConv(F, C, K=2, bias=False),
     "appnp": lambda: LinAPPNP(),
+    # (layers added later: attention, gates, max/softmax/several aggregations over no edges)
+    "transformer": lambda: gnn.TransformerConv(F, C, heads=2, bias=False),
+    "res_gated": lambda: zero_biases(gnn.ResGatedGraphConv(F, C, bias=False)),
+    "le": lambda: gnn.LEConv(F, C, bias=False),
+    "cluster": lambda: gnn.ClusterGCNConv(F, C, bias=False),
+    "gcn2": lambda: LinGCN2(),
+    "gen": lambda: gnn.GENConv(F, C),
+    "edge_max": lambda: gnn.EdgeConv(nn.Linear(2 * F, C, bias=False)),
+    "sage_multi": lambda: gnn.SAGEConv(F, C, aggr=["max", "mean", "softmax"], bias=False),
+    "pna": lambda: zero_biases(
+        gnn.PNAConv(F, C, ["mean", "max"], ["identity", "amplification"], deg=torch.tensor([1, 2, 3]))
+    ),
 }
 
 

@@ -11,7 +11,21 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch_geometric.nn import GCN, GIN, GATConv, GraphSAGE
+from torch_geometric.nn import (
+    GCN,
+    GIN,
+    ClusterGCNConv,
+    EdgeConv,
+    GATConv,
+    GCN2Conv,
+    GENConv,
+    GraphSAGE,
+    LEConv,
+    PNAConv,
+    ResGatedGraphConv,
+    SAGEConv,
+    TransformerConv,
+)
 
 import sparse_lrp
 from sparse_lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
@@ -141,10 +155,53 @@ def test_layers_run_only_on_rows_that_reach_a_target(name, composite, index, den
     """Node targets' subgraphs run with their nodes ordered by hops from the target, so
     each layer computes (forward) and explains (backward) only the leading rows still
     within reach of a target. Results equal the whole-graph pass, which cuts nothing."""
-    x, ei = dense_graph
     torch.manual_seed(3)
-    model = MODELS[name]().double().eval()
-    rule = COMPOSITES[composite]
+    _check_cut_equals_whole(MODELS[name]().double().eval(), COMPOSITES[composite], index, dense_graph, monkeypatch)
+
+
+class Two(nn.Module):
+    """``conv2(relu(conv1(x)))`` for a layer ``make(in, out)``; GCN2Conv also reads ``x_0``."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.conv1, self.conv2 = make(F, 8), make(8, 3)
+
+    def forward(self, x, edge_index):
+        if isinstance(self.conv1, GCN2Conv):
+            h0 = torch.cat([x, x.new_zeros(x.shape[0], 2)], 1)
+            h = torch.relu(self.conv1(h0, h0, edge_index))
+            return self.conv2(h, h0, edge_index)[:, :3]
+        return self.conv2(torch.relu(self.conv1(x, edge_index)), edge_index)
+
+
+# Layers whose propagation runs over per-edge messages (gates, attention, selections, MLPs
+# over edge rows) or reads degrees: their maps are cut like the rest.
+MESSAGE_LAYERS = {
+    "transformer": lambda i, o: TransformerConv(i, o, heads=2, concat=False),
+    "res_gated": lambda i, o: ResGatedGraphConv(i, o),
+    "le": lambda i, o: LEConv(i, o),
+    "cluster": lambda i, o: ClusterGCNConv(i, o, diag_lambda=0.2),
+    "gcn2": lambda i, o: GCN2Conv(8, alpha=0.2, theta=0.5, layer=1),
+    "gen": lambda i, o: GENConv(i, o, msg_norm=True),
+    "edge_max": lambda i, o: EdgeConv(nn.Sequential(nn.Linear(2 * i, o), nn.ReLU(), nn.Linear(o, o))),
+    "sage_multi": lambda i, o: SAGEConv(i, o, aggr=["max", "mean", "softmax"]),
+    "pna": lambda i, o: PNAConv(
+        i, o, ["mean", "min", "max"], ["identity", "amplification"], deg=torch.tensor([0, 3, 5, 2])
+    ),
+}
+
+
+@pytest.mark.parametrize("index", [5, [5, 17]])
+@pytest.mark.parametrize("composite", ["epsilon", "zplus"])
+@pytest.mark.parametrize("name", list(MESSAGE_LAYERS))
+def test_message_layers_run_only_on_rows_that_reach_a_target(name, composite, index, dense_graph, monkeypatch):
+    torch.manual_seed(4)
+    model = Two(MESSAGE_LAYERS[name]).double().eval()
+    _check_cut_equals_whole(model, COMPOSITES[composite], index, dense_graph, monkeypatch)
+
+
+def _check_cut_equals_whole(model, rule, index, dense_graph, monkeypatch):
+    x, ei = dense_graph
     monkeypatch.setattr(base, "RESTRICT_MIN_ROWS", 16)  # (small subgraphs: cut them too)
     cuts, prefixes = [], []
     live_rows, init = base.Context.live_rows, base._Restricted.__init__

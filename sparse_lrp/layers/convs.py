@@ -455,7 +455,7 @@ def pna_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tensor:
     rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
     scaler = m.aggr_module
     ids = _model_ids(call, edge_index)
-    flat = call.reduce_messages(msg.reshape(num_edges, -1), rows, n, ids, aggregation=scaler.aggr)
+    flat = call.reduce_messages(msg.reshape(num_edges, towers * f_in), rows, n, ids, aggregation=scaler.aggr)
     # (each aggregation's [N, towers * F] block back to PyG's [N, towers, F], concatenated last)
     out = torch.cat([b.view(n, towers, f_in) for b in flat.split(towers * f_in, dim=1)], dim=-1)
     deg = torch.bincount(edge_index[1], minlength=n).to(x.dtype).view(-1, 1, 1)
