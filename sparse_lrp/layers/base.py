@@ -672,11 +672,10 @@ def _flattened(extra: list[MapBranch] | None, bias: Tensor | None, num_out: int,
     return flat, bias
 
 
-# Aggregations that select one message per output channel (torch's scatter_reduce names).
+# Aggregations that are weighted sums over in-edges (LayerCall.edges runs them as one edge
+# map), and those that select one message per output channel (torch's scatter_reduce names).
+_SUM_KINDS = ("add", "sum", "mean")
 _EXTREMES = {"max": "amax", "min": "amin"}
-
-
-_SUMS = ("add", "sum", "mean")
 
 
 def aggregation_kind(agg: nn.Module) -> str:
@@ -875,7 +874,7 @@ class LayerCall:
         ``num_out``, ``extra`` as there) under the layer's own aggregation: a sum with the
         weights of :meth:`aggr_weights`, or the others of :meth:`reduce_messages`."""
         kind = aggr_name(self.module)
-        if kind in _SUMS:
+        if kind in _SUM_KINDS:
             w = self.aggr_weights(edge_index, edge_weight, x.shape[0], x)
             return self.edges(x, edge_index, w, **edges)
         if kind == "multi" and x.dim() > 2:  # (PyG concatenates along the last dimension only)
