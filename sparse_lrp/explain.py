@@ -969,8 +969,11 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
         y = _logits(y, ctx.outputs)
+        # Several samples of a plain model share one pass split by row: only exact when no
+        # row reads another (which the model's code or a layer's map over rows would do).
+        joint = edge_index is None and ctx.num_groups > 0 and ctx.graph_groups is None
         found, top_calls, mixing, refused, constants = _walk(
-            y, ctx.outputs, x_in.shape[0] if ctx.on_subgraphs else None
+            y, ctx.outputs, x_in.shape[0] if ctx.on_subgraphs or joint else None
         )
         if refused:
             ops = sorted({op_name(m) for m in refused})
@@ -983,6 +986,14 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
                 "form (nn.SiLU() rather than h * torch.sigmoid(h))"
             )
         ctx.constants = ctx.constants or constants > 0
+        if joint and (mixing or ctx.hops_run > hops):
+            what = sorted({op_name(m) for m in mixing}) or ["a layer's map over rows (attention, an edge map)"]
+            raise ValueError(
+                f"the model mixes its input rows ({', '.join(what)}): several samples cannot share one pass, "
+                "whose relevance is split by row. Explain them one at a time (index=i), or pass `batch` if "
+                "the rows are nodes of separate graphs (a dimension merely as long as the number of rows, "
+                "reduced by the model's code, reads as mixing too: one row more or less tells them apart)"
+            )
         # (an output with no row per node is a graph-level model's: its pooling is no mixing
         # but the readout, and the error below says so)
         if mixing and not (task_level == "node" and y.shape[0] != x_in.shape[0]):

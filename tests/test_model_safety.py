@@ -255,6 +255,37 @@ def test_unsupported_message_passing_with_learned_children_is_named(x):
         sparse_lrp.explain(WithGatedConv().double(), x, EI, index=0)
 
 
+def test_samples_joint_pass_refuses_models_that_mix_rows():
+    """Several samples of a plain model are explained in one pass split by row: exact only
+    when rows are independent. Code mixing rows (h - h.mean(0)) made the split wrong
+    silently (a target's row got another's relevance); it is refused, naming the op, and
+    single targets (one pass each, whole input) stay exact."""
+
+    class Centred(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(F, H, bias=False), nn.Linear(H, C, bias=False)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.relu(h - h.mean(0)))
+
+    torch.manual_seed(0)
+    model = Centred().double().eval()
+    xs = torch.randn(5, F, dtype=DT)
+    with pytest.raises(ValueError, match=r"mixes its input rows \(mean\)"):
+        sparse_lrp.explain(model, xs, index=[0, 1], target=0)
+    res = sparse_lrp.explain(model, xs, index=1, target=0, composite=Epsilon(0.0))
+    (gx,) = grad_x_input(lambda x_: model(x_)[1, 0], xs)
+    assert_close(res.node_feat, gx)
+    # Independent rows still share one pass.
+    plain = nn.Sequential(nn.Linear(F, H, bias=False), nn.ReLU(), nn.Linear(H, C, bias=False)).double().eval()
+    both = sparse_lrp.explain(plain, xs, index=[0, 1], target=0, composite=Epsilon(0.0))
+    for t in range(2):
+        (gx,) = grad_x_input(lambda x_, t=t: plain(x_)[t, 0], xs)
+        assert_close(both.node_feat[t], gx)
+
+
 def test_unsupported_layer_leaves_model_untouched(x):
     model = WithConv1d().double().train()
     before = snapshot(model)

@@ -324,8 +324,10 @@ def test_connection_relevance_per_target_for_graphs_and_node_targets():
 
 
 def test_connection_relevance_per_target_for_batch_first_inputs_and_reordered_rows():
-    """``[B, S, F]`` inputs give each sample S channels; a forward that reorders the rows
-    keeps its node relevance exact and leaves the per-target record out (no wrong rows)."""
+    """``[B, S, F]`` inputs give each sample S channels. A forward that reorders the rows
+    cannot share one pass split by row (a row-reading op, as ``h + h.flip(0)`` would mix
+    them; the check cannot tell an undone reordering apart): refused, and each sample
+    alone stays exact."""
     g = torch.Generator().manual_seed(3)
     w = torch.randn(6, 4, generator=g, dtype=DT) * (torch.rand(6, 4, generator=g) < 0.5)
 
@@ -346,7 +348,10 @@ def test_connection_relevance_per_target_for_batch_first_inputs_and_reordered_ro
         one = sparse_lrp.explain(seq, x3, None, index=i, **kw)
         torch.testing.assert_close(many.layers["a"]["edge_local"][t], one.layers["a"]["edge_local"])
     flipped, x2 = Seq(flip=True).eval(), torch.randn(4, 4, generator=g, dtype=DT)
-    many = sparse_lrp.explain(flipped, x2, None, index=[0, 1], **kw)
-    assert "edge_local" not in many.layers["a"]
-    for t, i in enumerate([0, 1]):
-        torch.testing.assert_close(many.node_feat[t], sparse_lrp.explain(flipped, x2, None, index=i, **kw).node_feat)
+    with pytest.raises(ValueError, match=r"mixes its input rows \(flip\)"):
+        sparse_lrp.explain(flipped, x2, None, index=[0, 1], **kw)
+    for i in (0, 1):
+        one = sparse_lrp.explain(flipped, x2, None, index=i, **kw)
+        xg = x2.clone().requires_grad_(True)
+        flipped(xg)[i, 0].backward()
+        torch.testing.assert_close(one.node_feat, (xg.grad * x2).detach())
