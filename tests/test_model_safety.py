@@ -523,6 +523,10 @@ EDGELESS = {
     "gen": lambda: gnn.GENConv(F, C),
     "edge_max": lambda: gnn.EdgeConv(nn.Linear(2 * F, C, bias=False)),
     "sage_multi": lambda: gnn.SAGEConv(F, C, aggr=["max", "mean", "softmax"], bias=False),
+    "ssg": lambda: gnn.SSGConv(F, C, alpha=0.2, K=2, bias=False),
+    "mixhop": lambda: gnn.MixHopConv(F, 1, powers=[0, 1, 2]),
+    "agnn": lambda: gnn.AGNNConv(),
+    "cg": lambda: gnn.CGConv(F),
     "pna": lambda: zero_biases(
         gnn.PNAConv(F, C, ["mean", "max"], ["identity", "amplification"], deg=torch.tensor([1, 2, 3]))
     ),

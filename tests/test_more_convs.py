@@ -263,6 +263,107 @@ def test_softmax_aggregation_of_weighted_messages(graph):
     assert_close(res.node_feat, (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
 
 
+def gcn_adjacency(ei, ew=None):
+    """``D^-1/2 (A + I) D^-1/2`` (in-degrees, self-loops of weight 1), dense."""
+    a = adjacency(ei, torch.ones(ei.shape[1], dtype=DT) if ew is None else ew) + torch.eye(N, dtype=DT)
+    d = a.sum(1).rsqrt()
+    return d[:, None] * a * d[None, :]
+
+
+def test_ssg_and_mixhop_conv(graph):
+    """SSGConv ``Θ (α x + (1 - α)/K sum_k Â^k x)`` and MixHopConv ``concat_p Θ_p Â^p x``,
+    bias-free: LRP-0 is gradient x input of the formulas written out (the layers' own
+    outputs checked against them)."""
+    x, ei, ew, _ = graph
+    torch.manual_seed(7)
+    ssg = gnn.SSGConv(F, 3, alpha=0.3, K=3, bias=False).double().eval()
+    mix = gnn.MixHopConv(F, 2, powers=[0, 1, 3]).double().eval()
+    a = gcn_adjacency(ei, ew)
+
+    def ssg_ref(x_):
+        hops = [x_]
+        for _ in range(3):
+            hops.append(a @ hops[-1])
+        return (0.3 * x_ + 0.7 / 3 * sum(hops[1:])) @ ssg.lin.weight.T
+
+    def mix_ref(x_):
+        hops = [x_, a @ x_, a @ (a @ x_), a @ (a @ (a @ x_))]
+        return torch.cat([hops[p] @ mix.lins[p].weight.T for p in (0, 1, 3)], -1) + mix.bias
+
+    for layer, ref, col in ((ssg, ssg_ref, 2), (mix, mix_ref, 4)):
+        assert_close(ref(x), layer(x, ei, ew))
+        res = sparse_lrp.explain(layer, x, ei, index=5, target=col, composite=Epsilon(0.0), edge_weight=ew)
+        xg = x.clone().requires_grad_(True)
+        ref(xg)[5, col].backward()
+        assert_close(res.node_feat, (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
+
+
+def test_agnn_conv_with_its_attention_fixed(graph):
+    """AGNNConv: ``α = softmax_j(β cos(x_i, x_j))`` over in-edges and a self-loop, held
+    fixed; two layers with a ReLU between: LRP-0 is gradient x input with α constant."""
+    x, ei, _, _ = graph
+    torch.manual_seed(8)
+    c1, c2 = gnn.AGNNConv(requires_grad=True).double().eval(), gnn.AGNNConv(requires_grad=True).double().eval()
+    with torch.no_grad():
+        c1.beta.fill_(1.5)
+        c2.beta.fill_(-0.7)
+    loops = torch.cat([ei, torch.arange(N).expand(2, N)], 1)
+
+    def agnn(m, h):
+        xn = h.detach() / h.detach().norm(dim=-1, keepdim=True)
+        s = m.beta.detach() * (xn[loops[1]] * xn[loops[0]]).sum(-1)
+        w = (s - s.max()).exp()
+        alpha = w / torch.zeros(N, dtype=DT).index_add(0, loops[1], w)[loops[1]]
+        return adjacency(loops, alpha) @ h
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = c1, c2
+
+        def forward(self, x_, edge_index, ref=False):
+            if ref:
+                return agnn(c2, torch.relu(agnn(c1, x_)))
+            return self.c2(torch.relu(self.c1(x_, edge_index)), edge_index)
+
+    model = Two().eval()
+    assert_close(model(x, ei, ref=True), model(x, ei))
+    res = sparse_lrp.explain(model, x, ei, index=6, target=3, composite=Epsilon(0.0))
+    xg = x.clone().requires_grad_(True)
+    model(xg, ei, ref=True)[6, 3].backward()
+    assert_close(res.node_feat, (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
+
+
+def test_cg_conv_by_hand(graph):
+    """CGConv ``out_i = x_i + sum_{j->i} σ(W_f z + b_f) ⊙ softplus(W_s z)``, ``z = [x_i, x_j, e]``,
+    explained at output (i, k) under LRP-0 with the gate fixed and softplus passing
+    relevance (Pass rule), derived by hand: the messages' share ``m_e,k`` of ``out_i,k``
+    (ratio 1 at the explained logit), passed to ``u = W_s z`` unchanged, then
+    ``R_z = z ⊙ W_sᵀ (R_u / u)``; the root term keeps ``x_i,k``."""
+    x, ei, _, ea = graph
+    torch.manual_seed(9)
+    conv = gnn.CGConv(F, dim=D).double().eval()
+    with torch.no_grad():
+        conv.lin_s.bias.zero_()
+    i, k = 4, 2
+    res = sparse_lrp.explain(conv, x, ei, index=i, target=k, composite=Epsilon(0.0), edge_attr=ea)
+    src, dst = ei
+    z = torch.cat([x[dst], x[src], ea], 1)
+    gate = torch.sigmoid(conv.lin_f(z)).detach()
+    u = z @ conv.lin_s.weight.T
+    m = gate * torch.nn.functional.softplus(u)
+    into = (dst == i).to(DT)
+    r_u = torch.zeros_like(u)
+    r_u[:, k] = m[:, k] * into  # (ratio 1 at the explained entry; other channels carry none)
+    r_z = z * ((r_u / u) @ conv.lin_s.weight)
+    r_x = torch.zeros_like(x).index_add(0, dst, r_z[:, :F]).index_add(0, src, r_z[:, F : 2 * F])
+    r_x[i, k] += x[i, k]
+    assert res.output.item() == pytest.approx(conv(x, ei, ea)[i, k].item(), abs=1e-12)
+    assert_close(res.node_feat, r_x.detach(), atol=1e-12, rtol=1e-9)
+    assert_close(res.edge_attr, r_z[:, 2 * F :].detach(), atol=1e-12, rtol=1e-9)
+    assert_close(res.edge, (m[:, k] * into).detach(), atol=1e-12, rtol=1e-9)
+
+
 PNA = {
     "all_scalers": dict(
         aggregators=["mean", "min", "max", "sum"],

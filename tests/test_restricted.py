@@ -21,9 +21,11 @@ from torch_geometric.nn import (
     GENConv,
     GraphSAGE,
     LEConv,
+    MixHopConv,
     PNAConv,
     ResGatedGraphConv,
     SAGEConv,
+    SSGConv,
     TransformerConv,
 )
 
@@ -185,6 +187,8 @@ MESSAGE_LAYERS = {
     "gen": lambda i, o: GENConv(i, o, msg_norm=True),
     "edge_max": lambda i, o: EdgeConv(nn.Sequential(nn.Linear(2 * i, o), nn.ReLU(), nn.Linear(o, o))),
     "sage_multi": lambda i, o: SAGEConv(i, o, aggr=["max", "mean", "softmax"]),
+    "ssg": lambda i, o: SSGConv(i, o, alpha=0.2, K=2),
+    "mixhop": lambda i, o: MixHopConv(i, o // 2, powers=[0, 2]) if o == 8 else MixHopConv(i, 1, powers=[0, 1, 2]),
     "pna": lambda i, o: PNAConv(
         i, o, ["mean", "min", "max"], ["identity", "amplification"], deg=torch.tensor([0, 3, 5, 2])
     ),

@@ -465,6 +465,76 @@ def pna_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tensor:
     return call.linear(out, m.lin.weight, m.lin.bias)
 
 
+def ssg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
+    """SSGConv: ``out = Θ (α x + (1 - α)/K sum_k Â^k x) + b`` as one map over the hops."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if getattr(m, "_cached_h", None) is not None:
+        raise ValueError(
+            f"{call.name or '<model>'} (SSGConv): its cache (cached=True) holds propagated features that no "
+            "longer depend on the input x. Construct it with cached=False for explaining, or clear the cache"
+        )
+    ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
+    hops = [x]
+    for _ in range(m.K):
+        hops.append(call.aggregate(hops[-1], ei, w, edge_ids=ids))
+    coefs = [m.alpha] + [(1 - m.alpha) / m.K] * m.K
+    return call.map([call.dense_branch(h, c * m.lin.weight) for h, c in zip(hops, coefs)], m.lin.bias)
+
+
+def mixhop_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
+    """MixHopConv: ``out = concat_{p in powers} Θ_p Â^p x + b``, each power its own map."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
+    hops = [x]
+    for _ in range(max(m.powers)):
+        hops.append(call.aggregate(hops[-1], ei, w, edge_ids=ids))
+    c = m.out_channels
+    outs = []
+    for k, p in enumerate(m.powers):
+        bias = None if m.bias is None else m.bias[k * c : (k + 1) * c]
+        outs.append(call.linear(hops[p], m.lins[p].weight, bias))
+    return torch.cat(outs, dim=-1)
+
+
+def agnn_conv(call: LayerCall, x, edge_index) -> Tensor:
+    """AGNNConv: ``out_i = sum_j α_ij x_j``, ``α = softmax_j(β cos(x_i, x_j))`` (self-loops
+    added) held fixed, as attention."""
+    from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
+
+    _check_plain(call, x, edge_index)
+    m = call.module
+    n = x.shape[0]
+    ei, ids = edge_index, _model_ids(call, edge_index)
+    if m.add_self_loops:
+        ei = add_self_loops(remove_self_loops(edge_index)[0], num_nodes=n)[0]
+        ids = _follow(ids, _replaced_loops(edge_index, n))
+    with torch.no_grad():
+        xn = torch.nn.functional.normalize(x.detach(), p=2.0, dim=-1)
+        alpha = softmax(m.beta.detach() * (xn[ei[1]] * xn[ei[0]]).sum(-1), ei[1], num_nodes=n)
+    return call.aggregate(x, ei, alpha, edge_ids=ids)
+
+
+def cg_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tensor:
+    """CGConv: ``out_i = x_i + bn(sum_j σ(W_f z_ij + b_f) ⊙ softplus(W_s z_ij + b_s))``,
+    ``z_ij = [x_i, x_j, e_ij]``: the gate ``σ(...)`` held fixed, softplus passing relevance
+    (Pass rule); the gated messages carry the edge relevance."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    parts = [x.index_select(0, edge_index[1]), x.index_select(0, edge_index[0])]
+    if edge_attr is not None:
+        parts.append(edge_attr)
+    z = torch.cat(parts, dim=-1)
+    with torch.no_grad():
+        gate = torch.sigmoid(m.lin_f(z.detach()))
+    with call.over_edges():  # (a map over edge rows)
+        s = call.passthrough(torch.nn.functional.softplus, call.linear(z, m.lin_s.weight, m.lin_s.bias))
+    rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
+    out = call.reduce_messages(gate * s, rows, x.shape[0], _model_ids(call, edge_index))
+    return (out if m.bn is None else m.bn(out)) + x
+
+
 def _degree_scale(name: str, deg: Tensor, agg) -> Tensor | float:
     """PNA's degree scaler ``name`` per node (a constant of the graph, as its forward computes it)."""
     if name == "identity":
@@ -580,6 +650,10 @@ def _register() -> None:
     register_handler(g.GENConv, gen_conv, children=("mlp", "msg_norm"), subgraph=())
     register_handler(g.EdgeConv, edge_conv, children=("nn",), subgraph=())
     register_handler(g.PNAConv, pna_conv, children=("pre_nns", "post_nns"), subgraph=())
+    register_handler(g.SSGConv, ssg_conv, subgraph=_sg_needs)
+    register_handler(g.MixHopConv, mixhop_conv, subgraph=deg)
+    register_handler(g.AGNNConv, agnn_conv, subgraph=())
+    register_handler(g.CGConv, cg_conv, children=("bn",), subgraph=())
     register_handler(g.SGConv, sg_conv, subgraph=_sg_needs)
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
     register_handler(g.APPNP, appnp, subgraph=_cached_graph_needs)
@@ -596,7 +670,7 @@ def _cached_graph_needs(m) -> tuple[str, ...] | None:
 def _sg_needs(m) -> tuple[str, ...] | None:
     # A filled cache makes the handler refuse the layer (on the whole graph or a subgraph
     # alike): no subgraph is cut for a single node target that cannot be explained.
-    if getattr(m, "_cached_x", None) is not None:
+    if getattr(m, "_cached_x", None) is not None or getattr(m, "_cached_h", None) is not None:
         return None
     return ("weighted_in_degrees",)
 
