@@ -469,11 +469,7 @@ def ssg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """SSGConv: ``out = Θ (α x + (1 - α)/K sum_k Â^k x) + b`` as one map over the hops."""
     _check_plain(call, x, edge_index)
     m = call.module
-    if getattr(m, "_cached_h", None) is not None:
-        raise ValueError(
-            f"{call.name or '<model>'} (SSGConv): its cache (cached=True) holds propagated features that no "
-            "longer depend on the input x. Construct it with cached=False for explaining, or clear the cache"
-        )
+    _refuse_filled_cache(call, "_cached_h")
     ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
     hops = [x]
     for _ in range(m.K):
@@ -550,19 +546,24 @@ def _degree_scale(name: str, deg: Tensor, agg) -> Tensor | float:
     raise ValueError(f"unknown PNA scaler {name!r}")
 
 
+def _refuse_filled_cache(call: LayerCall, attr: str) -> None:
+    """SGConv/SSGConv with a filled cache return ``lin(cache)``, whatever x and graph they
+    are given: a constant of the input, with nothing to explain. (Read, never written:
+    explaining neither fills nor clears the cache.)"""
+    if getattr(call.module, attr, None) is not None:
+        kind = type(call.module).__name__
+        raise ValueError(
+            f"{call.name or '<model>'} ({kind}): its cache (cached=True) holds propagated features "
+            "that no longer depend on the input x, so its output cannot be explained in terms of x. "
+            f"Construct it with cached=False for explaining, or clear the cache (layer.{attr} = None)"
+        )
+
+
 def sg_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """SGConv: ``out = Θ Â^K x + b``."""
     _check_plain(call, x, edge_index)
     m = call.module
-    if getattr(m, "_cached_x", None) is not None:
-        # The layer's own forward then returns lin(_cached_x), whatever x and graph it is
-        # given: a constant of the input, with nothing to explain. (Read, never written:
-        # explaining neither fills nor clears the cache.)
-        raise ValueError(
-            f"{call.name or '<model>'} (SGConv): its cache (cached=True) holds propagated features "
-            "that no longer depend on the input x, so its output cannot be explained in terms of x. "
-            "Construct it with cached=False for explaining, or clear the cache (layer._cached_x = None)"
-        )
+    _refuse_filled_cache(call, "_cached_x")
     ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, m.add_self_loops, x.dtype)
     for _ in range(m.K):
         x = call.aggregate(x, ei, w, edge_ids=ids)
