@@ -493,11 +493,13 @@ class LinAPPNP(nn.Module):
 
 
 class LinGCN2(nn.Module):
-    """GCN2Conv reads an initial embedding beside the graph: ``conv(lin(x), lin(x))``."""
+    """GCN2Conv (or FAConv) reads an initial embedding beside the graph: ``conv(lin(x), lin(x))``."""
 
-    def __init__(self):
+    def __init__(self, fa=False):
         super().__init__()
-        self.lin, self.conv = nn.Linear(F, C, bias=False), gnn.GCN2Conv(C, alpha=0.2, theta=0.5, layer=1)
+        # (FAConv without self-loops: on a graph without edges no attention is left to hold fixed)
+        conv = gnn.FAConv(C, eps=0.2, add_self_loops=False) if fa else gnn.GCN2Conv(C, alpha=0.2, theta=0.5, layer=1)
+        self.lin, self.conv = nn.Linear(F, C, bias=False), conv
 
     def forward(self, x, edge_index):
         h = self.lin(x)
@@ -527,6 +529,8 @@ EDGELESS = {
     "mixhop": lambda: gnn.MixHopConv(F, 1, powers=[0, 1, 2]),
     "agnn": lambda: gnn.AGNNConv(),
     "cg": lambda: gnn.CGConv(F),
+    "fa": lambda: LinGCN2(fa=True),
+    "arma": lambda: gnn.ARMAConv(F, C, num_stacks=2, num_layers=2, bias=False),
     "pna": lambda: zero_biases(
         gnn.PNAConv(F, C, ["mean", "max"], ["identity", "amplification"], deg=torch.tensor([1, 2, 3]))
     ),

@@ -334,6 +334,68 @@ def test_agnn_conv_with_its_attention_fixed(graph):
     assert_close(res.node_feat, (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
 
 
+def test_fa_conv_with_its_signed_attention_fixed(graph):
+    """FAConv ``out_i = sum_j tanh(a_l x_j + a_r x_i) w_ij x_j + ε x_0,i`` (GCN weights with
+    self-loops), the attention held fixed: LRP-0 is gradient x input of that written out."""
+    x, ei, _, _ = graph
+    torch.manual_seed(10)
+    pre = nn.Linear(F, H, bias=False).double()
+    conv = gnn.FAConv(H, eps=0.3).double().eval()
+    loops = torch.cat([ei, torch.arange(N).expand(2, N)], 1)
+    dis = torch.bincount(loops[1], minlength=N).to(DT).rsqrt()
+    w = dis[loops[0]] * dis[loops[1]]
+
+    def model(x_, edge_index=ei, ref=False):
+        h0 = pre(x_)
+        h = torch.relu(h0)
+        if not ref:
+            return conv(h, h0, edge_index)
+        alpha = torch.tanh(conv.att_l(h)[loops[0]] + conv.att_r(h)[loops[1]]).squeeze(-1).detach()
+        return adjacency(loops, alpha * w) @ h + 0.3 * h0
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre, self.conv = pre, conv
+
+        def forward(self, x_, edge_index):
+            return model(x_, edge_index)
+
+    assert_close(model(x, ref=True), model(x))
+    res = sparse_lrp.explain(Wrap().eval(), x, ei, index=3, target=4, composite=Epsilon(0.0))
+    xg = x.clone().requires_grad_(True)
+    model(xg, ref=True)[3, 4].backward()
+    assert_close(res.node_feat, (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
+
+
+def test_arma_conv(graph):
+    """ARMAConv with 2 stacks of 2 steps, ``h_t = ReLU(Â h_{t-1} W_t + x V_t)`` (``Â`` GCN
+    weights without self-loops), the stacks' mean: LRP-0 is gradient x input of that
+    written out, and the layer's own output is it."""
+    x, ei, ew, _ = graph
+    torch.manual_seed(11)
+    conv = gnn.ARMAConv(F, 3, num_stacks=2, num_layers=2).double().eval()
+    with torch.no_grad():
+        conv.bias.zero_()
+    deg = adjacency(ei, ew).sum(1)
+    dis = torch.where(deg > 0, deg.rsqrt(), 0.0)
+    a = dis[:, None] * adjacency(ei, ew) * dis[None, :]
+
+    def ref(x_):
+        stacks = []
+        for k in range(2):
+            h = torch.relu(a @ (x_ @ conv.init_weight[k]) + x_ @ conv.root_weight[0, k])
+            h = torch.relu(a @ (h @ conv.weight[0, k]) + x_ @ conv.root_weight[1, k])
+            stacks.append(h)
+        return (stacks[0] + stacks[1]) / 2
+
+    assert_close(ref(x), conv(x, ei, ew))
+    res = sparse_lrp.explain(conv, x, ei, index=8, target=2, composite=Epsilon(0.0), edge_weight=ew)
+    xg = x.clone().requires_grad_(True)
+    ref(xg)[8, 2].backward()
+    assert_close(res.node_feat, (xg.grad * x).detach(), atol=1e-12, rtol=1e-9)
+
+
 def test_cg_conv_by_hand(graph):
     """CGConv ``out_i = x_i + sum_{j->i} σ(W_f z + b_f) ⊙ softplus(W_s z)``, ``z = [x_i, x_j, e]``,
     explained at output (i, k) under LRP-0 with the gate fixed and softplus passing

@@ -14,6 +14,7 @@ from torch import nn
 from torch_geometric.nn import (
     GCN,
     GIN,
+    ARMAConv,
     ClusterGCNConv,
     EdgeConv,
     GATConv,
@@ -188,6 +189,7 @@ MESSAGE_LAYERS = {
     "edge_max": lambda i, o: EdgeConv(nn.Sequential(nn.Linear(2 * i, o), nn.ReLU(), nn.Linear(o, o))),
     "sage_multi": lambda i, o: SAGEConv(i, o, aggr=["max", "mean", "softmax"]),
     "ssg": lambda i, o: SSGConv(i, o, alpha=0.2, K=2),
+    "arma": lambda i, o: ARMAConv(i, o, num_stacks=2, num_layers=2),
     "mixhop": lambda i, o: MixHopConv(i, o // 2, powers=[0, 2]) if o == 8 else MixHopConv(i, 1, powers=[0, 1, 2]),
     "pna": lambda i, o: PNAConv(
         i, o, ["mean", "min", "max"], ["identity", "amplification"], deg=torch.tensor([0, 3, 5, 2])

@@ -531,6 +531,47 @@ def cg_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tensor:
     return (out if m.bn is None else m.bn(out)) + x
 
 
+def fa_conv(call: LayerCall, x, x_0, edge_index, edge_weight=None, return_attention_weights=None) -> Tensor:
+    """FAConv: ``out_i = sum_j α_ij w_ij x_j + ε x_0,i``, its signed attention
+    ``α_ij = tanh(a_l x_j + a_r x_i)`` held fixed (computed from the forward's values, so the
+    layer's cache is left as it is), ``w`` the GCN-normalised weights."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    if m.normalize:
+        ei, w, ids = _normalised(call, edge_index, None, x, False, m.add_self_loops)
+    else:
+        if edge_weight is None:
+            raise ValueError(f"{call.name}: FAConv(normalize=False) needs edge_weight")
+        ei, w, ids = edge_index, edge_weight, _model_ids(call, edge_index)
+    with torch.no_grad():
+        xd = x.detach()
+        alpha = torch.tanh(m.att_l(xd)[ei[0]] + m.att_r(xd)[ei[1]]).squeeze(-1)
+    extra = [call.self_loops(x_0, m.eps)] if m.eps != 0.0 else None
+    return call.aggregate(x, ei, alpha * w.detach(), edge_ids=ids, extra=extra)
+
+
+def arma_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
+    """ARMAConv: per stack ``k``, ``h_t = act(Â h_{t-1} W_t + x V_t + b_t)`` (``h_0 = x``,
+    ``Â`` GCN-normalised without self-loops), the output the stacks' mean: each step one map
+    (the propagation and the root term as its branches), ``act`` explained by its own handler."""
+    _check_plain(call, x, edge_index)
+    m = call.module
+    ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, False, x.dtype)
+    stacks = []
+    for k in range(m.num_stacks):
+        h = x
+        for t in range(m.num_layers):
+            weight = m.init_weight[k] if t == 0 else m.weight[0 if m.shared_weights else t - 1][k]
+            root = m.root_weight[0 if m.shared_weights else t][k]
+            bias = None if m.bias is None else m.bias[0 if m.shared_weights else t][k].reshape(-1)
+            hw = call.linear(h, weight.T)
+            h = call.aggregate(hw, ei, w, edge_ids=ids, bias=bias, extra=[call.dense_branch(x, root.T)])
+            if m.act is not None:
+                h = m.act(h)
+        stacks.append(h)
+    return torch.stack(stacks).mean(0)
+
+
 def _degree_scale(name: str, deg: Tensor, agg) -> Tensor | float:
     """PNA's degree scaler ``name`` per node (a constant of the graph, as its forward computes it)."""
     if name == "identity":
@@ -655,6 +696,8 @@ def _register() -> None:
     register_handler(g.MixHopConv, mixhop_conv, subgraph=deg)
     register_handler(g.AGNNConv, agnn_conv, subgraph=())
     register_handler(g.CGConv, cg_conv, children=("bn",), subgraph=())
+    register_handler(g.FAConv, fa_conv, subgraph=_cached_graph_needs)
+    register_handler(g.ARMAConv, arma_conv, children=("act",), subgraph=deg)
     register_handler(g.SGConv, sg_conv, subgraph=_sg_needs)
     register_handler(g.TAGConv, tag_conv, subgraph=deg)
     register_handler(g.APPNP, appnp, subgraph=_cached_graph_needs)
