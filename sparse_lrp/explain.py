@@ -945,6 +945,34 @@ def _check_normalisers(ctx: Context, y: Tensor) -> None:
             )
 
 
+def _mixes_rows(model: nn.Module, x: Tensor, kwargs) -> bool:
+    """Whether the model's own forward, run as it is (eval mode) on ``x`` with one more
+    (zero) row, mixes its rows: an op over a dimension as long as the rows, which a row
+    dimension is and a hidden size merely as long as them is not, once the rows grow."""
+    grown = torch.cat([x.detach(), x.new_zeros(1, *x.shape[1:])]).requires_grad_(True)
+    training = [m for m in model.modules() if m.training]
+    try:
+        for m in training:  # (the flags only, as _patched sets them)
+            m.training = False
+        with torch.enable_grad():
+            y = model(grown, **kwargs)
+    finally:
+        for m in training:
+            m.training = True
+    if not isinstance(y, Tensor) or y.grad_fn is None:
+        return False
+    seen, stack = set(), [y.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        if mixes_rows(fn, grown.shape[0]):
+            return True
+        stack.extend(f for f, _ in fn.next_functions)
+    return False
+
+
 def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_level: str | None):
     # Contiguous, so that a layer's flattened or transposed view of the input is still the
     # input (Context.input_key): a reshape of a strided tensor would copy it.
@@ -986,13 +1014,14 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
                 "form (nn.SiLU() rather than h * torch.sigmoid(h))"
             )
         ctx.constants = ctx.constants or constants > 0
+        if joint and mixing and ctx.hops_run == hops and not _mixes_rows(model, x_in, kwargs):
+            mixing = []  # (a dimension merely as long as the rows: a hidden size, say)
         if joint and (mixing or ctx.hops_run > hops):
             what = sorted({op_name(m) for m in mixing}) or ["a layer's map over rows (attention, an edge map)"]
             raise ValueError(
                 f"the model mixes its input rows ({', '.join(what)}): several samples cannot share one pass, "
                 "whose relevance is split by row. Explain them one at a time (index=i), or pass `batch` if "
-                "the rows are nodes of separate graphs (a dimension merely as long as the number of rows, "
-                "reduced by the model's code, reads as mixing too: one row more or less tells them apart)"
+                "the rows are nodes of separate graphs"
             )
         # (an output with no row per node is a graph-level model's: its pooling is no mixing
         # but the readout, and the error below says so)

@@ -278,6 +278,23 @@ def test_samples_joint_pass_refuses_models_that_mix_rows():
     res = sparse_lrp.explain(model, xs, index=1, target=0, composite=Epsilon(0.0))
     (gx,) = grad_x_input(lambda x_: model(x_)[1, 0], xs)
     assert_close(res.node_feat, gx)
+    # A hidden size as long as the rows (6 samples, 6 units) reduced by the model's code is no
+    # row mixing: a pass with one more row tells them apart, and the samples share one pass.
+
+    class HiddenMean(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(F, 6, bias=False), nn.Linear(6, C, bias=False)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.relu(h + h.mean(-1, keepdim=True)))
+
+    hidden, x6 = HiddenMean().double().eval(), torch.randn(6, F, dtype=DT)
+    joint = sparse_lrp.explain(hidden, x6, index=[0, 4], target=1, composite=Epsilon(0.0))
+    for t, i in enumerate([0, 4]):
+        (gx,) = grad_x_input(lambda x_, i=i: hidden(x_)[i, 1], x6)
+        assert_close(joint.node_feat[t], gx)
     # Independent rows still share one pass.
     plain = nn.Sequential(nn.Linear(F, H, bias=False), nn.ReLU(), nn.Linear(H, C, bias=False)).double().eval()
     both = sparse_lrp.explain(plain, xs, index=[0, 1], target=0, composite=Epsilon(0.0))
