@@ -135,6 +135,58 @@ def test_model_untouched_after_explaining(hooked, x, index):
     assert model.training and not model.block.training and model.conv1.training
 
 
+class ManyKinds(nn.Module):
+    """Layers with attention, gates, norms and caches, in train mode with dropout and batch norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.t = gnn.TransformerConv(F, H, heads=2, concat=False, beta=True, dropout=0.3)
+        self.norm = gnn.GraphNorm(H)
+        self.gen = gnn.GENConv(H, H, msg_norm=True, learn_t=True, norm="batch", num_layers=2)
+        self.fa = gnn.FAConv(H, eps=0.1, cached=True, dropout=0.2)
+        self.pna = gnn.PNAConv(H, C, ["mean", "max"], ["identity", "linear"], deg=torch.tensor([1, 4, 6, 2]))
+
+    def forward(self, x, edge_index):
+        h = torch.relu(self.norm(self.t(x, edge_index)))
+        h = torch.relu(self.gen(h, edge_index))
+        return self.pna(torch.relu(self.fa(h, h, edge_index)), edge_index)
+
+
+@pytest.mark.parametrize("index", [3, None])
+def test_new_layers_leave_the_model_untouched(x, index):
+    """Explaining in eval mode and restoring train mode; FAConv's cache stays empty (its
+    attention is computed from its weights, not by running it), running statistics stay."""
+    model = ManyKinds().double().train()
+    sparse_lrp.explain(model, x, EI, index=index)
+    assert model.fa._cached_edge_index is None  # (explaining fills no cache)
+    model(x, EI)  # (running statistics of the batch norms, not the initial ones; the cache filled)
+    before, cache = snapshot(model), model.fa._cached_edge_index
+    sparse_lrp.explain(model, x, EI, index=index, composite="gamma")
+    assert_unchanged(model, before)
+    assert model.fa._cached_edge_index is cache and model.training and model.gen.mlp.training
+
+
+def test_joint_sample_probe_leaves_the_model_untouched():
+    """The probe that tells a hidden size from row mixing runs the model's own forward: in
+    eval mode, so a train-mode batch norm keeps its running statistics."""
+
+    class Probed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.bn, self.b = nn.Linear(F, 6), nn.BatchNorm1d(6), nn.Linear(6, C)
+
+        def forward(self, x):
+            h = self.bn(self.a(x))
+            return self.b(torch.relu(h + h.mean(-1, keepdim=True)))
+
+    model = Probed().double().train()
+    model(torch.randn(8, F, dtype=DT))
+    before = snapshot(model)
+    res = sparse_lrp.explain(model, torch.randn(6, F, dtype=DT), index=[0, 3])
+    assert res.node_feat.shape == (2, 6, F)
+    assert_unchanged(model, before)
+
+
 def test_train_mode_model_is_explained_in_eval_mode(hooked, x):
     model, _ = hooked
     a = sparse_lrp.explain(model, x, EI, index=4)
