@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import register_handler
-from .base import LayerCall
+from .base import LayerCall, softmax_weights
 
 
 def _softmax(scores: Tensor, index, ptr, dim_size, dim) -> Tensor:
@@ -41,8 +41,7 @@ def softmax_aggregation(call: LayerCall, x: Tensor, index=None, ptr=None, dim_si
     """``SoftmaxAggregation`` as a readout: ``out_g = sum_{i in g} softmax_g(t x)_i x_i``
     per channel, the softmax weights held fixed."""
     m = call.module
-    t = m.t if not isinstance(m.t, Tensor) else m.t.detach().view(-1, m.channels)
-    return m.reduce(_softmax(x.detach() * t, index, ptr, dim_size, dim) * x, index, ptr, dim_size, dim)
+    return m.reduce(softmax_weights(call.name, m, x, index, dim_size, ptr, dim) * x, index, ptr, dim_size, dim)
 
 
 try:

@@ -691,15 +691,16 @@ def aggr_name(module: nn.Module) -> str:
     return str(getattr(module, "aggr", "add")) if agg is None else aggregation_kind(agg)
 
 
-def _softmax_weights(name: str, agg: nn.Module, msg: Tensor, dst: Tensor, num_out: int) -> Tensor:
-    """The weights ``SoftmaxAggregation`` ``agg`` gives each message's channels, as constants."""
+def softmax_weights(name: str, agg: nn.Module, msg: Tensor, index: Tensor, num_out: int, ptr=None, dim=0) -> Tensor:
+    """The weights ``SoftmaxAggregation`` ``agg`` gives each row's channels within its group
+    (a message's target, a node's graph): ``softmax(t · msg)``, as constants."""
     from torch_geometric.utils import softmax
 
     if msg.dim() != 2:
-        raise ValueError(f"{name}: softmax aggregation is supported on [E, C] messages")
+        raise ValueError(f"{name}: softmax aggregation is supported on [rows, C] inputs")
     with torch.no_grad():
         t = agg.t if not isinstance(agg.t, Tensor) else agg.t.detach().view(-1, agg.channels)
-        return softmax(msg.detach() * t, dst, num_nodes=num_out, dim=0)
+        return softmax(msg.detach() * t, index, ptr, num_out, dim)
 
 
 def _is_feature_map(b: MapBranch) -> bool:
@@ -931,7 +932,7 @@ class LayerCall:
         if weight is not None:  # (the layer weighs its messages, then aggregates them)
             msg = msg * weight.detach().reshape(-1, *[1] * (msg.dim() - 1))
         if kind == "softmax":
-            msg = msg * _softmax_weights(self.name, agg, msg, rows[1], num_out)
+            msg = msg * softmax_weights(self.name, agg, msg, rows[1], num_out)
             return self.messages(msg, rows, num_out, edge_ids, extra, bias)
         with torch.no_grad():
             dst = rows[1].reshape(-1, *[1] * (msg.dim() - 1)).expand_as(msg)

@@ -54,6 +54,22 @@ def _replaced_loops(edge_index: Tensor, n: int) -> Tensor:
     return pos.long()
 
 
+def _one_loop_per_node(call: LayerCall, edge_index: Tensor, n: int, replace: bool) -> tuple[Tensor, Tensor | None]:
+    """``(edge_index, ids)``, with ``replace`` after ``remove_self_loops`` + ``add_self_loops``
+    as layers that replace the graph's loops by one per node build it (once per graph and
+    explanation)."""
+    from torch_geometric.utils import add_self_loops, remove_self_loops
+
+    if not replace:
+        return edge_index, _model_ids(call, edge_index)
+
+    def build():
+        ei = add_self_loops(remove_self_loops(edge_index)[0], num_nodes=n)[0]
+        return ei, _follow(_model_ids(call, edge_index), _replaced_loops(edge_index, n))
+
+    return call.ctx.memo(("one_loop_per_node", edge_index, n), build)
+
+
 def _gcn_norm(call: LayerCall, edge_index, edge_weight, n, improved, add_self_loops, dtype):
     """``gcn_norm`` once per graph and explanation: every layer shares the result and its operator."""
     key = ("gcn_norm", edge_index, edge_weight, n, improved, add_self_loops, dtype)
@@ -219,21 +235,31 @@ def _attention(call: LayerCall, x, edge_index, edge_attr):
     return ei, alpha.detach(), ids
 
 
+def _per_head(index: Tensor, heads: int) -> Tensor:
+    """Row ``r`` of a per-(row, head) layout: ``r * heads + h`` for every head, flattened."""
+    return (index[:, None] * heads + torch.arange(heads, device=index.device)).reshape(-1)
+
+
+def _head_ids(ids: Tensor | None, heads: int) -> Tensor | None:
+    return None if ids is None else ids[:, None].expand(-1, heads).reshape(-1)
+
+
+def _joined_heads(out: Tensor, n: int, heads: int, concat: bool) -> Tensor:
+    """``[n * heads, c]`` rows back to the layer's output: heads concatenated or averaged."""
+    out = out.view(n, heads, -1)
+    return out.reshape(n, -1) if concat else out.mean(1)
+
+
 def _heads(call: LayerCall, h, ei, alpha, ids, bias: Tensor | None, concat: bool) -> Tensor:
     """Per-head node mixing ``out_jh = sum_i α_jih h_ih`` as one edge map over (node, head) rows."""
     n, heads, c = h.shape
-    offs = torch.arange(heads, device=h.device)
-    src = (ei[0][:, None] * heads + offs).reshape(-1)
-    dst = (ei[1][:, None] * heads + offs).reshape(-1)
-    ids = None if ids is None else ids[:, None].expand(-1, heads).reshape(-1)
-    stacked = torch.stack([src, dst])
+    stacked = torch.stack([_per_head(ei[0], heads), _per_head(ei[1], heads)])
     b = None
     if bias is not None:
         b = bias.view(1, heads, c) if concat else bias.view(1, 1, c)
         b = torch.broadcast_to(b, (n, heads, c)).reshape(n * heads, c)
-    out = call.aggregate(h.reshape(n * heads, c), stacked, alpha.reshape(-1), bias=b, edge_ids=ids)
-    out = out.view(n, heads, c)
-    return out.reshape(n, heads * c) if concat else out.mean(1)
+    out = call.aggregate(h.reshape(n * heads, c), stacked, alpha.reshape(-1), bias=b, edge_ids=_head_ids(ids, heads))
+    return _joined_heads(out, n, heads, concat)
 
 
 def gat_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None, return_attention_weights=None) -> Tensor:
@@ -283,18 +309,12 @@ def transformer_conv(call: LayerCall, x, edge_index, edge_attr=None, return_atte
         out = _heads(call, value, ei, alpha, ids, None, m.concat)
     else:
         n, num_edges = x.shape[0], ei.shape[1]
-        e = call.linear(edge_attr, m.lin_edge.weight, m.lin_edge.bias).view(-1, heads, c)
+        with call.over_edges():  # (a map over edge rows)
+            e = call.linear(edge_attr, m.lin_edge.weight, m.lin_edge.bias).view(-1, heads, c)
         msg = value.index_select(0, ei[0]) + e
-        rows = torch.stack(
-            [
-                torch.arange(num_edges * heads, device=x.device),
-                (ei[1][:, None] * heads + torch.arange(heads, device=x.device)).reshape(-1),
-            ]
-        )
-        per_head = None if ids is None else ids[:, None].expand(-1, heads).reshape(-1)
-        out = call.reduce_messages(msg.reshape(-1, c), rows, n * heads, per_head, weight=alpha.reshape(-1))
-        out = out.view(n, heads, c)
-        out = out.reshape(n, heads * c) if m.concat else out.mean(1)
+        rows = torch.stack([torch.arange(num_edges * heads, device=x.device), _per_head(ei[1], heads)])
+        out = call.reduce_messages(msg.reshape(-1, c), rows, n * heads, _head_ids(ids, heads), weight=alpha.reshape(-1))
+        out = _joined_heads(out, n, heads, m.concat)
     if not m.root_weight:
         return out
     skip = call.linear(x, m.lin_skip.weight, m.lin_skip.bias)
@@ -328,7 +348,8 @@ def res_gated_graph_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tens
     if m.edge_dim is None:
         v = call.linear(x, m.lin_value.weight, m.lin_value.bias).index_select(0, src)
     else:
-        v = call.linear(torch.cat([x.index_select(0, src), edge_attr], -1), m.lin_value.weight, m.lin_value.bias)
+        with call.over_edges():  # (a map over edge rows)
+            v = call.linear(torch.cat([x.index_select(0, src), edge_attr], -1), m.lin_value.weight, m.lin_value.bias)
     rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), dst])
     extra = [call.dense_branch(x, m.lin_skip.weight)] if m.root_weight else []
     return call.reduce_messages(gate * v, rows, x.shape[0], _model_ids(call, edge_index), extra, m.bias)
@@ -354,17 +375,14 @@ def le_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
 def cluster_gcn_conv(call: LayerCall, x, edge_index) -> Tensor:
     """ClusterGCNConv: ``out = Θ_out (Â + λ diag(Â)) x + Θ_root x + b``, ``Â`` each edge
     weighted by its target's inverse in-degree (self-loops added)."""
-    from torch_geometric.utils import add_self_loops, degree, remove_self_loops
+    from torch_geometric.utils import degree
 
     _check_plain(call, x, edge_index)
     m = call.module
     n = x.shape[0]
 
     def normalised():
-        ei, ids = edge_index, _model_ids(call, edge_index)
-        if m.add_self_loops:  # (as the layer does: the graph's loops replaced by one per node)
-            ei = add_self_loops(remove_self_loops(edge_index)[0], num_nodes=n)[0]
-            ids = _follow(ids, _replaced_loops(edge_index, n))
+        ei, ids = _one_loop_per_node(call, edge_index, n, m.add_self_loops)
         # (in torch's default dtype, as the layer's degree() computes them: the same weights)
         deg_inv = 1.0 / degree(ei[1], num_nodes=n).clamp(min=1.0)
         w = deg_inv.index_select(0, ei[1])
@@ -410,8 +428,10 @@ def gen_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tenso
     src = call.linear(x, m.lin_src.weight, m.lin_src.bias) if hasattr(m, "lin_src") else x
     msg = src.index_select(0, edge_index[0])
     if edge_attr is not None:
-        e = call.linear(edge_attr, m.lin_edge.weight, m.lin_edge.bias) if hasattr(m, "lin_edge") else edge_attr
-        msg = msg + e
+        if hasattr(m, "lin_edge"):
+            with call.over_edges():  # (a map over edge rows)
+                edge_attr = call.linear(edge_attr, m.lin_edge.weight, m.lin_edge.bias)
+        msg = msg + edge_attr
     msg = torch.relu(msg) + m.eps
     rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
     out = call.reduce_messages(msg, rows, x.shape[0], _model_ids(call, edge_index))
@@ -446,7 +466,8 @@ def pna_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tensor:
     h = x.view(-1, towers, f_in) if m.divide_input else x.view(-1, 1, f_in).repeat(1, towers, 1)
     parts = [h.index_select(0, edge_index[1]), h.index_select(0, edge_index[0])]
     if edge_attr is not None:
-        e = call.linear(edge_attr, m.edge_encoder.weight, m.edge_encoder.bias)
+        with call.over_edges():  # (a map over edge rows)
+            e = call.linear(edge_attr, m.edge_encoder.weight, m.edge_encoder.bias)
         parts.append(e.view(-1, 1, f_in).repeat(1, towers, 1))
     joined = torch.cat(parts, dim=-1)
     with call.over_edges():
@@ -497,15 +518,12 @@ def mixhop_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
 def agnn_conv(call: LayerCall, x, edge_index) -> Tensor:
     """AGNNConv: ``out_i = sum_j α_ij x_j``, ``α = softmax_j(β cos(x_i, x_j))`` (self-loops
     added) held fixed, as attention."""
-    from torch_geometric.utils import add_self_loops, remove_self_loops, softmax
+    from torch_geometric.utils import softmax
 
     _check_plain(call, x, edge_index)
     m = call.module
     n = x.shape[0]
-    ei, ids = edge_index, _model_ids(call, edge_index)
-    if m.add_self_loops:
-        ei = add_self_loops(remove_self_loops(edge_index)[0], num_nodes=n)[0]
-        ids = _follow(ids, _replaced_loops(edge_index, n))
+    ei, ids = _one_loop_per_node(call, edge_index, n, m.add_self_loops)
     with torch.no_grad():
         xn = torch.nn.functional.normalize(x.detach(), p=2.0, dim=-1)
         alpha = softmax(m.beta.detach() * (xn[ei[1]] * xn[ei[0]]).sum(-1), ei[1], num_nodes=n)
