@@ -30,6 +30,18 @@ DT = torch.float64
 # --------------------------------------------------------------------------------------
 
 
+# Every rule, with parameters that make each differ from the others (by name, for ids).
+RULES = {
+    "epsilon": lambda: Epsilon(0.1),
+    "zplus": lambda: ZPlus(),
+    "alphabeta": lambda: AlphaBeta(2.0, 1.0),
+    "gamma": lambda: Gamma(0.25),
+    "wsquare": lambda: WSquare(),
+    "flat": lambda: Flat(),
+    "zbox": lambda: ZBox(-2.0, 3.0),
+}
+
+
 def assert_close(a, b, atol: float = 1e-8, rtol: float = 1e-7) -> None:
     """The GNN tests' float64 tolerance (tight: results are exact up to rounding)."""
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol)

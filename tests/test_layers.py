@@ -16,6 +16,7 @@ import torch
 import torch_geometric.nn as gnn
 from gnn_reference import (
     DT,
+    RULES,
     assert_close,
     check_graph,
     gat_attention,
@@ -38,7 +39,7 @@ from gnn_reference import (
 from torch import nn
 
 import sparse_lrp
-from sparse_lrp import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus
+from sparse_lrp import Epsilon, Flat, ZPlus
 
 N, F, H, C, D = 12, 5, 6, 4, 3
 EI = make_graph(N)
@@ -469,16 +470,6 @@ def test_batch_norm_with_batch_statistics_reads_the_whole_graph(inputs):
 # --------------------------------------------------------------------------------------
 # (b) every rule against the dense two-stage reference, one layer at a time
 # --------------------------------------------------------------------------------------
-
-RULES = {
-    "epsilon": lambda: Epsilon(0.1),
-    "zplus": lambda: ZPlus(),
-    "alphabeta": lambda: AlphaBeta(2.0, 1.0),
-    "gamma": lambda: Gamma(0.25),
-    "wsquare": lambda: WSquare(),
-    "flat": lambda: Flat(),
-    "zbox": lambda: ZBox(-2.0, 3.0),
-}
 
 
 # name -> (builder, reference(m, x, R, rule, ew, ea), forward kwargs names)
