@@ -13,7 +13,8 @@ transformed by a rule term (``g(w)``, applied to stored values only):
 
 :class:`EdgeOperator` is a sparse operator given as an edge list; it runs either as
 sparse (CSR) matrix products or as explicit edge messages with ``scatter_add``.
-:class:`DenseOperator` is a dense matrix, used by ``linear_lrp`` for dense weights.
+:class:`DenseOperator` is a dense matrix, used by ``linear_lrp`` for dense weights;
+:class:`RowwiseOperator` a dense matrix per row (per-edge weights, NNConv's ``Θ(e)``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "EdgeOperator",
     "DenseOperator",
     "DiagonalOperator",
+    "RowwiseOperator",
     "TensorKeyed",
     "has_nonzero",
     "nonzero_rows",
@@ -685,6 +687,29 @@ class DiagonalOperator(DenseOperator):
         self, gw: Tensor, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
     ) -> tuple[Tensor, Tensor | None]:
         return s * gw, (gw * torch.linalg.vecdot(s.T, f.T) if want_edge else None)
+
+
+class RowwiseOperator(DenseOperator):
+    """One dense map per row: ``z[r] = x[r] W[r]`` for ``W [R, in, out]`` (NNConv's per-edge
+    ``Θ(e)``, held at its forward value). Row ``r`` of the output reads row ``r`` of the
+    input only, through its own matrix: a feature map, as :class:`DenseOperator` (whose
+    primitives these mirror row by row), never node mixing. Its connection relevance is
+    per row, ``[R, in, out]`` like the weight."""
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        self.source = None  # (computed per call: no transforms to keep)
+        self.num_in, self.num_out = weight.shape[1:]
+
+    def forward(self, gw: Tensor, f: Tensor, strategy: str, max_memory: int) -> Tensor:
+        # (f may be the leading rows only, as a map cut to its live rows reads them)
+        return torch.bmm(f.unsqueeze(1), gw[: f.shape[0]]).squeeze(1)
+
+    def backward(
+        self, gw: Tensor, f: Tensor, s: Tensor, strategy: str, want_edge: bool, max_memory: int
+    ) -> tuple[Tensor, Tensor | None]:
+        c = torch.bmm(gw, s.unsqueeze(2)).squeeze(2)
+        return c, (gw * f.unsqueeze(2) * s.unsqueeze(1) if want_edge else None)
 
 
 def prepare(edge_index: Tensor, num_in: int | None = None, num_out: int | None = None) -> EdgeOperator:

@@ -38,6 +38,7 @@ from ..operators import (
     DEFAULT_MAX_MEMORY,
     DenseOperator,
     EdgeOperator,
+    RowwiseOperator,
     graph_operator,
     has_nonzero,
     nonzero_rows,
@@ -379,7 +380,8 @@ class _Restricted:
         self.parts = []  # (kernel branch, input rows it reads, positions of its edges)
         for b, x in zip(branches, xs):
             if isinstance(b.op, DenseOperator):  # row b of the output reads row b of x only
-                self.parts.append((Branch(b.op, self.rows_of(x, x.shape[0]), b.weight), rows, None))
+                w = self.rows_of(b.weight, b.weight.shape[0]) if isinstance(b.op, RowwiseOperator) else b.weight
+                self.parts.append((Branch(b.op, self.rows_of(x, x.shape[0]), w), rows, None))
                 continue
             local, positions = b.op.incident(1, rows)
             if b.op.is_diagonal:  # self-loops: row i reads input i, and stays a row scaling
@@ -414,6 +416,8 @@ class _Restricted:
         out = []
         for (r_in, edge), (_, inputs, positions), b, x in zip(results, self.parts, branches, xs):
             full = r_in.new_zeros(x.shape).index_copy_(0, inputs, r_in)
+            if edge is not None and isinstance(b.op, RowwiseOperator):  # (per row, as the weight)
+                edge = edge.new_zeros(b.weight.shape).index_copy_(0, inputs, edge)
             if edge is not None and positions is not None:
                 edge = edge.new_zeros(b.op.num_edges).index_copy_(0, positions, edge)
             out.append((full, edge))
@@ -704,7 +708,7 @@ def softmax_weights(name: str, agg: nn.Module, msg: Tensor, index: Tensor, num_o
 
 
 def _is_feature_map(b: MapBranch) -> bool:
-    """A map over features (dense weight, SparseLinear), not node mixing over edges."""
+    """A map over features (dense weight, a weight per row, SparseLinear), not node mixing over edges."""
     return not isinstance(b.op, EdgeOperator) or b.channels_are_rows
 
 
@@ -977,6 +981,14 @@ class LayerCall:
         """A branch ``x Wᵀ`` (rows of ``x`` are samples/nodes) to combine in :meth:`map`."""
         w = weight.detach()
         return MapBranch(DenseOperator(w, source=weight), w, x)
+
+    def rowwise(self, x: Tensor, weight: Tensor) -> Tensor:
+        """``z[r] = x[r] W[r]`` with a matrix per row, ``weight [R, in, out]`` (NNConv's
+        per-edge ``Θ(e)``): a feature map under the layer's rule, ``weight`` held at its
+        value (no relevance reaches what computed it). Rows that are edges run under
+        :meth:`over_edges`."""
+        w = weight.detach()
+        return self.map([MapBranch(RowwiseOperator(w), w, x)])
 
     def messages(
         self,
