@@ -2,7 +2,8 @@
 
 A :class:`Composite` maps each layer to a rule by module name (glob patterns), by
 type, or by position: ``first`` applies to every linear map that reads the model's
-input features, ``top`` to the layer that produces the explained output.
+input features (and to every feature map that no other feature map precedes, as GIN's
+MLP after its neighbour sum), ``top`` to the layer that produces the explained output.
 
 Presets (also selectable by name in :func:`sparse_lrp.explain` and
 :class:`sparse_lrp.LRPExplainer`):
@@ -38,7 +39,8 @@ class Composite:
         by_name: ``{pattern: rule}``; patterns match the module's path in the model
             (``"convs.0"``, ``"convs.*"``, ``"lin"``) with :mod:`fnmatch`.
         by_type: ``{module_type: rule}``, matched with ``isinstance`` in insertion order.
-        first: rule for linear maps whose input is the model's input features.
+        first: rule for linear maps whose input is the model's input features, and for
+            feature maps that no other feature map precedes.
         top: rule for the layer that produces the explained output.
         activation: rule for element-wise activations (only :class:`Pass` is meaningful).
 

@@ -59,6 +59,8 @@ DENSE_OUTPUT_BYTES = 512 * 2**20
 WHOLE_GRAPH_ROWS: int | None = 2**13
 _SUBGRAPHS_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("sparse_lrp_subgraphs_only", default=False)
 _NODE_KWARGS = ("batch", "pos")
+# Forward kwargs that carry a heterogeneous graph's edge features, per edge type.
+_HETERO_EDGE_FEATURES = ("edge_attr_dict", "edge_attr")
 
 
 class LazyRecords(Mapping):
@@ -116,6 +118,9 @@ class ExplainResult:
             at the inputs (node and edge features), absorbed by biases and
             stabilisers, and lost where a rule could not pass it (zero activations under
             non-proportional rules). ``in + absorbed + lost == out`` up to float error.
+
+    On a heterogeneous graph ``node_feat``, ``node`` are dicts by node type and ``edge``,
+    ``edge_attr`` and each layer's ``"edge"`` record dicts by edge type.
     """
 
     node_feat: Tensor
@@ -765,6 +770,11 @@ def _validate(model, x, edge_index, kwargs) -> None:
             raise TypeError(f"edge_weight has dtype {ew.dtype} but x has dtype {x.dtype}; convert one of them")
     if x.shape[0] == 0:
         raise ValueError(f"x has no rows (shape {tuple(x.shape)}): there is nothing to explain")
+    _validate_model(model, x)
+
+
+def _validate_model(model: nn.Module, x: Tensor) -> None:
+    """The model's parameters and buffers: on ``x``'s device and dtype, and finite."""
     first = next(model.parameters(), None)
     if first is not None and first.device != x.device:
         raise ValueError(f"model parameters are on {first.device} but x is on {x.device}")
@@ -976,16 +986,32 @@ def _mixes_rows(model: nn.Module, x: Tensor, kwargs) -> bool:
 def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_level: str | None):
     # Contiguous, so that a layer's flattened or transposed view of the input is still the
     # input (Context.input_key): a reshape of a strided tensor would copy it.
-    x_in = x.detach().contiguous().requires_grad_(True)
-    ctx.inputs = {"x": x_in}
-    ea = kwargs.get("edge_attr")
-    if isinstance(ea, Tensor) and ea.is_floating_point():
-        ea = ea.detach().contiguous().requires_grad_(True)
-        kwargs = {**kwargs, "edge_attr": ea}
-        ctx.inputs["edge_attr"] = ea
-    else:
+    def leaf(t: Tensor) -> Tensor:
+        return t.detach().contiguous().requires_grad_(True)
+
+    hetero = isinstance(x, Mapping)  # features per node type (and edge features per edge type)
+    ea_name = next((k for k in _HETERO_EDGE_FEATURES if isinstance(kwargs.get(k), Mapping)), None) if hetero else None
+    if hetero:
+        x_in = {k: leaf(v) for k, v in x.items()}
+        ctx.inputs = {f"x[{k!r}]": v for k, v in x_in.items()}
+        leaves = list(x_in.values())
         ea = None
-    ctx.edge_index = edge_index
+        if ea_name is not None:
+            ea = {k: leaf(v) if v.is_floating_point() else v for k, v in kwargs[ea_name].items()}
+            kwargs = {**kwargs, ea_name: ea}
+            ctx.inputs.update({f"edge_attr[{k!r}]": v for k, v in ea.items() if v.requires_grad})
+    else:
+        x_in = leaf(x)
+        ctx.inputs = {"x": x_in}
+        leaves = [x_in]
+        ea = kwargs.get("edge_attr")
+        if isinstance(ea, Tensor) and ea.is_floating_point():
+            ea = leaf(ea)
+            kwargs = {**kwargs, "edge_attr": ea}
+            ctx.inputs["edge_attr"] = ea
+        else:
+            ea = None
+        ctx.edge_index = edge_index
     route = _ROUTES_GLUE.get(model, False)
     hops = ctx.hops_run
     while True:
@@ -997,6 +1023,8 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
         y = _logits(y, ctx.outputs)
+        if hetero and rows is not None and rows.numel() and int(rows.max()) >= y.shape[0]:
+            raise ValueError(f"index out of range for the model's {y.shape[0]} output rows: {rows.tolist()}")
         # Several samples of a plain model share one pass split by row: only exact when no
         # row reads another (which the model's code or a layer's map over rows would do).
         joint = edge_index is None and ctx.num_groups > 0 and ctx.graph_groups is None
@@ -1039,10 +1067,11 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         _ROUTES_GLUE[model] = route = True
         ctx.outputs.clear()
         ctx.normalised.clear()
-        ctx.hops_run, ctx.feature_seen = hops, False
+        ctx.hops_run = hops
+        ctx.unweighted.clear()
     with torch.enable_grad():
         ctx.top_calls = top_calls
-        if task_level == "node" and y.shape[0] != x.shape[0]:
+        if task_level == "node" and not hetero and y.shape[0] != x.shape[0]:
             where = f"a target's {x.shape[0]}-node subgraph" if ctx.on_subgraphs else f"{x.shape[0]} nodes"
             raise _NotPerNodeError(
                 f"node-level task but the model returned {y.shape[0]} rows for {where}: it has no row per node"
@@ -1058,8 +1087,9 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
                 f"the explained output is not finite ({value.flatten()[:4].tolist()}...): the model's "
                 "forward gives NaN/Inf on this input (an overflow, or NaN weights), and so would its relevance"
             )
+        ea_leaves = [] if ea is None else [ea] if not hetero else [v for v in ea.values() if v.requires_grad]
         try:
-            grads = torch.autograd.grad(y, [x_in] + ([ea] if ea is not None else []), seed, allow_unused=True)
+            grads = torch.autograd.grad(y, leaves + ea_leaves, seed, allow_unused=True)
         except RuntimeError as err:
             if "inplace operation" not in str(err):
                 raise
@@ -1068,12 +1098,21 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
                 "nn.ReLU(inplace=True) or h += ...): LRP reads every layer's output in its "
                 "backward pass, so use the out-of-place form"
             ) from err
-    gx = grads[0] if grads[0] is not None else torch.zeros_like(x_in)
-    node_feat = (x_in.detach() * gx) + ctx.side.get("x", 0)
-    edge_attr_rel = None
-    if ea is not None:
-        ge = grads[1] if grads[1] is not None else torch.zeros_like(ea)
-        edge_attr_rel = ea.detach() * ge + ctx.side.get("edge_attr", 0)
+
+    def relevance(key: str, t: Tensor, g: Tensor | None) -> Tensor:
+        return (t.detach() * g if g is not None else torch.zeros_like(t.detach())) + ctx.side.get(key, 0)
+
+    grads = list(grads)
+    if hetero:
+        node_feat = {k: relevance(f"x[{k!r}]", v, grads.pop(0)) for k, v in x_in.items()}
+        edge_attr_rel = None
+        if ea is not None:  # (integer edge inputs, types say, take no relevance)
+            edge_attr_rel = {
+                k: relevance(f"edge_attr[{k!r}]", v, grads.pop(0)) for k, v in ea.items() if v.requires_grad
+            }
+    else:
+        node_feat = relevance("x", x_in, grads[0])
+        edge_attr_rel = None if ea is None else relevance("edge_attr", ea, grads[1])
     ctx.release()
     return node_feat, edge_attr_rel, value, cls, seed.detach(), y.detach()
 
@@ -1081,8 +1120,8 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
 @summing_once
 def explain(
     model: nn.Module,
-    x: Tensor,
-    edge_index: Tensor | None = None,
+    x: Tensor | Mapping[str, Tensor],
+    edge_index: Tensor | Mapping[tuple[str, str, str], Tensor] | None = None,
     *,
     index: int | Sequence[int] | Tensor | None = None,
     target: int | Tensor | None = None,
@@ -1101,8 +1140,11 @@ def explain(
     Args:
         model: any module built from supported layers (see :mod:`sparse_lrp.layers`);
             its own ``forward`` code runs unchanged.
-        x: node features ``[N, F]`` (or a batch ``[B, F]`` for a model without graph).
-        edge_index: ``[2, E]`` (source, target), or None for a model without graph.
+        x: node features ``[N, F]`` (or a batch ``[B, F]`` for a model without graph), or
+            a dict of node types' features (a heterogeneous graph: see
+            :func:`sparse_lrp.hetero.explain_hetero`, whose results are dicts by type).
+        edge_index: ``[2, E]`` (source, target), or None for a model without graph; a
+            dict ``{(src, rel, dst): [2, E]}`` with a dict ``x``.
         index: the output row(s) to explain: a node (node-level), a graph of the batch
             (graph-level) or a sample; a list/tensor gives a leading ``[T]`` dimension
             in every result. None explains all rows jointly.
@@ -1139,11 +1181,18 @@ def explain(
     Output relevance is the explained logit itself, so with LRP-0 on a bias-free ReLU
     network ``node_feat`` equals gradient × input and sums to the logit.
     """
+
+    def flat(values):  # (tensors, and those of dicts: a heterogeneous graph's per-type inputs)
+        for t in values:
+            yield from flat(t.values()) if isinstance(t, Mapping) else (t,)
+
     if torch.is_inference_mode_enabled() or any(
-        isinstance(t, Tensor) and t.is_inference() for t in (x, edge_index, *forward_kwargs.values())
+        isinstance(t, Tensor) and t.is_inference() for t in flat((x, edge_index, *forward_kwargs.values()))
     ):
         # LRP runs through autograd, which inference mode and its tensors exclude.
         def normal(t):
+            if isinstance(t, Mapping):
+                return {k: normal(v) for k, v in t.items()}
             return t.clone() if isinstance(t, Tensor) and t.is_inference() else t
 
         with torch.inference_mode(False):
@@ -1153,6 +1202,13 @@ def explain(
                 max_memory=max_memory, sparse_output=sparse_output, max_union=max_union,
                 **{k: normal(v) for k, v in forward_kwargs.items()},
             )  # fmt: skip
+    if isinstance(x, Mapping):  # a heterogeneous graph: features per node type
+        from .hetero import explain_hetero
+
+        return explain_hetero(
+            model, x, edge_index, index=index, target=target, composite=composite, edges=edges,
+            strategy=strategy, max_memory=max_memory, forward_kwargs=forward_kwargs,
+        )  # fmt: skip
     _validate(model, x, edge_index, forward_kwargs)
     check_budget(max_memory)
     for name, value, least in (("hops", hops, 0), ("max_union", max_union, 1)):

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.explain import Explanation
+from torch_geometric.explain import Explanation, HeteroExplanation
 from torch_geometric.explain.algorithm import ExplainerAlgorithm
 from torch_geometric.explain.config import ExplanationType, MaskType, ModelMode, ModelTaskLevel
 
@@ -45,6 +45,10 @@ class LRPExplainer(ExplainerAlgorithm):
     :func:`sparse_lrp.explain`'s ``sparse_output``). PyG's ``threshold_config`` applies to
     ``node_mask``/``edge_mask`` only: the per-target masks keep the raw relevance.
 
+    On a heterogeneous graph (``x`` and ``edge_index`` dicts) it returns PyG's
+    :class:`~torch_geometric.explain.HeteroExplanation`, with these masks per node type
+    and per edge type.
+
     Args:
         composite: a :class:`~sparse_lrp.composites.Composite`, one rule, or a preset
             name (``"epsilon"``, ``"zplus"``, ``"gamma"``).
@@ -74,9 +78,8 @@ class LRPExplainer(ExplainerAlgorithm):
         index: int | Tensor | None = None,
         **kwargs: Any,
     ) -> Explanation:
-        if isinstance(x, dict):
-            raise ValueError("LRPExplainer does not support heterogeneous graphs yet")
         cfg = self.model_config
+        hetero = isinstance(x, dict)  # (features per node type: masks per node and edge type)
         graph_level = cfg.task_level == ModelTaskLevel.graph
         tgt = target
         if cfg.mode == ModelMode.binary_classification and isinstance(tgt, Tensor) and tgt.is_floating_point():
@@ -88,10 +91,13 @@ class LRPExplainer(ExplainerAlgorithm):
         if cfg.mode == ModelMode.regression and isinstance(tgt, Tensor):
             # The target (the prediction, or the phenomenon's values) is the relevance at
             # the output: every output explained by its own value.
-            tgt = tgt.to(x.dtype).reshape(tgt.shape[0], -1)
+            dtype = next(iter(x.values())).dtype if hetero else x.dtype
+            tgt = tgt.to(dtype).reshape(tgt.shape[0], -1)
         if isinstance(tgt, Tensor) and tgt.dim() > 0 and index is not None:
             # PyG hands one target per output row; explain takes one per index.
             tgt = tgt[_rows(index, x, tgt, graph_level, kwargs)]
+        if hetero:
+            return self._hetero(model, x, edge_index, tgt, index, graph_level, kwargs)
         res = explain(
             model,
             x,
@@ -124,6 +130,35 @@ class LRPExplainer(ExplainerAlgorithm):
                 explanation.edge_mask_per_target = _targets_second(res.edge)
         return explanation
 
+    def _hetero(self, model, x, edge_index, tgt, index, graph_level, kwargs) -> HeteroExplanation:
+        """Masks per node type and per edge type (several indices: summed, per-target masks
+        attached per type as on a homogeneous graph)."""
+        res = explain(
+            model, x, edge_index, index=index, target=tgt, composite=self.composite,
+            task_level="graph" if graph_level else "node", edges=self._wants_edges(), **self.explain_kwargs, **kwargs,
+        )  # fmt: skip
+        first = next(iter(x))
+        many = res.node_feat[first].dim() == x[first].dim() + 1
+        explanation = HeteroExplanation()
+        node_mask = {k: self._node_mask(_sum_targets(v) if many else v) for k, v in res.node_feat.items()}
+        if self.explainer_config.node_mask_type is not None:
+            explanation.set_value_dict("node_mask", node_mask)
+        if self._wants_edges() and res.edge is not None:
+            explanation.set_value_dict("edge_mask", {k: _sum_targets(v) if many else v for k, v in res.edge.items()})
+        if many and res.output.numel() > 1:
+            kind = self.explainer_config.node_mask_type
+            if kind == MaskType.attributes:
+                per = {k: _targets_second(v) for k, v in res.node_feat.items()}
+            elif kind == MaskType.object:
+                per = {k: _targets_second(v.unsqueeze(-1)) for k, v in res.node.items()}
+            else:
+                per = {k: v.sum(1).unsqueeze(0) for k, v in res.node_feat.items()} if kind is not None else None
+            if per is not None:
+                explanation.set_value_dict("node_mask_per_target", per)
+            if self._wants_edges() and res.edge is not None:
+                explanation.set_value_dict("edge_mask_per_target", {k: _targets_second(v) for k, v in res.edge.items()})
+        return explanation
+
     def _wants_edges(self) -> bool:
         return self.explainer_config.edge_mask_type == MaskType.object
 
@@ -152,7 +187,9 @@ def _rows(index: Any, x: Tensor, target: Tensor, graph_level: bool, kwargs: dict
     """The rows of PyG's per-output ``target`` that ``index`` explains, checked first
     (with :func:`sparse_lrp.explain`'s own messages) so that a bad index is named as such."""
     batch = kwargs.get("batch")
-    if not graph_level:
+    if isinstance(x, dict):  # (a heterogeneous model's output rows: one node type's, or graphs)
+        rows, what = target.shape[0], "graphs" if graph_level else "output rows"
+    elif not graph_level:
         rows, what = x.shape[0], "nodes"
     elif isinstance(batch, Tensor) and batch.numel():
         rows, what = int(batch.max()) + 1, "graphs"

@@ -124,6 +124,10 @@ def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
     return torch.empty_like(found).index_copy_(0, e_order, found)
 
 
+def _is_same_graph(edge_index: Tensor, ref: Tensor) -> bool:
+    return edge_index is ref or (edge_index.numel() > 0 and same_tensor(edge_index, ref))
+
+
 def same_tensor(a: Tensor, b: Tensor) -> bool:
     """The same values: one storage, shape and strides (an alias passed through unchanged)."""
     return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
@@ -161,6 +165,9 @@ class Context:
     want_edges: bool = True
     inputs: dict[str, Tensor] = field(default_factory=dict)  # model inputs by key ("x", "edge_attr")
     edge_index: Tensor | None = None  # the model's edge_index: per-layer edges map onto it
+    # A heterogeneous graph's edge types: (edge type, its edge_index, its first position)
+    # in one numbering of all types' edges, which per-layer edges map onto instead.
+    edge_types: list[tuple[Any, Tensor, int]] | None = None
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     side: dict[str, Tensor] = field(default_factory=dict)
     absorbed: float | Tensor = 0.0  # sums over layers (0-d tensors once a layer added to them)
@@ -181,7 +188,8 @@ class Context:
     traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
     watched: list | None = None  # (name, module, kind) run as they are but watched (explain._watched)
     in_handler: int = 0  # depth of handler calls running (their own element-wise calls are theirs)
-    feature_seen: bool = False  # the forward's first feature map has run (composite `first`)
+    # Autograd nodes no feature map precedes (LayerCall.map: a composite's `first` rule).
+    unweighted: set = field(default_factory=set)
     top_calls: frozenset = frozenset()  # the layer calls whose outputs make the explained output
     # Several targets in one pass: the target (0..T-1, or -1) of each row of the model's
     # input (samples, nodes), and of each graph for graph-level models. Maps whose
@@ -233,6 +241,23 @@ class Context:
         self._operators.clear()
         self._memo.clear()
         self.inputs.clear()
+        self.unweighted.clear()
+
+    def follows_feature_map(self, tensors: list[Tensor]) -> bool:
+        """Whether a feature map (a layer's weights, not node mixing) computed part of any
+        of ``tensors``: their autograd history is searched once per explanation (nodes
+        found free of one are remembered)."""
+        stack, seen = [t.grad_fn for t in tensors if t.grad_fn is not None], set()
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn in seen or fn in self.unweighted:
+                continue
+            if getattr(fn, "feature_map", False):
+                return True
+            seen.add(fn)
+            stack.extend(f for f, _ in fn.next_functions)
+        self.unweighted |= seen
+        return False
 
     def operator(self, edge_index: Tensor, num_in: int, num_out: int) -> EdgeOperator:
         """One prepared operator per graph structure, shared by all layers of a pass."""
@@ -265,14 +290,35 @@ class Context:
 
     def is_given(self, edge_index: Tensor) -> bool:
         """Whether ``edge_index`` is the model's own edge_index (not one derived from it:
-        an empty one has no storage to tell, so only the object itself counts)."""
+        an empty one has no storage to tell, so only the object itself counts), or one
+        edge type's of a heterogeneous graph."""
+        if self.edge_types is not None:
+            return self._edge_type(edge_index) is not None
         ref = self.edge_index
-        return ref is not None and (edge_index is ref or (edge_index.numel() > 0 and same_tensor(edge_index, ref)))
+        return ref is not None and _is_same_graph(edge_index, ref)
+
+    def _edge_type(self, edge_index: Tensor) -> tuple[Any, Tensor, int] | None:
+        return next((t for t in self.edge_types if _is_same_graph(edge_index, t[1])), None)
+
+    def num_edges(self) -> int:
+        """The model's edges (all edge types' of a heterogeneous graph)."""
+        if self.edge_types is not None:
+            return sum(t[1].shape[1] for t in self.edge_types)
+        return self.edge_index.shape[1]
 
     def edge_ids(self, edge_index: Tensor) -> Tensor | None:
         """Positions of ``edge_index``'s edges in the model's edge_index (``-1`` where it
         has no such edge). A graph the model derived itself (self-loops added, edges
-        filtered) is matched edge by edge: the k-th copy of an edge to the k-th."""
+        filtered) is matched edge by edge: the k-th copy of an edge to the k-th. On a
+        heterogeneous graph an edge type's edges take their positions in the numbering
+        of all types' edges; a graph derived from one is not matched (its relevance is
+        reported as the layer's own, ``edge_local``)."""
+        if self.edge_types is not None:
+            found = self._edge_type(edge_index)
+            if found is None:
+                return None
+            _, ei, start = found
+            return self.memo(("type_ids", start), lambda: torch.arange(start, start + ei.shape[1], device=ei.device))
         ref = self.edge_index
         if ref is None:
             return None
@@ -289,7 +335,7 @@ class Context:
         if ids is None:
             rec["edge_local"] = values if "edge_local" not in rec else rec["edge_local"] + values
             return
-        num_edges = self.edge_index.shape[1]
+        num_edges = self.num_edges()
         if ids is self._memo.get("given_ids"):  # (the model's own edges, in order)
             full = values
         else:
@@ -463,6 +509,7 @@ class _MapFunction(torch.autograd.Function):
             # NaN or Inf: its backward would read them.
             raise UnsafeCutError(call.name)
         fctx.call, fctx.spec, fctx.keep, fctx.reach = call, spec, keep, reach
+        fctx.feature_map = any(_is_feature_map(b) for b in branches)  # (read by Context.follows_feature_map)
         fctx.save_for_backward(z, *xs)
         return z
 
@@ -823,14 +870,18 @@ class LayerCall:
         """``sum_b op_b(w_b) x_b + bias`` as one linear map under this layer's rule."""
         # The inputs travel through apply() (autograd saves and frees them); the spec keeps
         # only operators and weights, so nothing outlives the backward pass through it.
-        # The forward's first feature map (a dense or sparse weight, not node mixing) takes a
-        # composite's `first` rule even where its input is not the model's own (GIN's MLP
-        # after the aggregation, features sliced or cast before the first layer).
         if any(not _is_feature_map(b) and not b.op.is_diagonal for b in branches):
             self._hop()  # node mixing over edges (a self-loop branch alone reaches no further)
         self.maps += 1
-        first = not self.ctx.feature_seen and any(_is_feature_map(b) for b in branches)
-        self.ctx.feature_seen = self.ctx.feature_seen or first
+        # A feature map (a dense or sparse weight, not node mixing) that no other precedes
+        # takes a composite's `first` rule also where its input is not the model's own:
+        # GIN's MLP after the aggregation, features sliced or cast before the first layer,
+        # the first layer of each edge type of a heterogeneous model.
+        first = (
+            self.ctx.composite.first is not None
+            and any(_is_feature_map(b) for b in branches)
+            and not self.ctx.follows_feature_map([b.x for b in branches])
+        )
         spec = (
             tuple(
                 MapBranch(b.op, b.weight, None, b.edge_ids, b.record_edges, b.rows_are_edges, b.channels_are_rows)
@@ -880,7 +931,7 @@ class LayerCall:
         weights of :meth:`aggr_weights`, or the others of :meth:`reduce_messages`."""
         kind = aggr_name(self.module)
         if kind in _SUM_KINDS:
-            w = self.aggr_weights(edge_index, edge_weight, x.shape[0], x)
+            w = self.aggr_weights(edge_index, edge_weight, edges.get("num_out") or x.shape[0], x)
             return self.edges(x, edge_index, w, **edges)
         if kind == "multi" and x.dim() > 2:  # (PyG concatenates along the last dimension only)
             raise ValueError(f"{self.name}: several aggregations are supported on [N, C] inputs")

@@ -27,6 +27,22 @@ def _check_plain(call: LayerCall, x, edge_index) -> None:
         raise ValueError(f"{call.name}: only flow='source_to_target' is supported")
 
 
+def _pair(call: LayerCall, x, edge_index) -> tuple[Tensor, Tensor]:
+    """``(x_src, x_dst)``: a bipartite layer's source and target node features (a pair, as
+    a heterogeneous model passes them for an edge type between two node types), or ``x``
+    twice."""
+    if isinstance(x, (tuple, list)):
+        if len(x) != 2 or not all(isinstance(t, Tensor) for t in x):
+            raise ValueError(
+                f"{call.name} ({type(call.module).__name__}): bipartite inputs must be a pair of tensors "
+                "(x_src, x_dst); a missing (None) side is not supported"
+            )
+        _check_plain(call, x[0], edge_index)
+        return x[0], x[1]
+    _check_plain(call, x, edge_index)
+    return x, x
+
+
 def _model_ids(call: LayerCall, edge_index: Tensor) -> Tensor | None:
     """Positions of the layer's input edges in the model's edge_index."""
     return call.ctx.edge_ids(edge_index)
@@ -172,22 +188,23 @@ def _with_root(call: LayerCall, a: Tensor, x: Tensor, lin_neigh, lin_root) -> Te
 
 
 def graph_conv(call: LayerCall, x, edge_index, edge_weight=None, size=None) -> Tensor:
-    """GraphConv: ``out = W_rel aggr_j(w_ji x_j) + W_root x_i + b``."""
-    _check_plain(call, x, edge_index)
+    """GraphConv: ``out = W_rel aggr_j(w_ji x_j) + W_root x_i + b`` (bipartite: ``x_j`` the
+    source features, ``x_i`` the target's)."""
+    x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
-    a = call.aggregate(x, edge_index, edge_weight)
-    return _with_root(call, a, x, m.lin_rel, m.lin_root)
+    a = call.aggregate(x_src, edge_index, edge_weight, num_out=x_dst.shape[0])
+    return _with_root(call, a, x_dst, m.lin_rel, m.lin_root)
 
 
 def sage_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
     """SAGEConv: ``out = W_l mean_j(h_j) + W_r x_i + b``, ``h = ReLU(W x + b)`` with ``project``, else ``x``;
     ``normalize`` divides each row by its L2 norm, held constant (the LN-rule, see :mod:`.norms`)."""
-    _check_plain(call, x, edge_index)
+    x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
     # The projection feeds the neighbour messages only: PyG's root weight reads the raw x.
-    h = call.passthrough(torch.relu, call.linear(x, m.lin.weight, m.lin.bias)) if m.project else x
-    a = call.aggregate(h, edge_index)
-    out = _with_root(call, a, x, m.lin_l, m.lin_r if m.root_weight else None)
+    h = call.passthrough(torch.relu, call.linear(x_src, m.lin.weight, m.lin.bias)) if m.project else x_src
+    a = call.aggregate(h, edge_index, num_out=x_dst.shape[0])
+    out = _with_root(call, a, x_dst, m.lin_l, m.lin_r if m.root_weight else None)
     if m.normalize:  # (as F.normalize: a norm below 1e-12 counts as 1e-12)
         out = out / out.detach().norm(p=2, dim=-1, keepdim=True).clamp_min(1e-12)
     return out
@@ -195,10 +212,10 @@ def sage_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
 
 def gin_conv(call: LayerCall, x, edge_index, size=None) -> Tensor:
     """GINConv: ``out = nn((1 + ε) x_i + sum_j x_j)``; ``nn`` is explained by its own layers."""
-    _check_plain(call, x, edge_index)
+    x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
-    a = call.aggregate(x, edge_index, extra=[call.self_loops(x, 1.0 + m.eps.detach())])
-    return m.nn(a)
+    loops = [call.self_loops(x_dst, 1.0 + m.eps.detach())]
+    return m.nn(call.aggregate(x_src, edge_index, extra=loops, num_out=x_dst.shape[0]))
 
 
 def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tensor:
@@ -207,28 +224,31 @@ def gine_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> Tens
     The per-edge messages are the inputs of the sum, so their relevance is the edge
     relevance; through the ReLU it splits between ``x_j`` and the edge features.
     """
-    _check_plain(call, x, edge_index)
+    x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
     if edge_attr is None:
         raise ValueError(f"{call.name}: GINEConv needs edge_attr")
     e = m.lin(edge_attr) if m.lin is not None else edge_attr
-    msg = torch.relu(x.index_select(0, edge_index[0]) + e)
+    msg = torch.relu(x_src.index_select(0, edge_index[0]) + e)
     num_edges = edge_index.shape[1]
-    rows = torch.stack([torch.arange(num_edges, device=x.device), edge_index[1]])
+    rows = torch.stack([torch.arange(num_edges, device=x_src.device), edge_index[1]])
     ids = call.ctx.edge_ids(edge_index)
-    loops = [call.self_loops(x, 1.0 + m.eps.detach())]
-    return m.nn(call.reduce_messages(msg, rows, x.shape[0], ids, extra=loops))
+    loops = [call.self_loops(x_dst, 1.0 + m.eps.detach())]
+    return m.nn(call.reduce_messages(msg, rows, x_dst.shape[0], ids, extra=loops))
 
 
 def _attention(call: LayerCall, x, edge_index, edge_attr):
-    """Run the layer once for its attention coefficients ``α [E', H]`` (kept fixed)."""
+    """Run the layer once for its attention coefficients ``α [E', H]`` (kept fixed); ``x``
+    as the layer got it (a bipartite pair too)."""
     # The class's forward, not call.original: a module found under several names is
     # routed once per name, so call.original may be another name's handler (which
     # returns no attention). The handler recomputes the class's forward anyway.
     forward = type(call.module).forward.__get__(call.module)
     _, (ei, alpha) = forward(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
     if call.module.add_self_loops:
-        positions = call.ctx.memo(("loops", edge_index, x.shape[0]), lambda: _replaced_loops(edge_index, x.shape[0]))
+        # (a bipartite layer adds loops to the nodes both sides have, as PyG does)
+        n = x.shape[0] if isinstance(x, Tensor) else min(x[0].shape[0], x[1].shape[0])
+        positions = call.ctx.memo(("loops", edge_index, n), lambda: _replaced_loops(edge_index, n))
     else:
         positions = torch.arange(edge_index.shape[1], device=edge_index.device)
     ids = _follow(_model_ids(call, edge_index), positions) if positions.numel() == ei.shape[1] else None
@@ -250,41 +270,46 @@ def _joined_heads(out: Tensor, n: int, heads: int, concat: bool) -> Tensor:
     return out.reshape(n, -1) if concat else out.mean(1)
 
 
-def _heads(call: LayerCall, h, ei, alpha, ids, bias: Tensor | None, concat: bool) -> Tensor:
-    """Per-head node mixing ``out_jh = sum_i α_jih h_ih`` as one edge map over (node, head) rows."""
-    n, heads, c = h.shape
+def _heads(call: LayerCall, h, ei, alpha, ids, bias: Tensor | None, concat: bool, n: int | None = None) -> Tensor:
+    """Per-head node mixing ``out_jh = sum_i α_jih h_ih`` as one edge map over (node, head)
+    rows, into ``n`` target nodes (default: as many as ``h`` has)."""
+    n_src, heads, c = h.shape
+    n = n_src if n is None else n
     stacked = torch.stack([_per_head(ei[0], heads), _per_head(ei[1], heads)])
     b = None
     if bias is not None:
         b = bias.view(1, heads, c) if concat else bias.view(1, 1, c)
         b = torch.broadcast_to(b, (n, heads, c)).reshape(n * heads, c)
-    out = call.aggregate(h.reshape(n * heads, c), stacked, alpha.reshape(-1), bias=b, edge_ids=_head_ids(ids, heads))
+    out = call.aggregate(
+        h.reshape(n_src * heads, c), stacked, alpha.reshape(-1), bias=b, edge_ids=_head_ids(ids, heads),
+        num_out=n * heads,
+    )  # fmt: skip
     return _joined_heads(out, n, heads, concat)
 
 
 def gat_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None, return_attention_weights=None) -> Tensor:
-    """GATConv: ``out_j = sum_i α_ji Θ x_i + b`` with the forward's attention ``α`` fixed."""
-    _check_plain(call, x, edge_index)
+    """GATConv: ``out_j = sum_i α_ji Θ x_i + b`` with the forward's attention ``α`` fixed
+    (bipartite: ``x_i`` the source features, ``Θ`` its ``lin_src`` where it has one)."""
+    x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
-    if m.lin is None:
-        raise ValueError(f"{call.name}: bipartite GATConv (lin_src/lin_dst) is not supported")
     ei, alpha, ids = _attention(call, x, edge_index, edge_attr)
-    h = call.linear(x, m.lin.weight, m.lin.bias).view(-1, m.heads, m.out_channels)
-    out = _heads(call, h, ei, alpha, ids, m.bias, m.concat)
+    lin = m.lin if m.lin is not None else m.lin_src
+    h = call.linear(x_src, lin.weight, lin.bias).view(-1, m.heads, m.out_channels)
+    out = _heads(call, h, ei, alpha, ids, m.bias, m.concat, n=x_dst.shape[0])
     if getattr(m, "res", None) is not None:
-        out = out + call.linear(x, m.res.weight, m.res.bias)
+        out = out + call.linear(x_dst, m.res.weight, m.res.bias)
     return out
 
 
 def gatv2_conv(call: LayerCall, x, edge_index, edge_attr=None, return_attention_weights=None) -> Tensor:
     """GATv2Conv: ``out_j = sum_i α_ji (W_l x_i + b_l) + b`` with the forward's ``α`` fixed."""
-    _check_plain(call, x, edge_index)
+    x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
     ei, alpha, ids = _attention(call, x, edge_index, edge_attr)
-    h = call.linear(x, m.lin_l.weight, m.lin_l.bias).view(-1, m.heads, m.out_channels)
-    out = _heads(call, h, ei, alpha, ids, m.bias, m.concat)
+    h = call.linear(x_src, m.lin_l.weight, m.lin_l.bias).view(-1, m.heads, m.out_channels)
+    out = _heads(call, h, ei, alpha, ids, m.bias, m.concat, n=x_dst.shape[0])
     if getattr(m, "res", None) is not None:
-        out = out + call.linear(x, m.res.weight, m.res.bias)
+        out = out + call.linear(x_dst, m.res.weight, m.res.bias)
     return out
 
 

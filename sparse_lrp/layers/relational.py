@@ -138,10 +138,8 @@ def rgcn_conv(call: LayerCall, x, edge_index, edge_type=None) -> Tensor:
     # is its own map over the connections the layer has (Flat counts no others); the root
     # weight is dense and feeds every block.
     size_in, size_out = w.shape[2], w.shape[3]
-    seen, outs = call.ctx.feature_seen, []
+    outs = []
     for k in range(m.num_blocks):
-        # (every block's map is the layer's first feature map if one is: the same rule for all)
-        call.ctx.feature_seen = seen
         cols_in, cols_out = slice(k * size_in, (k + 1) * size_in), slice(k * size_out, (k + 1) * size_out)
         branches = [_branch(a[:, r, cols_in], w[r, k].T) for r in range(num_rel)]
         if root is not None:

@@ -1,0 +1,209 @@
+"""LRP on heterogeneous graphs: ``explain(model, x_dict, edge_index_dict)``.
+
+A heterogeneous model (``to_hetero``, ``HeteroConv``, or one written by hand) runs one
+layer per edge type: each is a (bipartite) graph layer from a source to a target node
+type, explained by its handler as on a homogeneous graph, and the model's own code sums
+the edge types' outputs per node type (LRP-0 on that sum, as on any sum in a model).
+Edge relevance is numbered over all edge types' edges at once (:class:`Context`'s
+``edge_types``) and handed back per edge type.
+
+Each explained output row takes one pass over the whole graph: k-hop computation
+subgraphs, which batch many node targets of a homogeneous graph into one pass, are not
+cut across node and edge types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .composites import resolve
+from .explain import (
+    _HETERO_EDGE_FEATURES,
+    ExplainResult,
+    _as_index,
+    _collect,
+    _conservation,
+    _run,
+    _validate_model,
+    _watched,
+)
+from .layers.base import Context
+from .validation import check_budget, check_edge_index, check_finite, check_tensor
+
+__all__ = ["explain_hetero"]
+
+
+def _validate(model: nn.Module, x_dict: Mapping, edge_index_dict: Any, kwargs: dict) -> Tensor:
+    """Check a heterogeneous input; returns one node type's features (device, dtype)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not x_dict:
+        raise ValueError("x_dict holds no node type: there is nothing to explain")
+    for k, v in x_dict.items():
+        check_tensor(f"x[{k!r}]", v)
+        check_finite(f"x[{k!r}]", v)
+    ref = next(iter(x_dict.values()))
+    for k, v in x_dict.items():
+        if v.device != ref.device or v.dtype != ref.dtype:
+            raise ValueError(
+                f"x[{k!r}] is {v.dtype} on {v.device} but another node type's features are {ref.dtype} on "
+                f"{ref.device}: every node type's features must share one dtype and device"
+            )
+    if not isinstance(edge_index_dict, Mapping):
+        raise TypeError(
+            "x is a dict of node types' features (a heterogeneous graph): edge_index must be a dict "
+            f"{{(src, rel, dst): [2, E] tensor}}, got {type(edge_index_dict).__name__}"
+        )
+    for key, ei in edge_index_dict.items():
+        if not (isinstance(key, tuple) and len(key) == 3):
+            raise ValueError(f"edge types are (source, relation, target) triples, got {key!r}")
+        src, _, dst = key
+        for side in (src, dst):
+            if side not in x_dict:
+                raise ValueError(f"edge type {key!r} names node type {side!r}, which x has no features for")
+        try:
+            check_edge_index(ei, x_dict[src].shape[0], x_dict[dst].shape[0])
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"edge_index[{key!r}]: {err}") from None
+        if ei.device != ref.device:
+            raise ValueError(f"edge_index[{key!r}] is on {ei.device} but x is on {ref.device}")
+    for name, value in kwargs.items():
+        for k, t in value.items() if isinstance(value, Mapping) else [(None, value)]:
+            what = name if k is None else f"{name}[{k!r}]"
+            if isinstance(t, Tensor):
+                if t.device != ref.device:
+                    raise ValueError(f"{what} is on {t.device} but x is on {ref.device}")
+                if t.is_floating_point():
+                    check_finite(what, t)
+    ea = next((kwargs[k] for k in _HETERO_EDGE_FEATURES if isinstance(kwargs.get(k), Mapping)), None)
+    for key, t in (ea or {}).items():
+        if key not in edge_index_dict:
+            raise ValueError(f"edge features given for edge type {key!r}, which edge_index does not have")
+        if isinstance(t, Tensor) and t.shape[0] != edge_index_dict[key].shape[1]:
+            raise ValueError(
+                f"edge features of {key!r} have {t.shape[0]} rows for {edge_index_dict[key].shape[1]} edges"
+            )
+    _validate_model(model, ref)
+    return ref
+
+
+def _by_type(flat: Tensor, spans: list[tuple[Any, int, int]]) -> dict[Any, Tensor]:
+    return {key: flat[..., start:end] for key, start, end in spans}
+
+
+def _one_pass(model, x_dict, edge_index_dict, kwargs, rows, target, composite, edges, strategy, max_memory):
+    ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)
+    start, spans = 0, []
+    ctx.edge_types = []
+    for key, ei in edge_index_dict.items():
+        ctx.edge_types.append((key, ei, start))
+        spans.append((key, start, start + ei.shape[1]))
+        start += ei.shape[1]
+    ctx.handled = _collect(model, ctx.traversed)
+    ctx.composite.check_names([name for name, _, _ in ctx.handled])
+    ctx.few_rows = rows is not None
+    ctx.watched = _watched(model, ctx.handled, ctx.traversed)
+    try:
+        node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x_dict, edge_index_dict, kwargs, rows, target, None)
+    finally:
+        ctx.release()
+    ref = next(iter(node_feat.values()))
+    layers: dict[str, dict[str, Any]] = {}
+    edge = ref.new_zeros(start) if edges else None
+    for name, rec in ctx.records.items():
+        layers[name] = {}
+        for k, v in rec.items():
+            if k == "edge":
+                edge = edge + v
+                v = _by_type(v, spans)
+            layers[name][k] = v
+    flat_in = torch.cat([v.detach().flatten() for v in node_feat.values()])
+    flat_ea = None if not ea_rel else torch.cat([v.detach().flatten() for v in ea_rel.values()])
+    return ExplainResult(
+        node_feat={k: v.detach() for k, v in node_feat.items()},
+        node={k: v.detach().reshape(v.shape[0], -1).sum(1) for k, v in node_feat.items()},
+        edge=None if edge is None else _by_type(edge, spans),
+        output=value.detach(),
+        target=cls,
+        index=rows,
+        edge_attr=None if ea_rel is None else {k: v.detach() for k, v in ea_rel.items()},
+        layers=layers,
+        conservation=_conservation(ctx, value, flat_in, flat_ea),
+    )
+
+
+def _stacked(parts: list) -> Any:
+    """Per-target results (tensors, or dicts of them) with a leading ``[T]`` dimension."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.stack(parts)
+    if isinstance(first, Mapping):
+        return {k: _stacked([p[k] for p in parts]) for k in first}
+    return first if first is None else parts
+
+
+def explain_hetero(
+    model: nn.Module,
+    x_dict: Mapping,
+    edge_index_dict: Mapping,
+    *,
+    index=None,
+    target=None,
+    composite=None,
+    edges: bool = True,
+    strategy: str = "auto",
+    max_memory: int,
+    forward_kwargs: dict,
+) -> ExplainResult:
+    """:func:`~sparse_lrp.explain` on a heterogeneous graph: ``model(x_dict,
+    edge_index_dict, **forward_kwargs)`` returns a tensor (e.g. one node type's logits),
+    whose rows ``index`` names. Results are dicts: ``node_feat``/``node`` by node type,
+    ``edge`` (and each layer's ``"edge"`` record) by edge type, ``edge_attr`` by edge type
+    for edge features given as ``edge_attr_dict`` (or ``edge_attr``) dicts. Several rows in
+    ``index`` give a leading ``[T]`` dimension, one whole-graph pass each (the
+    conservation report sums over them, as for a homogeneous graph's targets)."""
+    ref = _validate(model, x_dict, edge_index_dict, forward_kwargs)
+    check_budget(max_memory)
+    # (the output's rows are known once the model has run: the range is checked then)
+    rows, many = (None, False) if index is None else _as_index(index, 2**62, "rows")
+    if rows is not None and rows.numel() and int(rows.max()) >= 2**61:
+        raise ValueError("index holds a negative row: name output rows by 0..N-1 on a heterogeneous graph")
+    if rows is not None:
+        rows = rows.to(ref.device)
+
+    def one(rows: Tensor | None, target) -> ExplainResult:
+        return _one_pass(
+            model, x_dict, edge_index_dict, forward_kwargs, rows, target, composite, edges, strategy, max_memory
+        )
+
+    if not many:
+        return one(rows, target)
+    t_count = rows.numel()
+    if t_count and rows.unique().numel() != t_count:
+        raise ValueError("index repeats a row: explain each row once")
+    per_index = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count
+    if target is not None and not isinstance(target, (int, Tensor)):
+        target = torch.as_tensor(target, device=ref.device)
+        per_index = target.dim() > 0 and target.shape[0] == t_count
+    parts = []
+    for i in range(t_count):
+        t = target[i : i + 1] if per_index else target
+        parts.append(one(rows[i : i + 1], t))
+    if not parts:
+        raise ValueError("index is empty: there is nothing to explain")
+    res = ExplainResult(
+        node_feat=_stacked([p.node_feat for p in parts]),
+        node=_stacked([p.node for p in parts]),
+        edge=None if parts[0].edge is None else _stacked([p.edge for p in parts]),
+        output=torch.cat([p.output for p in parts]),
+        target=None if parts[0].target is None else torch.cat([p.target for p in parts]),
+        index=rows,
+        edge_attr=None if parts[0].edge_attr is None else _stacked([p.edge_attr for p in parts]),
+        layers={name: _stacked([p.layers.get(name, {}) for p in parts]) for name in parts[0].layers},
+        conservation={k: sum(p.conservation[k] for p in parts) for k in parts[0].conservation},
+    )
+    return res
