@@ -984,6 +984,27 @@ def _mixes_rows(model: nn.Module, x: Tensor, kwargs) -> bool:
 
 
 def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_level: str | None):
+    """One explanation: the model's forward with its layers routed, then the backward pass
+    from ``rows``' ``target``. Returns ``(node_feat, edge_attr_rel, value, cls, seed, y)``;
+    the per-layer records are in ``ctx``."""
+    run = _forward(model, ctx, x, edge_index, kwargs, rows, task_level)
+    try:
+        return _backward(ctx, run, rows, target)
+    finally:
+        ctx.release()
+
+
+@dataclass
+class _Forward:
+    """What a forward pass leaves for its backward passes."""
+
+    y: Tensor
+    x_in: Tensor | dict[Any, Tensor]
+    leaves: list[Tensor]
+    ea: Tensor | dict[Any, Tensor] | None
+
+
+def _forward(model, ctx: Context, x, edge_index, kwargs, rows, task_level: str | None) -> _Forward:
     # Contiguous, so that a layer's flattened or transposed view of the input is still the
     # input (Context.input_key): a reshape of a strided tensor would copy it.
     def leaf(t: Tensor) -> Tensor:
@@ -1069,17 +1090,25 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
         ctx.normalised.clear()
         ctx.hops_run = hops
         ctx.unweighted.clear()
+    ctx.top_calls = top_calls
+    if task_level == "node" and not hetero and y.shape[0] != x.shape[0]:
+        where = f"a target's {x.shape[0]}-node subgraph" if ctx.on_subgraphs else f"{x.shape[0]} nodes"
+        raise _NotPerNodeError(
+            f"node-level task but the model returned {y.shape[0]} rows for {where}: it has no row per node"
+        )
+    if ctx.live is not None and ctx.hops_run > len(ctx.live) - 1:
+        # More hops than the subgraphs hold (a layer called twice): whatever this pass
+        # computed, even a non-finite output, comes from missing neighbours; rerun wider.
+        raise _MoreHopsError(ctx.hops_run)
+    return _Forward(y, x_in, leaves, ea)
+
+
+def _backward(ctx: Context, run: _Forward, rows, target, retain: bool = False):
+    """The backward pass from ``rows``' ``target`` (``retain``: keep the autograd graph for
+    another one). Returns ``(node_feat, edge_attr_rel, value, cls, seed, y)``."""
+    y, x_in, leaves, ea = run.y, run.x_in, run.leaves, run.ea
+    hetero = isinstance(x_in, dict)
     with torch.enable_grad():
-        ctx.top_calls = top_calls
-        if task_level == "node" and not hetero and y.shape[0] != x.shape[0]:
-            where = f"a target's {x.shape[0]}-node subgraph" if ctx.on_subgraphs else f"{x.shape[0]} nodes"
-            raise _NotPerNodeError(
-                f"node-level task but the model returned {y.shape[0]} rows for {where}: it has no row per node"
-            )
-        if ctx.live is not None and ctx.hops_run > len(ctx.live) - 1:
-            # More hops than the subgraphs hold (a layer called twice): whatever this pass
-            # computed, even a non-finite output, comes from missing neighbours; rerun wider.
-            raise _MoreHopsError(ctx.hops_run)
         seed, value, cls, dropped = _seed(y, rows, target)
         ctx.lost = ctx.lost + dropped
         if not math.isfinite(value.sum().item()) and not bool(torch.isfinite(value).all()):
@@ -1089,7 +1118,7 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
             )
         ea_leaves = [] if ea is None else [ea] if not hetero else [v for v in ea.values() if v.requires_grad]
         try:
-            grads = torch.autograd.grad(y, leaves + ea_leaves, seed, allow_unused=True)
+            grads = torch.autograd.grad(y, leaves + ea_leaves, seed, allow_unused=True, retain_graph=retain)
         except RuntimeError as err:
             if "inplace operation" not in str(err):
                 raise
@@ -1113,7 +1142,6 @@ def _run(model, ctx: Context, x: Tensor, edge_index, kwargs, rows, target, task_
     else:
         node_feat = relevance("x", x_in, grads[0])
         edge_attr_rel = None if ea is None else relevance("edge_attr", ea, grads[1])
-    ctx.release()
     return node_feat, edge_attr_rel, value, cls, seed.detach(), y.detach()
 
 
@@ -1378,7 +1406,7 @@ def explain(
                     "one joint pass cannot tell their relevance apart; explain one graph at a time "
                     "(index=g) or check the batch vector"
                 )
-        res = _split_graphs(res, rows, batch if batch is not None else one_graph, edge_index)
+        res = _split_graphs(res, rows, batch if batch is not None else one_graph, edge_index, ctx.pooled_batches)
     elif many and edge_index is None:  # samples (or nodes without a graph): each its own row
         res = _split_graphs(res, rows, torch.arange(n, device=x.device), None)
     elif many:  # one node target, given as a list, on the whole graph: its [1, ...] results
@@ -1449,10 +1477,14 @@ def _result(ctx, node_feat, ea_rel, value, cls, rows, edge_index) -> ExplainResu
     )
 
 
-def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: Tensor | None) -> ExplainResult:
-    """One joint pass explained every graph at once (graphs are disjoint); split by graph."""
+def _split_graphs(
+    res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: Tensor | None, pooled: Sequence[Tensor] = ()
+) -> ExplainResult:
+    """One joint pass explained every graph at once (graphs are disjoint); split by graph
+    (``pooled``: the `batch` vectors of graphs pooling layers built, for their layers' records)."""
     rows = rows.to(batch.device)
     node_mask = batch[None, :] == rows[:, None]  # [T, N]
+    pooled_masks = [b[None, :] == rows[:, None] for b in pooled]
 
     edge_mask = node_mask[:, edge_index[1]] if edge_index is not None else None
     graph_mask = torch.arange(int(batch.max()) + 1, device=batch.device)[None, :] == rows[:, None]  # [T, G]
@@ -1461,8 +1493,9 @@ def _split_graphs(res: ExplainResult, rows: Tensor, batch: Tensor, edge_index: T
         return t[None] * mask.view(*mask.shape, *([1] * (t.dim() - 1)))
 
     def by_rows(t: Tensor) -> Tensor:
-        # Layer records have one row per node, per edge or (after pooling) per graph.
-        for mask in (node_mask, edge_mask, graph_mask):
+        # Layer records have one row per node (of the input's graph or a pooled one), per
+        # edge or (after a readout) per graph.
+        for mask in (node_mask, *pooled_masks, edge_mask, graph_mask):
             if mask is not None and t.shape[0] == mask.shape[1]:
                 return split(t, mask)
         return t

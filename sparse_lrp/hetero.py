@@ -7,9 +7,9 @@ the edge types' outputs per node type (LRP-0 on that sum, as on any sum in a mod
 Edge relevance is numbered over all edge types' edges at once (:class:`Context`'s
 ``edge_types``) and handed back per edge type.
 
-Each explained output row takes one pass over the whole graph: k-hop computation
-subgraphs, which batch many node targets of a homogeneous graph into one pass, are not
-cut across node and edge types.
+Explanations run on the whole graph: k-hop computation subgraphs, which batch many node
+targets of a homogeneous graph into one pass, are not cut across node and edge types.
+Several output rows share one forward pass, and each takes its own backward pass.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from .explain import (
     _HETERO_EDGE_FEATURES,
     ExplainResult,
     _as_index,
+    _backward,
     _collect,
     _conservation,
-    _run,
+    _forward,
     _validate_model,
     _watched,
 )
@@ -95,7 +96,8 @@ def _by_type(flat: Tensor, spans: list[tuple[Any, int, int]]) -> dict[Any, Tenso
     return {key: flat[..., start:end] for key, start, end in spans}
 
 
-def _one_pass(model, x_dict, edge_index_dict, kwargs, rows, target, composite, edges, strategy, max_memory):
+def _passes(model, x_dict, edge_index_dict, kwargs, jobs, composite, edges, strategy, max_memory):
+    """One forward pass, then a backward pass per ``(rows, target)`` job: a result each."""
     ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)
     start, spans = 0, []
     ctx.edge_types = []
@@ -105,15 +107,28 @@ def _one_pass(model, x_dict, edge_index_dict, kwargs, rows, target, composite, e
         start += ei.shape[1]
     ctx.handled = _collect(model, ctx.traversed)
     ctx.composite.check_names([name for name, _, _ in ctx.handled])
-    ctx.few_rows = rows is not None
+    every = None if any(rows is None for rows, _ in jobs) else torch.cat([rows for rows, _ in jobs])
+    ctx.few_rows = every is not None
     ctx.watched = _watched(model, ctx.handled, ctx.traversed)
+    results = []
     try:
-        node_feat, ea_rel, value, cls, _, _ = _run(model, ctx, x_dict, edge_index_dict, kwargs, rows, target, None)
+        run = _forward(model, ctx, x_dict, edge_index_dict, kwargs, every, None)
+        # (what the forward itself left in the records: each backward pass starts from it)
+        start_from = (ctx.records, ctx.side, ctx.absorbed, ctx.lost)
+        for i, (rows, target) in enumerate(jobs):
+            records, side, ctx.absorbed, ctx.lost = start_from
+            ctx.records, ctx.side = {k: dict(v) for k, v in records.items()}, dict(side)
+            node_feat, ea_rel, value, cls, _, _ = _backward(ctx, run, rows, target, retain=i < len(jobs) - 1)
+            results.append(_result(ctx, spans, start, edges, node_feat, ea_rel, value, cls, rows))
     finally:
         ctx.release()
+    return results
+
+
+def _result(ctx, spans, num_edges, edges, node_feat, ea_rel, value, cls, rows) -> ExplainResult:
     ref = next(iter(node_feat.values()))
     layers: dict[str, dict[str, Any]] = {}
-    edge = ref.new_zeros(start) if edges else None
+    edge = ref.new_zeros(num_edges) if edges else None
     for name, rec in ctx.records.items():
         layers[name] = {}
         for k, v in rec.items():
@@ -164,8 +179,9 @@ def explain_hetero(
     whose rows ``index`` names. Results are dicts: ``node_feat``/``node`` by node type,
     ``edge`` (and each layer's ``"edge"`` record) by edge type, ``edge_attr`` by edge type
     for edge features given as ``edge_attr_dict`` (or ``edge_attr``) dicts. Several rows in
-    ``index`` give a leading ``[T]`` dimension, one whole-graph pass each (the
-    conservation report sums over them, as for a homogeneous graph's targets)."""
+    ``index`` give a leading ``[T]`` dimension: one forward pass over the whole graph, and a
+    backward pass per row (the conservation report sums over them, as for a homogeneous
+    graph's targets)."""
     ref = _validate(model, x_dict, edge_index_dict, forward_kwargs)
     check_budget(max_memory)
     # (the output's rows are known once the model has run: the range is checked then)
@@ -175,26 +191,21 @@ def explain_hetero(
     if rows is not None:
         rows = rows.to(ref.device)
 
-    def one(rows: Tensor | None, target) -> ExplainResult:
-        return _one_pass(
-            model, x_dict, edge_index_dict, forward_kwargs, rows, target, composite, edges, strategy, max_memory
-        )
+    def run(jobs):
+        return _passes(model, x_dict, edge_index_dict, forward_kwargs, jobs, composite, edges, strategy, max_memory)
 
     if not many:
-        return one(rows, target)
+        return run([(rows, target)])[0]
     t_count = rows.numel()
-    if t_count and rows.unique().numel() != t_count:
+    if not t_count:
+        raise ValueError("index is empty: there is nothing to explain")
+    if rows.unique().numel() != t_count:
         raise ValueError("index repeats a row: explain each row once")
-    per_index = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count
     if target is not None and not isinstance(target, (int, Tensor)):
         target = torch.as_tensor(target, device=ref.device)
-        per_index = target.dim() > 0 and target.shape[0] == t_count
-    parts = []
-    for i in range(t_count):
-        t = target[i : i + 1] if per_index else target
-        parts.append(one(rows[i : i + 1], t))
-    if not parts:
-        raise ValueError("index is empty: there is nothing to explain")
+    per_index = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count
+    # One forward pass serves every row; each row's backward pass is its own explanation.
+    parts = run([(rows[i : i + 1], target[i : i + 1] if per_index else target) for i in range(t_count)])
     res = ExplainResult(
         node_feat=_stacked([p.node_feat for p in parts]),
         node=_stacked([p.node for p in parts]),

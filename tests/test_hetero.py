@@ -354,6 +354,14 @@ def test_several_rows_equal_single_calls(x_dict):
             for k, v in rec.get("edge", {}).items():
                 assert torch.equal(many.layers[name]["edge"][k][i], v)
     assert many.conservation["out"] == pytest.approx(float(many.output.sum()), rel=1e-12)
+    # the rows share one forward pass: each has only its own backward pass
+    calls = []
+    hook = model.inner.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        sparse_lrp.explain(model, x_dict, EI, index=rows, target=classes, composite=ZPlus())
+    finally:
+        hook.remove()
+    assert len(calls) == 1
 
 
 def test_all_rows_jointly_and_a_relevance_target(x_dict):
