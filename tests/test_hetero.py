@@ -477,3 +477,84 @@ def test_first_rule_takes_every_edge_types_first_layer(x_dict):
         assert_close(first.node_feat[k], by_name.node_feat[k])
     assert not torch.allclose(first.node_feat["paper"], plain.node_feat["paper"])
     assert not torch.allclose(first.node_feat["author"], plain.node_feat["author"])
+
+
+@pytest.mark.parametrize("kw", [{}, {"concat": False}, {"edge_dim": D}, {"beta": True}], ids=str)
+def test_lrp0_bipartite_transformer_conv_with_fixed_attention(kw, x_dict):
+    """Values from the source type, the skip from the target type; attention (and the beta
+    gate) held at the forward's values, so LRP-0 is gradient x input with them constant."""
+    conv = randomise(gnn.TransformerConv((FA, FP), 3, heads=2, bias=False, **kw).double()).eval()
+    model = OneLayer(conv, WRITES)
+    ei, ea = EI[WRITES], _edge_attr()[WRITES] if "edge_dim" in kw else None
+    if ea is not None:
+        model.forward = lambda xd, ed, edge_attr_dict: conv(
+            (xd["author"], xd["paper"]), ed[WRITES], edge_attr=edge_attr_dict[WRITES]
+        )
+    extra = {} if ea is None else {"edge_attr_dict": {WRITES: ea}}
+    y = model(x_dict, EI, **extra).detach()
+    R = torch.rand(y.shape, generator=torch.Generator().manual_seed(4), dtype=DT)
+    res = sparse_lrp.explain(model, x_dict, EI, target=R, composite=Epsilon(0), **extra)
+    with torch.no_grad():
+        _, (ei_a, alpha) = conv((x_dict["author"], x_dict["paper"]), ei, edge_attr=ea, return_attention_weights=True)
+
+    def written_out(xs, xd, *e):
+        msg = conv.lin_value(xs).view(-1, 2, 3)[ei_a[0]]
+        if e:
+            msg = msg + conv.lin_edge(e[0]).view(-1, 2, 3)
+        out = torch.zeros(NP, 2, 3, dtype=DT).index_add(0, ei_a[1], msg * alpha[..., None])
+        out = out.reshape(NP, 6) if conv.concat else out.mean(1)
+        skip = conv.lin_skip(xd)
+        if conv.lin_beta is None:
+            return out + skip
+        with torch.no_grad():
+            beta = torch.sigmoid(conv.lin_beta(torch.cat([out, skip, out - skip], -1)))
+        return beta * skip + (1 - beta) * out
+
+    assert_close(written_out(x_dict["author"], x_dict["paper"], *([ea] if ea is not None else [])), y)
+    refs = grad_x_input(
+        lambda *t: (written_out(*t) * (R / y)).sum(),
+        x_dict["author"],
+        x_dict["paper"],
+        *([ea] if ea is not None else []),
+    )
+    assert_close(res.node_feat["author"], refs[0])
+    assert_close(res.node_feat["paper"], refs[1])
+    if ea is not None:
+        assert_close(res.edge_attr[WRITES], refs[2])
+
+
+@pytest.mark.parametrize("edge_dim", [None, D])
+def test_lrp0_bipartite_res_gated_conv_with_fixed_gates(edge_dim, x_dict):
+    """Keys and the skip read the target type, queries and values the source type; the
+    gates held at the forward's values, so LRP-0 is gradient x input with them constant."""
+    conv = zero_biases(randomise(gnn.ResGatedGraphConv((FA, FP), 3, edge_dim=edge_dim).double())).eval()
+    ei, ea = EI[WRITES], _edge_attr()[WRITES]
+    src, dst = ei
+
+    def layer(xs, xd, e):
+        return conv((xs, xd), ei, edge_attr=e if edge_dim else None)
+
+    model = OneLayer(conv, WRITES)
+    model.forward = lambda xd, ed, edge_attr_dict: layer(xd["author"], xd["paper"], edge_attr_dict[WRITES])
+    extra = {"edge_attr_dict": {WRITES: ea}}
+    y = model(x_dict, EI, **extra).detach()
+    R = torch.rand(y.shape, generator=torch.Generator().manual_seed(4), dtype=DT)
+    res = sparse_lrp.explain(model, x_dict, EI, target=R, composite=Epsilon(0), **extra)
+
+    def cat(*t):
+        return torch.cat(t, -1) if edge_dim else t[0]
+
+    with torch.no_grad():  # the gates, from the layer's own linear maps
+        xs, xd = x_dict["author"], x_dict["paper"]
+        gate = torch.sigmoid(conv.lin_key(cat(xd[dst], ea)) + conv.lin_query(cat(xs[src], ea)))
+
+    def written_out(xs, xd, e):
+        msg = gate * conv.lin_value(cat(xs[src], e))
+        return torch.zeros(NP, 3, dtype=DT).index_add(0, dst, msg) + conv.lin_skip(xd)
+
+    assert_close(written_out(xs, xd, ea), y)
+    refs = grad_x_input(lambda *t: (written_out(*t) * (R / y)).sum(), xs, xd, ea)
+    assert_close(res.node_feat["author"], refs[0])
+    assert_close(res.node_feat["paper"], refs[1])
+    if edge_dim:
+        assert_close(res.edge_attr[WRITES], refs[2])

@@ -320,8 +320,9 @@ def transformer_conv(call: LayerCall, x, edge_index, edge_attr=None, return_atte
 
     With ``edge_dim`` the per-edge messages ``W_v x_i + W_e e_ji`` are the inputs of the
     sum, so their relevance is the edge relevance, split between ``x_i`` and ``e_ji``.
+    Bipartite: values from the source features, the skip from the target's.
     """
-    _check_plain(call, x, edge_index)
+    x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
     if edge_attr is not None and m.lin_edge is None:
         raise ValueError(f"{call.name}: TransformerConv got edge_attr but has no edge_dim (no lin_edge)")
@@ -329,20 +330,21 @@ def transformer_conv(call: LayerCall, x, edge_index, edge_attr=None, return_atte
     forward = type(m).forward.__get__(m)  # (the class's: see _attention)
     _, (ei, alpha) = forward(x, edge_index, edge_attr=edge_attr, return_attention_weights=True)
     alpha, ids = alpha.detach(), _model_ids(call, edge_index)
-    value = call.linear(x, m.lin_value.weight, m.lin_value.bias).view(-1, heads, c)
+    value = call.linear(x_src, m.lin_value.weight, m.lin_value.bias).view(-1, heads, c)
+    n = x_dst.shape[0]
     if m.lin_edge is None:
-        out = _heads(call, value, ei, alpha, ids, None, m.concat)
+        out = _heads(call, value, ei, alpha, ids, None, m.concat, n=n)
     else:
-        n, num_edges = x.shape[0], ei.shape[1]
+        num_edges = ei.shape[1]
         with call.over_edges():  # (a map over edge rows)
             e = call.linear(edge_attr, m.lin_edge.weight, m.lin_edge.bias).view(-1, heads, c)
         msg = value.index_select(0, ei[0]) + e
-        rows = torch.stack([torch.arange(num_edges * heads, device=x.device), _per_head(ei[1], heads)])
+        rows = torch.stack([torch.arange(num_edges * heads, device=ei.device), _per_head(ei[1], heads)])
         out = call.reduce_messages(msg.reshape(-1, c), rows, n * heads, _head_ids(ids, heads), weight=alpha.reshape(-1))
         out = _joined_heads(out, n, heads, m.concat)
     if not m.root_weight:
         return out
-    skip = call.linear(x, m.lin_skip.weight, m.lin_skip.bias)
+    skip = call.linear(x_dst, m.lin_skip.weight, m.lin_skip.bias)
     if m.lin_beta is None:
         return out + skip
     with torch.no_grad():
@@ -355,29 +357,32 @@ def res_gated_graph_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tens
     """ResGatedGraphConv: ``out_i = sum_{j->i} η_ji ⊙ v_j + W_s x_i + b``, its gates
     ``η_ji = act(k_i + q_j)`` held fixed (as LRP treats gating). The gated per-edge messages
     are the inputs of the sum, so their relevance is the edge relevance; with ``edge_dim``
-    each value ``v_ji = W_v [x_j, e_ji] + b_v`` splits it between the node and the edge."""
-    _check_plain(call, x, edge_index)
+    each value ``v_ji = W_v [x_j, e_ji] + b_v`` splits it between the node and the edge.
+    Bipartite: keys and the skip from the target features, queries and values the source's."""
+    x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
     if (edge_attr is None) != (m.edge_dim is None):
         raise ValueError(f"{call.name}: ResGatedGraphConv needs edge_attr exactly when it has edge_dim")
     src, dst = edge_index
     with torch.no_grad():
-        xd = x.detach()
+        xs, xd = x_src.detach(), x_dst.detach()
         if m.edge_dim is None:
-            k, q = m.lin_key(xd).index_select(0, dst), m.lin_query(xd).index_select(0, src)
+            k, q = m.lin_key(xd).index_select(0, dst), m.lin_query(xs).index_select(0, src)
         else:
             e = edge_attr.detach()
             k = m.lin_key(torch.cat([xd.index_select(0, dst), e], -1))
-            q = m.lin_query(torch.cat([xd.index_select(0, src), e], -1))
+            q = m.lin_query(torch.cat([xs.index_select(0, src), e], -1))
         gate = m.act(k + q)
     if m.edge_dim is None:
-        v = call.linear(x, m.lin_value.weight, m.lin_value.bias).index_select(0, src)
+        v = call.linear(x_src, m.lin_value.weight, m.lin_value.bias).index_select(0, src)
     else:
         with call.over_edges():  # (a map over edge rows)
-            v = call.linear(torch.cat([x.index_select(0, src), edge_attr], -1), m.lin_value.weight, m.lin_value.bias)
-    rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), dst])
-    extra = [call.dense_branch(x, m.lin_skip.weight)] if m.root_weight else []
-    return call.reduce_messages(gate * v, rows, x.shape[0], _model_ids(call, edge_index), extra, m.bias)
+            v = call.linear(
+                torch.cat([x_src.index_select(0, src), edge_attr], -1), m.lin_value.weight, m.lin_value.bias
+            )
+    rows = torch.stack([torch.arange(edge_index.shape[1], device=dst.device), dst])
+    extra = [call.dense_branch(x_dst, m.lin_skip.weight)] if m.root_weight else []
+    return call.reduce_messages(gate * v, rows, x_dst.shape[0], _model_ids(call, edge_index), extra, m.bias)
 
 
 def le_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
