@@ -72,6 +72,17 @@ def _validate(model: nn.Module, x_dict: Mapping, edge_index_dict: Any, kwargs: d
             raise type(err)(f"edge_index[{key!r}]: {err}") from None
         if ei.device != ref.device:
             raise ValueError(f"edge_index[{key!r}] is on {ei.device} but x is on {ref.device}")
+    seen: dict[tuple, Any] = {}
+    for key, ei in edge_index_dict.items():
+        # (a layer's edges are told to be an edge type's by their tensor: two types sharing
+        # one could not be told apart, and one type would take the other's relevance)
+        if ei.numel() and (ei.data_ptr(), tuple(ei.shape), ei.stride()) in seen:
+            other = seen[(ei.data_ptr(), tuple(ei.shape), ei.stride())]
+            raise ValueError(
+                f"edge types {other!r} and {key!r} share one edge_index tensor: their relevance could not be "
+                "told apart; pass a copy (.clone()) for one of them"
+            )
+        seen[(ei.data_ptr(), tuple(ei.shape), ei.stride())] = key
     for name, value in kwargs.items():
         for k, t in value.items() if isinstance(value, Mapping) else [(None, value)]:
             what = name if k is None else f"{name}[{k!r}]"

@@ -425,6 +425,8 @@ def test_bad_heterogeneous_input_is_named(x_dict):
         sparse_lrp.explain(model, {**x_dict, "paper": x_dict["paper"].clone().fill_(float("nan"))}, EI, index=0)
     with pytest.raises(ValueError, match="index out of range for the model's 9 output rows"):
         sparse_lrp.explain(model, x_dict, EI, index=NP)
+    with pytest.raises(ValueError, match="share one edge_index tensor"):
+        sparse_lrp.explain(model, x_dict, {**EI, ("paper", "cites_too", "paper"): EI[CITES]}, index=0)
     with pytest.raises(ValueError, match="negative row"):
         sparse_lrp.explain(model, x_dict, EI, index=-1)
     with pytest.raises(ValueError, match="edge type"):
