@@ -124,6 +124,11 @@ def _match_edges(ref: Tensor, edges: Tensor) -> Tensor:
     return torch.empty_like(found).index_copy_(0, e_order, found)
 
 
+def _derived_key(edge_index: Tensor) -> tuple:
+    """The key of a graph declared with :meth:`Context.derived_edges` (by storage, shape, strides)."""
+    return ("derived_edges", edge_index.data_ptr(), tuple(edge_index.shape), edge_index.stride())
+
+
 def _is_same_graph(edge_index: Tensor, ref: Tensor) -> bool:
     return edge_index is ref or (edge_index.numel() > 0 and same_tensor(edge_index, ref))
 
@@ -197,6 +202,9 @@ class Context:
     row_groups: Tensor | None = None
     graph_groups: Tensor | None = None
     num_groups: int = 0
+    # The graph of each node of the graphs pooling layers built (their `batch`): per-layer
+    # records over those nodes are split by graph as records over the input's nodes are.
+    pooled_batches: list = field(default_factory=list)
     # Node targets' subgraph union with its nodes ordered by hops from their target:
     # ``live[r]`` rows lie within ``r`` hops (r = 0..k), of ``union_rows`` in all.
     live: list[int] | None = None
@@ -312,7 +320,11 @@ class Context:
         filtered) is matched edge by edge: the k-th copy of an edge to the k-th. On a
         heterogeneous graph an edge type's edges take their positions in the numbering
         of all types' edges; a graph derived from one is not matched (its relevance is
-        reported as the layer's own, ``edge_local``)."""
+        reported as the layer's own, ``edge_local``). A graph declared with
+        :meth:`derived_edges` takes the positions declared."""
+        derived = self._memo.get(_derived_key(edge_index))
+        if derived is not None:
+            return derived[1]
         if self.edge_types is not None:
             found = self._edge_type(edge_index)
             if found is None:
@@ -329,6 +341,16 @@ class Context:
         if edge_index.dim() != 2 or edge_index.shape[0] != 2 or edge_index.is_floating_point():
             return None
         return self.memo(("edge_ids", edge_index), lambda: _match_edges(ref, edge_index))
+
+    def derived_edges(self, edge_index: Tensor, ids: Tensor | None) -> None:
+        """Declare that ``edge_index``, a graph a layer built with its nodes renumbered (a
+        pooling layer's kept edges between its kept nodes), holds the model's edges at
+        positions ``ids`` (``-1``: none; None: not the model's, reported as ``edge_local``).
+        :meth:`edge_ids` of it (or of an alias: same storage, shape and strides) returns
+        ``ids`` for the rest of the explanation: matching its (source, target) pairs
+        against the model's edge_index would find other edges, its node numbers being no
+        longer the model's."""
+        self._memo[_derived_key(edge_index)] = (edge_index, ids)  # (holding it: its storage is not reused)
 
     def record_edges(self, name: str, ids: Tensor | None, values: Tensor) -> None:
         rec = self.records.setdefault(name, {})
