@@ -255,25 +255,26 @@ def test_conservation_with_biases_and_every_preset(variant, inputs):
 
 # -- every rule against a two-stage reference of one layer ------------------------------
 def one_layer_reference(m, x, ei, theta, root, R, rule):
-    """NNConv (GMMConv) explained stage by stage: the aggregation (messages, root term and bias
-    as one map with one denominator, written out as a dense matrix over the flattened inputs),
-    then each edge's message ``x_j Θ_e`` under the rule (``rowwise_reference``)."""
+    """NNConv (GMMConv) explained stage by stage: the aggregation (messages, the root term's
+    output ``x Θ_root`` as a self-loop, and the bias as one map with one denominator, written
+    out as a dense matrix over the flattened inputs), then each edge's message ``x_j Θ_e``
+    under the rule (``rowwise_reference``) and the root term's own feature map."""
     n, e, f, c = x.shape[0], ei.shape[1], x.shape[1], m.out_channels
     msg = torch.einsum("ei,eio->eo", x[ei[0]], theta)
     w = torch.ones(e, dtype=DT)
     if m.aggr == "mean":
         w = w / torch.bincount(ei[1], minlength=n).clamp(min=1).to(DT)[ei[1]]
-    # Inputs [msg (e*c), x (n*f)] -> outputs (n*c): msg[e, k] reaches (dst_e, k); x[j, i] all (j, k).
-    inp = torch.cat([msg.reshape(-1), x.reshape(-1)])[None]
-    W = torch.zeros(n * c, e * c + n * f, dtype=DT)
+    own = torch.zeros(n, c, dtype=DT) if root is None else x @ root.weight.detach().T
+    # Inputs [msg (e*c), own (n*c)] -> outputs (n*c): msg[e, k] reaches (dst_e, k), own[j, k] (j, k).
+    inp = torch.cat([msg.reshape(-1), own.reshape(-1)])[None]
+    W = torch.zeros(n * c, e * c + n * c, dtype=DT)
     mask = torch.zeros(W.shape, dtype=torch.bool)
     for k in range(c):
         W[ei[1] * c + k, torch.arange(e) * c + k] = w
         mask[ei[1] * c + k, torch.arange(e) * c + k] = True
     if root is not None:
-        for j in range(n):
-            W[j * c : (j + 1) * c, e * c + j * f : e * c + (j + 1) * f] = root.weight.detach()
-            mask[j * c : (j + 1) * c, e * c + j * f : e * c + (j + 1) * f] = True
+        W[torch.arange(n * c), e * c + torch.arange(n * c)] = 1.0
+        mask[torch.arange(n * c), e * c + torch.arange(n * c)] = True
     bias = None if m.bias is None else m.bias.detach().repeat(n)[None]
     out = (inp @ W.T + (0 if bias is None else bias)).view(n, c)
     R = torch.where(out == 0, 0.0, R)
@@ -283,9 +284,13 @@ def one_layer_reference(m, x, ei, theta, root, R, rule):
         d = stab(contrib.sum(-1) + share, rule.stabilizer)
         s = torch.where(d == 0, 0.0, R.view(1, -1) / torch.where(d == 0, 1.0, d)) * where.to(DT) * coef
         r_inp = r_inp + (contrib * s[..., None]).sum(1)
-    r_msg, r_root = r_inp[0, : e * c].view(e, c), r_inp[0, e * c :].view(n, f)
+    r_msg, r_own = r_inp[0, : e * c].view(e, c), r_inp[0, e * c :].view(n, c)
     r_msg = torch.where(msg == 0, 0.0, r_msg)  # (carried as a ratio: none where a message is 0)
     r_xj, _, _ = rowwise_reference(x[ei[0]], theta, r_msg, rule, None)
+    r_root = torch.zeros_like(x)
+    if root is not None:  # (the root term's feature map: each node's row through Θ_root)
+        r_own = torch.where(own == 0, 0.0, r_own)
+        r_root, _, _ = rowwise_reference(x, root.weight.detach().T.expand(n, f, c), r_own, rule, None)
     return out, r_root.index_add(0, ei[0], r_xj), r_msg.sum(1)
 
 

@@ -1050,6 +1050,14 @@ class LayerCall:
             "(max/min/softmax, not inside APPNP's or ChebConv's propagation)"
         )
 
+    def root(self, x: Tensor, weight: Tensor) -> MapBranch:
+        """A root term ``x Wᵀ`` to sum into node mixing (``extra=`` of :meth:`edges`,
+        :meth:`aggregate`, :meth:`messages`): the feature map is a map of its own, and its
+        output joins the mixing as a self-loop. So a composite's ``first`` rule takes the
+        root weights where they read the model's input, and never the mixing over edges
+        (one map holding both would take one rule for both)."""
+        return self.self_loops(self.linear(x, weight), 1.0)
+
     def dense_branch(self, x: Tensor, weight: Tensor) -> MapBranch:
         """A branch ``x Wᵀ`` (rows of ``x`` are samples/nodes) to combine in :meth:`map`."""
         w = weight.detach()

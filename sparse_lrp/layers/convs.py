@@ -381,14 +381,15 @@ def res_gated_graph_conv(call: LayerCall, x, edge_index, edge_attr=None) -> Tens
                 torch.cat([x_src.index_select(0, src), edge_attr], -1), m.lin_value.weight, m.lin_value.bias
             )
     rows = torch.stack([torch.arange(edge_index.shape[1], device=dst.device), dst])
-    extra = [call.dense_branch(x_dst, m.lin_skip.weight)] if m.root_weight else []
+    extra = [call.root(x_dst, m.lin_skip.weight)] if m.root_weight else []
     return call.reduce_messages(gate * v, rows, x_dst.shape[0], _model_ids(call, edge_index), extra, m.bias)
 
 
 def le_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """LEConv: ``out_i = sum_{j->i} w_ji (Θ1 x_j + b1 - Θ2 x_i) + Θ3 x_i + b3`` as one map.
     Both ends' terms of a message travel on its edge (the ``-Θ2 x_i`` one from ``i`` to
-    itself), so an edge's relevance is its whole message's."""
+    itself), so an edge's relevance is its whole message's; ``Θ3 x_i`` is a feature map of
+    its own, summed in as a self-loop (:meth:`~.base.LayerCall.root`)."""
     _check_plain(call, x, edge_index)
     m = call.module
     n = x.shape[0]
@@ -398,7 +399,7 @@ def le_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     ids = _model_ids(call, edge_index)
     at_target = call.ctx.memo(("le_targets", edge_index), lambda: torch.stack([edge_index[1], edge_index[1]]))
     own = MapBranch(call.ctx.operator(at_target, n, n), -w, b, edge_ids=ids, record_edges=True)
-    root = call.dense_branch(x, m.lin3.weight)
+    root = call.root(x, m.lin3.weight)
     return call.edges(a, edge_index, w, bias=m.lin3.bias, edge_ids=ids, extra=[own, root])
 
 
@@ -601,7 +602,8 @@ def fa_conv(call: LayerCall, x, x_0, edge_index, edge_weight=None, return_attent
 def arma_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
     """ARMAConv: per stack ``k``, ``h_t = act(Â h_{t-1} W_t + x V_t + b_t)`` (``h_0 = x``,
     ``Â`` GCN-normalised without self-loops), the output the stacks' mean: each step one map
-    (the propagation and the root term as its branches), ``act`` explained by its own handler."""
+    (the propagation and the root term ``x V_t``, a feature map of its own, as its branches),
+    ``act`` explained by its own handler."""
     _check_plain(call, x, edge_index)
     m = call.module
     ei, w, ids = _gcn_norm(call, edge_index, edge_weight, x.shape[0], False, False, x.dtype)
@@ -613,7 +615,7 @@ def arma_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor:
             root = m.root_weight[0 if m.shared_weights else t][k]
             bias = None if m.bias is None else m.bias[0 if m.shared_weights else t][k].reshape(-1)
             hw = call.linear(h, weight.T)
-            h = call.aggregate(hw, ei, w, edge_ids=ids, bias=bias, extra=[call.dense_branch(x, root.T)])
+            h = call.aggregate(hw, ei, w, edge_ids=ids, bias=bias, extra=[call.root(x, root.T)])
             if m.act is not None:
                 h = m.act(h)
         stacks.append(h)

@@ -9,9 +9,10 @@ attention and gates (LRP's gating / AH treatment): the message ``m_e = x_j Θ_e`
 a linear map of ``x_j`` with a weight matrix per edge, explained under the layer's rule
 (:meth:`~.base.LayerCall.rowwise`, a feature map over the edges' rows). The messages
 are the inputs of the aggregation (add, mean or max, :meth:`~.base.LayerCall.reduce_messages`),
-whose map also holds the root term and the bias, so their relevance is the edge
-relevance. ``edge_attr`` receives no relevance: it reaches the output only through
-``Θ``, which is held fixed (``nn`` runs as plain model code, not explained).
+whose map also sums the root term ``x_i Θ_root`` (a feature map of its own,
+:meth:`~.base.LayerCall.root`) and the bias, so their relevance is the edge relevance.
+``edge_attr`` receives no relevance: it reaches the output only through ``Θ``, which is
+held fixed (``nn`` runs as plain model code, not explained).
 
 ``GMMConv`` (Monti et al.'s MoNet) is the same with ``Θ(e) = sum_k w_k(e) G_k``: ``K``
 learned matrices ``G_k`` mixed by Gaussian kernel weights of the edge's pseudo-coordinates
@@ -44,7 +45,7 @@ def _per_edge(call: LayerCall, x, edge_index, theta, root, bias) -> Tensor:
     with call.over_edges():  # (a map over edge rows)
         msg = call.rowwise(x.index_select(0, edge_index[0]), theta)
     rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
-    extra = [call.dense_branch(x, root.weight)] if root is not None else []
+    extra = [call.root(x, root.weight)] if root is not None else []
     return call.reduce_messages(msg, rows, x.shape[0], _model_ids(call, edge_index), extra, bias)
 
 
