@@ -122,3 +122,43 @@ def test_first_reaches_the_first_layer_when_the_input_is_touched_before_it():
     got = _feat(model, x, None, Composite(E0, first=W), index=2)
     assert_close(got, _feat(model, x, None, Composite(E0, by_name={"l0": W}), index=2))
     assert not torch.allclose(got, _feat(model, x, None, Composite(E0), index=2))
+
+
+class _Copied(nn.Module):
+    """A layer fed ``x`` itself or a copy of it made in the model's code (the same function)."""
+
+    def __init__(self, conv, copy):
+        super().__init__()
+        self.conv, self.copy = conv, copy
+
+    def forward(self, x, edge_index, edge_attr=None):
+        h = torch.cat([x[:, :2], x[:, 2:]], 1) if self.copy else x
+        kw = {} if edge_attr is None else {"edge_attr": edge_attr}
+        return self.conv(h, edge_index, **kw)
+
+
+def test_first_never_takes_mixing_that_a_root_term_joins():
+    """NNConv, LEConv, ResGatedGraphConv sum a root term ``x Θ`` into their node mixing: its
+    weights take `first` as a feature map of the input, the mixing over edges never does, so
+    the same function explains the same whether the layer reads ``x`` or a copy of it (one
+    map holding both once took WSquare for the mixing, or for neither)."""
+    ei = make_graph(12, extra=12, seed=3)
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(12, 4, dtype=DT, generator=g)
+    ea = torch.randn(ei.shape[1], 2, dtype=DT, generator=g)
+    torch.manual_seed(7)
+    convs = {
+        "nn": (gnn.NNConv(4, 3, nn.Linear(2, 12), aggr="mean"), ea),
+        "le": (gnn.LEConv(4, 3), None),
+        "gated": (gnn.ResGatedGraphConv(4, 3), None),
+    }
+    for name, (conv, e) in convs.items():
+        conv = conv.double().eval()
+        kw = {} if e is None else {"edge_attr": e}
+        for composite in ("gamma", Composite(E0, first=W)):
+            direct = sparse_lrp.explain(_Copied(conv, False), x, ei, index=2, target=0, composite=composite, **kw)
+            copied = sparse_lrp.explain(_Copied(conv, True), x, ei, index=2, target=0, composite=composite, **kw)
+            assert_close(direct.node_feat, copied.node_feat)
+            assert_close(direct.edge, copied.edge)
+        plain = sparse_lrp.explain(_Copied(conv, False), x, ei, index=2, target=0, composite=E0, **kw)
+        assert not torch.allclose(direct.node_feat, plain.node_feat), name  # (first=W changes something)
