@@ -333,9 +333,21 @@ def _run_handler(ctx: Context, name: str, module: nn.Module, handler, original, 
         )
     if isinstance(module, MessagePassing):  # (its K, should a handler mix nodes by other maps)
         ctx.hops_run = max(ctx.hops_run, before + _layer_hops(module))
-    if isinstance(out, Tensor):
-        ctx.outputs.append((call.index, out))
+    # (a heterogeneous layer returns a dict by node type, HANConv also a pair with it)
+    for value in _output_tensors(out):
+        ctx.outputs.append((call.index, value))
     return out
+
+
+def _output_tensors(out) -> list[Tensor]:
+    """The tensors a layer returned: itself, or a dict's (in a tuple's first entry) values."""
+    if isinstance(out, Tensor):
+        return [out]
+    if isinstance(out, tuple) and out and isinstance(out[0], Mapping):
+        out = out[0]
+    if isinstance(out, Mapping):
+        return [v for v in out.values() if isinstance(v, Tensor)]
+    return []
 
 
 def _has_weight_matrix(module: nn.Module) -> bool:

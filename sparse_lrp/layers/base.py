@@ -330,7 +330,9 @@ class Context:
             if found is None:
                 return None
             _, ei, start = found
-            return self.memo(("type_ids", start), lambda: torch.arange(start, start + ei.shape[1], device=ei.device))
+            # (keyed by the count too: an edge type without edges starts where the next one does)
+            key = ("type_ids", start, ei.shape[1])
+            return self.memo(key, lambda: torch.arange(start, start + ei.shape[1], device=ei.device))
         ref = self.edge_index
         if ref is None:
             return None
