@@ -787,6 +787,12 @@ def _validate(model, x, edge_index, kwargs) -> None:
 
 def _validate_model(model: nn.Module, x: Tensor) -> None:
     """The model's parameters and buffers: on ``x``'s device and dtype, and finite."""
+    for name, p in model.named_parameters():
+        if isinstance(p, nn.parameter.UninitializedParameter):
+            raise ValueError(
+                f"model parameter {name!r} is not initialised yet (a lazy layer, in_channels=-1): run the "
+                "model once on the data (under torch.no_grad()) before explaining it"
+            )
     first = next(model.parameters(), None)
     if first is not None and first.device != x.device:
         raise ValueError(f"model parameters are on {first.device} but x is on {x.device}")

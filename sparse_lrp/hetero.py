@@ -14,6 +14,7 @@ Several output rows share one forward pass, and each takes its own backward pass
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -151,7 +152,7 @@ def _result(ctx, spans, num_edges, edges, node_feat, ea_rel, value, cls, rows) -
     flat_ea = None if not ea_rel else torch.cat([v.detach().flatten() for v in ea_rel.values()])
     return ExplainResult(
         node_feat={k: v.detach() for k, v in node_feat.items()},
-        node={k: v.detach().reshape(v.shape[0], -1).sum(1) for k, v in node_feat.items()},
+        node={k: v.detach().reshape(v.shape[0], math.prod(v.shape[1:])).sum(1) for k, v in node_feat.items()},
         edge=None if edge is None else _by_type(edge, spans),
         output=value.detach(),
         target=cls,
@@ -195,6 +196,8 @@ def explain_hetero(
     graph's targets)."""
     ref = _validate(model, x_dict, edge_index_dict, forward_kwargs)
     check_budget(max_memory)
+    if not isinstance(index, int) and index is not None and len(torch.as_tensor(index).reshape(-1)) == 0:
+        raise ValueError("index is empty: there is nothing to explain")
     # (the output's rows are known once the model has run: the range is checked then)
     rows, many = (None, False) if index is None else _as_index(index, 2**62, "rows")
     if rows is not None and rows.numel() and int(rows.max()) >= 2**61:

@@ -560,3 +560,43 @@ def test_lrp0_bipartite_res_gated_conv_with_fixed_gates(edge_dim, x_dict):
     assert_close(res.node_feat["paper"], refs[1])
     if edge_dim:
         assert_close(res.edge_attr[WRITES], refs[2])
+
+
+@pytest.mark.parametrize("aggr", ["mean", "max"])
+def test_a_node_type_without_nodes(aggr, x_dict):
+    """Authors with no rows (so no writes or rev edges): the papers' explanation is exact,
+    and the empty type gets an empty relevance, for sum and selection aggregations alike."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = gnn.SAGEConv((-1, -1), 6, aggr=aggr), gnn.SAGEConv((-1, -1), 6, aggr=aggr)
+            self.lin = gnn.Linear(-1, 3)
+
+        def forward(self, x, edge_index):
+            return self.lin(self.conv2(self.conv1(x, edge_index).relu(), edge_index).relu())
+
+    x = {"paper": x_dict["paper"], "author": torch.zeros(0, FA, dtype=DT)}
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    ei = {CITES: EI[CITES], WRITES: empty, REV: empty.clone(), NONE: empty.clone()}
+    model = PaperLogits(gnn.to_hetero(Net(), METADATA, aggr="sum")).double()
+    with torch.no_grad():
+        model(x, ei)
+    model = zero_biases(randomise(model)).eval()
+    y = model(x, ei)
+    res = sparse_lrp.explain(model, x, ei, index=3, composite=Epsilon(0))
+    (ref,) = grad_x_input(lambda p: model({"paper": p, "author": x["author"]}, ei)[3, int(y[3].argmax())], x["paper"])
+    assert_close(res.node_feat["paper"], ref)
+    assert res.node_feat["author"].shape == (0, FA) and res.node["author"].shape == (0,)
+    assert res.conservation["in"] == pytest.approx(res.conservation["out"], rel=1e-9)
+
+
+def test_a_missing_edge_type_and_lazy_sizes_are_named(x_dict):
+    model = _hetero("sage", x_dict)
+    with pytest.raises(ValueError, match="missing from edge_index_dict"):
+        sparse_lrp.explain(model, x_dict, {k: v for k, v in EI.items() if k != WRITES}, index=0)
+    lazy = PaperLogits(gnn.to_hetero(Homogeneous("sage"), METADATA, aggr="sum")).double()
+    with pytest.raises(ValueError, match=r"not initialised yet .* run the model once"):
+        sparse_lrp.explain(lazy, x_dict, EI, index=0)
+    with pytest.raises(ValueError, match="index is empty"):
+        sparse_lrp.explain(model, x_dict, EI, index=[])

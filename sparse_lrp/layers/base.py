@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -741,7 +742,7 @@ def _blocks(ctx, branch, x, r_out, z, bias, rule, groups, t_count, ratio):
 def _flattened(extra: list[MapBranch] | None, bias: Tensor | None, num_out: int, lead: tuple) -> tuple:
     """A node map's ``extra`` branches and ``bias`` with their trailing dimensions ``lead``
     (heads, channels) flattened into the map's channels."""
-    flat = [dataclasses.replace(b, x=b.x.reshape(b.x.shape[0], -1)) for b in extra or []]
+    flat = [dataclasses.replace(b, x=b.x.reshape(b.x.shape[0], math.prod(b.x.shape[1:]))) for b in extra or []]
     if bias is not None:
         bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
     return flat, bias
@@ -945,7 +946,7 @@ class LayerCall:
         w = x.new_ones(edge_index.shape[1]) if edge_weight is None else edge_weight.detach()
         ids = edge_ids if edge_ids is not None else self.ctx.edge_ids(edge_index)
         lead = x.shape[1:]
-        x2 = x.reshape(x.shape[0], -1)
+        x2 = x.reshape(x.shape[0], math.prod(lead))  # (also with no rows, where -1 is unknown)
         extra, bias = _flattened(extra, bias, num_out, lead)
         return self.map([MapBranch(op, w, x2, edge_ids=ids, record_edges=True), *extra], bias).reshape(num_out, *lead)
 
@@ -955,19 +956,21 @@ class LayerCall:
         weights of :meth:`aggr_weights`, or the others of :meth:`reduce_messages`."""
         kind = aggr_name(self.module)
         if kind in _SUM_KINDS:
-            w = self.aggr_weights(edge_index, edge_weight, edges.get("num_out") or x.shape[0], x)
+            num_out = edges.get("num_out")
+            w = self.aggr_weights(edge_index, edge_weight, x.shape[0] if num_out is None else num_out, x)
             return self.edges(x, edge_index, w, **edges)
         if kind == "multi" and x.dim() > 2:  # (PyG concatenates along the last dimension only)
             raise ValueError(f"{self.name}: several aggregations are supported on [N, C] inputs")
-        num_out = edges.get("num_out") or x.shape[0]
+        num_out = edges.get("num_out")
+        num_out = x.shape[0] if num_out is None else num_out  # (0 target nodes is a count too)
         lead = x.shape[1:]
         ids = edges.get("edge_ids")
         ids = ids if ids is not None else self.ctx.edge_ids(edge_index)
         rows = torch.stack([torch.arange(edge_index.shape[1], device=x.device), edge_index[1]])
-        msg = x.reshape(x.shape[0], -1).index_select(0, edge_index[0])
+        msg = x.reshape(x.shape[0], math.prod(lead)).index_select(0, edge_index[0])
         extra, bias = _flattened(edges.get("extra"), edges.get("bias"), num_out, lead)
         out = self.reduce_messages(msg, rows, num_out, ids, extra, bias, edge_weight)
-        return out.reshape(num_out, *lead[:-1], -1)  # (several aggregations: channels concatenated)
+        return out.reshape(num_out, *lead[:-1], out.shape[-1])  # (several aggregations: channels concatenated)
 
     def reduce_messages(
         self,

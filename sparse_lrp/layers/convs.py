@@ -18,6 +18,11 @@ from .base import LayerCall, MapBranch
 def _check_plain(call: LayerCall, x, edge_index) -> None:
     if not isinstance(x, Tensor):
         raise ValueError(f"{call.name} ({type(call.module).__name__}): bipartite (tuple) inputs are not supported")
+    if edge_index is None:
+        raise ValueError(
+            f"{call.name} ({type(call.module).__name__}) got no edge_index (None): on a heterogeneous graph, "
+            "an edge type the model uses is missing from edge_index_dict"
+        )
     if not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided:
         raise ValueError(
             f"{call.name} ({type(call.module).__name__}): edge_index must be a [2, E] tensor "
