@@ -388,7 +388,7 @@ class Calls(nn.Module):
         return self.how(self.conv, x, edge_index, edge_type)
 
 
-def _refused(conv, how, match, **kw):
+def _check_refused(conv, how, match, **kw):
     x = torch.randn(N, F, dtype=DT)
     with pytest.raises(ValueError, match=match):
         sparse_lrp.explain(Calls(conv.double().eval(), how), x, EI, index=2, **kw)
@@ -396,21 +396,23 @@ def _refused(conv, how, match, **kw):
 
 def test_featureless_rgcn_is_refused():
     conv = RGCNConv(N, 3, REL)  # (in_channels = number of nodes: its weight rows are node embeddings)
-    _refused(
+    _check_refused(
         conv, lambda m, x, ei, et: m(None, ei, et), r"conv \(RGCNConv\): x must be a float .* featureless", edge_type=ET
     )
-    _refused(conv, lambda m, x, ei, et: m(torch.arange(N), ei, et), r"featureless RGCN", edge_type=ET)
+    _check_refused(conv, lambda m, x, ei, et: m(torch.arange(N), ei, et), r"featureless RGCN", edge_type=ET)
 
 
 def test_missing_edge_type_is_refused():
-    _refused(RGCNConv(F, 3, REL), lambda m, x, ei, et: m(x, ei, et), r"\(RGCNConv\): needs edge_type")
+    _check_refused(RGCNConv(F, 3, REL), lambda m, x, ei, et: m(x, ei, et), r"\(RGCNConv\): needs edge_type")
     wrong = ET.to(DT)
-    _refused(RGCNConv(F, 3, REL), lambda m, x, ei, et: m(x, ei, et), r"needs edge_type, an integer", edge_type=wrong)
+    _check_refused(
+        RGCNConv(F, 3, REL), lambda m, x, ei, et: m(x, ei, et), r"needs edge_type, an integer", edge_type=wrong
+    )
 
 
 @pytest.mark.parametrize("aggr", ["std", "softmax"])
 def test_other_aggregations_are_refused(aggr):
-    _refused(
+    _check_refused(
         RGCNConv(F, 3, REL, aggr=aggr),
         lambda m, x, ei, et: m(x, ei, et),
         rf"aggr='{aggr}' is not supported",
@@ -419,7 +421,7 @@ def test_other_aggregations_are_refused(aggr):
 
 
 def test_fast_rgcn_max_is_refused():
-    _refused(
+    _check_refused(
         FastRGCNConv(F, 3, REL, aggr="max"),
         lambda m, x, ei, et: m(x, ei, et),
         r"\(FastRGCNConv\): aggr='max' is not supported",
@@ -434,7 +436,9 @@ def test_unknown_relations_are_refused(cls, kind):
     bad = ET.clone()
     bad[3] = kind
     how = lambda m, x, ei, et: m(x, ei, et)  # noqa: E731
-    _refused(cls(F, 3, REL), how, rf"\({cls.__name__}\): edge_type must lie in \[0, num_relations=4\)", edge_type=bad)
+    _check_refused(
+        cls(F, 3, REL), how, rf"\({cls.__name__}\): edge_type must lie in \[0, num_relations=4\)", edge_type=bad
+    )
 
 
 def test_sparse_adjacency_is_refused():
@@ -447,7 +451,7 @@ def test_sparse_adjacency_is_refused():
         sparse_lrp.explain(conv, torch.randn(N, F, dtype=DT), sparse(EI), index=2, edge_type=ET)
     # built inside the model: the layer says it
     how = lambda m, x, ei, et: m(x, sparse(ei), et)  # noqa: E731
-    _refused(RGCNConv(F, 3, REL), how, r"\(RGCNConv\): edge_index must be a \[2, E\] tensor", edge_type=ET)
+    _check_refused(RGCNConv(F, 3, REL), how, r"\(RGCNConv\): edge_index must be a \[2, E\] tensor", edge_type=ET)
 
 
 def test_segment_matmul_mean_is_refused(monkeypatch):
