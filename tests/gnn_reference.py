@@ -611,6 +611,23 @@ def _lin_grad(x, lin):
     return y if getattr(lin, "bias", None) is None else y + lin.bias
 
 
+def lrp_explainer(model, task_level="node", return_type="raw", composite="zplus", node_mask_type="attributes"):
+    """PyG's ``Explainer`` around ``sparse_lrp.LRPExplainer`` (a model's multiclass
+    explanation with edge masks), as the Explainer tests build it."""
+    from torch_geometric.explain import Explainer
+
+    import sparse_lrp
+
+    return Explainer(
+        model,
+        algorithm=sparse_lrp.LRPExplainer(composite=composite),
+        explanation_type="model",
+        node_mask_type=node_mask_type,
+        edge_mask_type="object",
+        model_config=dict(mode="multiclass_classification", task_level=task_level, return_type=return_type),
+    )
+
+
 def grad_x_input(fn, *inputs: Tensor) -> tuple[Tensor, ...]:
     """Gradient × input of the scalar ``fn(*inputs)`` for each input."""
     leaves = [t.detach().clone().requires_grad_(True) for t in inputs]

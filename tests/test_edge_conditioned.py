@@ -15,14 +15,13 @@ import importlib
 import pytest
 import torch
 import torch_geometric.nn as gnn
-from gnn_reference import DT, assert_close, make_batch, make_graph, randomise, rule_groups, stab
+from gnn_reference import DT, assert_close, lrp_explainer, make_batch, make_graph, randomise, rule_groups, stab
 from gnn_reference import RULES as ALL_RULES
 from test_model_safety import assert_unchanged, snapshot
 from torch import nn
-from torch_geometric.explain import Explainer
 
 import sparse_lrp
-from sparse_lrp import AlphaBeta, Epsilon, LRPExplainer, ZPlus
+from sparse_lrp import AlphaBeta, Epsilon, ZPlus
 from sparse_lrp.kernel import propagate
 from sparse_lrp.operators import RowwiseOperator
 
@@ -446,14 +445,7 @@ def test_pyg_explainer_graph_classification():
     x = torch.randn(batch.numel(), F, generator=g, dtype=DT)
     ea = torch.randn(ei.shape[1], D, generator=g, dtype=DT)
     model = randomise(GraphNet().double(), seed=5, scale=0.6).eval()
-    explainer = Explainer(
-        model,
-        algorithm=LRPExplainer(),
-        explanation_type="model",
-        node_mask_type="attributes",
-        edge_mask_type="object",
-        model_config={"mode": "multiclass_classification", "task_level": "graph", "return_type": "raw"},
-    )
+    explainer = lrp_explainer(model, task_level="graph")
     expl = explainer(x, ei, edge_attr=ea, batch=batch, index=1)
     assert expl.node_mask.shape == x.shape and expl.edge_mask.shape == (ei.shape[1],)
     y = model(x, ei, ea, batch).detach()

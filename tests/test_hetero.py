@@ -31,6 +31,7 @@ from gnn_reference import (
     edge_forward,
     edge_lrp,
     grad_x_input,
+    lrp_explainer,
     randomise,
     zero_biases,
 )
@@ -377,17 +378,10 @@ def test_all_rows_jointly_and_a_relevance_target(x_dict):
 
 @pytest.mark.parametrize("node_mask_type", ["attributes", "object", "common_attributes"])
 def test_explainer_returns_hetero_explanation(node_mask_type, x_dict):
-    from torch_geometric.explain import Explainer, HeteroExplanation
+    from torch_geometric.explain import HeteroExplanation
 
     model = _hetero("sage", x_dict)
-    explainer = Explainer(
-        model,
-        algorithm=sparse_lrp.LRPExplainer(composite=Epsilon(0)),
-        explanation_type="model",
-        node_mask_type=node_mask_type,
-        edge_mask_type="object",
-        model_config=dict(mode="multiclass_classification", task_level="node", return_type="raw"),
-    )
+    explainer = lrp_explainer(model, composite=Epsilon(0), node_mask_type=node_mask_type)
     expl = explainer(x_dict, EI, index=3)
     assert isinstance(expl, HeteroExplanation)
     expl.validate(raise_on_error=True)

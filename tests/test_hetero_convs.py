@@ -24,7 +24,16 @@ import math
 import pytest
 import torch
 import torch_geometric.nn as gnn
-from gnn_reference import DT, _mask_zero_output, assert_close, dense_lrp, grad_x_input, randomise, zero_biases
+from gnn_reference import (
+    DT,
+    _mask_zero_output,
+    assert_close,
+    dense_lrp,
+    grad_x_input,
+    lrp_explainer,
+    randomise,
+    zero_biases,
+)
 from gnn_reference import RULES as ALL_RULES
 from torch import Tensor, nn
 from torch_geometric.utils import softmax
@@ -431,17 +440,10 @@ def test_several_rows_equal_single_calls(x_dict):
 
 
 def test_explainer_returns_hetero_explanation(x_dict):
-    from torch_geometric.explain import Explainer, HeteroExplanation
+    from torch_geometric.explain import HeteroExplanation
 
     model = _model(HAN, x_dict, biases=True)
-    explainer = Explainer(
-        model,
-        algorithm=sparse_lrp.LRPExplainer(composite="zplus"),
-        explanation_type="model",
-        node_mask_type="attributes",
-        edge_mask_type="object",
-        model_config=dict(mode="multiclass_classification", task_level="node", return_type="raw"),
-    )
+    explainer = lrp_explainer(model)
     expl = explainer(x_dict, EI, index=4)
     assert isinstance(expl, HeteroExplanation)
     expl.validate(raise_on_error=True)

@@ -16,9 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch_geometric.nn as gnn
-from gnn_reference import DT, assert_close, zero_biases
+from gnn_reference import DT, assert_close, lrp_explainer, zero_biases
 from torch import nn
-from torch_geometric.explain import Explainer
 
 import sparse_lrp
 from sparse_lrp import Epsilon
@@ -282,14 +281,7 @@ def test_several_graphs_in_one_call_equal_single_calls(kind, composite):
 def test_pyg_explainer_graph_level_masks(kind):
     x, ei, batch, _ = _batch(seed=9)
     model = make_net(kind, seed=10)
-    explainer = Explainer(
-        model,
-        algorithm=sparse_lrp.LRPExplainer(composite="zplus"),
-        explanation_type="model",
-        node_mask_type="attributes",
-        edge_mask_type="object",
-        model_config=dict(mode="multiclass_classification", task_level="graph", return_type="raw"),
-    )
+    explainer = lrp_explainer(model, task_level="graph")
     expl = explainer(x, ei, batch=batch, index=1)
     assert expl.node_mask.shape == x.shape and expl.edge_mask.shape == (ei.shape[1],)
     res = sparse_lrp.explain(model, x, ei, batch=batch, index=1, task_level="graph", composite="zplus")

@@ -25,6 +25,7 @@ from gnn_reference import (
     dense_rule_lrp,
     edge_forward,
     edge_lrp,
+    lrp_explainer,
     make_graph,
     randomise,
     to_model_edges,
@@ -344,7 +345,6 @@ def test_fast_rgcn_equals_rgcn(config, x):
 
 # -- (7) PyG's Explainer -----------------------------------------------------------------
 def test_pyg_explainer_on_a_node_classifier(x):
-    from torch_geometric.explain import Explainer
 
     class Classifier(nn.Module):
         def __init__(self):
@@ -356,14 +356,7 @@ def test_pyg_explainer_on_a_node_classifier(x):
             return torch.log_softmax(self.conv2(h, edge_index, edge_type), dim=-1)
 
     model = randomise(Classifier().double(), seed=2, scale=0.6).eval()
-    explainer = Explainer(
-        model,
-        algorithm=sparse_lrp.LRPExplainer(composite="zplus"),
-        explanation_type="model",
-        node_mask_type="attributes",
-        edge_mask_type="object",
-        model_config=dict(mode="multiclass_classification", task_level="node", return_type="log_probs"),
-    )
+    explainer = lrp_explainer(model, return_type="log_probs")
     expl = explainer(x, EI, index=4, edge_type=ET)
     assert expl.node_mask.shape == (N, F) and expl.edge_mask.shape == (E,)
     pred = int(model(x, EI, ET)[4].argmax())
