@@ -15,21 +15,27 @@ from . import register_handler
 from .base import LayerCall, MapBranch
 
 
-def _check_plain(call: LayerCall, x, edge_index) -> None:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{call.name} ({type(call.module).__name__}): bipartite (tuple) inputs are not supported")
+def check_graph(call: LayerCall, edge_index, what: str = "edge_index") -> None:
+    """A layer's graph: given (not None), a ``[2, E]`` edge list (not a sparse adjacency),
+    read source to target."""
+    kind = f"{call.name or '<model>'} ({type(call.module).__name__})"
     if edge_index is None:
         raise ValueError(
-            f"{call.name} ({type(call.module).__name__}) got no edge_index (None): on a heterogeneous graph, "
-            "an edge type the model uses is missing from edge_index_dict"
+            f"{kind} got no {what} (None): on a heterogeneous graph, an edge type the model uses is missing "
+            "from edge_index_dict"
         )
     if not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided:
         raise ValueError(
-            f"{call.name} ({type(call.module).__name__}): edge_index must be a [2, E] tensor "
-            "(SparseTensor/sparse adjacency inputs are not supported)"
+            f"{kind}: {what} must be a [2, E] tensor (SparseTensor/sparse adjacency inputs are not supported)"
         )
     if getattr(call.module, "flow", "source_to_target") != "source_to_target":
-        raise ValueError(f"{call.name}: only flow='source_to_target' is supported")
+        raise ValueError(f"{kind}: only flow='source_to_target' is supported")
+
+
+def _check_plain(call: LayerCall, x, edge_index) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{call.name} ({type(call.module).__name__}): bipartite (tuple) inputs are not supported")
+    check_graph(call, edge_index)
 
 
 def _pair(call: LayerCall, x, edge_index) -> tuple[Tensor, Tensor]:

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from . import register_handler
 from .base import LayerCall
-from .convs import _heads
+from .convs import _heads, check_graph
 
 
 def _check_dicts(call: LayerCall, x_dict, edge_index_dict=None) -> None:
@@ -47,13 +47,7 @@ def _check_dicts(call: LayerCall, x_dict, edge_index_dict=None) -> None:
     if not isinstance(x_dict, dict) or not all(isinstance(v, Tensor) for v in x_dict.values()):
         raise ValueError(f"{call.name or '<model>'} ({kind}): the input must be a dict of node types' features")
     for key, ei in (edge_index_dict or {}).items():
-        if not isinstance(ei, Tensor) or ei.layout != torch.strided:
-            raise ValueError(
-                f"{call.name or '<model>'} ({kind}): edge_index[{key!r}] must be a [2, E] tensor "
-                "(SparseTensor/sparse adjacency inputs are not supported)"
-            )
-    if getattr(call.module, "flow", "source_to_target") != "source_to_target":
-        raise ValueError(f"{call.name}: only flow='source_to_target' is supported")
+        check_graph(call, ei, f"edge_index[{key!r}]")
 
 
 def _dict_pairs(m, x_dict) -> list[tuple]:

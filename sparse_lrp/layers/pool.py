@@ -42,6 +42,7 @@ from torch import Tensor
 
 from . import register_handler
 from .base import LayerCall
+from .convs import check_graph
 
 
 def node_selecting_pool(
@@ -61,11 +62,7 @@ def node_selecting_pool(
     )
     if not isinstance(x, Tensor) or x.dim() != 2:
         raise ValueError(f"{call.name} ({type(m).__name__}): node features must be an [N, F] tensor")
-    if not isinstance(edge_index, Tensor) or edge_index.layout != torch.strided:
-        raise ValueError(
-            f"{call.name} ({type(m).__name__}): edge_index must be a [2, E] tensor "
-            "(SparseTensor/sparse adjacency inputs are not supported)"
-        )
+    check_graph(call, edge_index)
     positions = torch.arange(edge_index.shape[1], device=edge_index.device)
     with torch.no_grad():
         # The layer's own forward, with the edges' positions as their attributes: the kept
