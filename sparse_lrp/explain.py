@@ -1512,8 +1512,10 @@ def _split_graphs(
 
     def by_rows(t: Tensor) -> Tensor:
         # Layer records have one row per node (of the input's graph or a pooled one), per
-        # edge or (after a readout) per graph.
-        for mask in (node_mask, *pooled_masks, edge_mask, graph_mask):
+        # graph (after a readout: every graph-level head) or, rarer, per edge (a map over
+        # edge features in the model's own code), told apart by their count: graphs are
+        # taken before edges where the counts agree.
+        for mask in (node_mask, *pooled_masks, graph_mask, edge_mask):
             if mask is not None and t.shape[0] == mask.shape[1]:
                 return split(t, mask)
         return t

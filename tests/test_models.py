@@ -1319,3 +1319,51 @@ def test_constants_in_other_forms_take_their_share_as_a_bias(form):
     c = sparse_lrp.explain(model, x, EI, index=5, composite=Epsilon(0.0)).conservation
     assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-9)
     assert abs(c["absorbed"]) > 1e-4
+
+
+def test_batched_graph_records_split_by_graph_when_graphs_are_as_many_as_edges():
+    """A graph-level head's record has one row per graph: with as many graphs as edges it
+    is still split by graph (taken once for the edges' split, which put both rows on the
+    graph holding both edges)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = gnn.GraphConv(3, 4, bias=False), nn.Linear(4, 2, bias=False)
+
+        def forward(self, x, edge_index, batch):
+            return self.head(gnn.global_add_pool(torch.relu(self.conv(x, edge_index)), batch))
+
+    model = randomise(Net().double(), seed=2).eval()
+    x = torch.randn(5, 3, dtype=DT, generator=torch.Generator().manual_seed(3))
+    ei, batch = torch.tensor([[0, 1], [1, 2]]), torch.tensor([0, 0, 0, 1, 1])
+    joint = sparse_lrp.explain(model, x, ei, batch=batch, index=[0, 1], task_level="graph", composite=Epsilon(0))
+    for g in range(2):
+        one = sparse_lrp.explain(model, x, ei, batch=batch, index=g, task_level="graph", composite=Epsilon(0))
+        assert_close(joint.layers["head"]["node"][g], one.layers["head"]["node"])
+        assert float(one.layers["head"]["node"].abs().sum()) > 0
+
+
+@pytest.mark.parametrize("composite", [sparse_lrp.WSquare(), sparse_lrp.Flat(), sparse_lrp.ZBox(-3.0, 3.0), "gamma"])
+def test_first_layer_record_is_the_input_relevance_under_every_rule(composite):
+    """The first layer's "node" record is the relevance reaching its input, the model's own:
+    the input relevance itself, also where a rule hands it over directly (WSquare, Flat,
+    ZBox: not as the ratio flowing back through the input, which the record once read alone)."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1, self.conv2 = gnn.GraphConv(3, 4), gnn.GraphConv(4, 2)
+
+        def forward(self, x, edge_index):
+            return self.conv2(torch.relu(self.conv1(x, edge_index)), edge_index)
+
+    model = randomise(Net().double(), seed=4, scale=0.6).eval()
+    ei = make_graph(12, extra=10, seed=2)
+    x = torch.randn(12, 3, dtype=DT, generator=torch.Generator().manual_seed(5))
+    for index in (2, [2, 5]):
+        res = sparse_lrp.explain(model, x, ei, index=index, composite=composite)
+        record = res.layers["conv1"]["node"]
+        record = record.to_dense() if record.is_sparse else record
+        assert_close(record, res.node)
+        assert float(res.node.abs().sum()) > 0

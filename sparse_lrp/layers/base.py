@@ -176,6 +176,9 @@ class Context:
     edge_types: list[tuple[Any, Tensor, int]] | None = None
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     side: dict[str, Tensor] = field(default_factory=dict)
+    # The side channel's share per (layer name, model input): what a layer's per-node
+    # record of that input adds (the ratio flowing back through the input carries none of it).
+    side_by_layer: dict[tuple[str, str], Tensor] = field(default_factory=dict)
     absorbed: float | Tensor = 0.0  # sums over layers (0-d tensors once a layer added to them)
     lost: float | Tensor = 0.0
     outputs: list[tuple[int, Tensor]] = field(default_factory=list)
@@ -251,6 +254,7 @@ class Context:
         self._memo.clear()
         self.inputs.clear()
         self.unweighted.clear()
+        self.side_by_layer.clear()
 
     def follows_feature_map(self, tensors: list[Tensor]) -> bool:
         """Whether a feature map (a layer's weights, not node mixing) computed part of any
@@ -385,9 +389,12 @@ class Context:
                 return groups.repeat_interleave(channels // groups.numel())
         return None
 
-    def record_node(self, name: str, x: Tensor, ratio: Tensor, keep: int | None = None) -> None:
-        """Add the relevance ``x * ratio`` reaching a layer's input, summed per row (only
-        the leading ``keep`` rows can hold any, if given)."""
+    def record_node(
+        self, name: str, x: Tensor, ratio: Tensor, keep: int | None = None, side: Tensor | None = None
+    ) -> None:
+        """Add the relevance ``x * ratio`` reaching a layer's input (and ``side``, relevance
+        its maps handed to the model's input directly), summed per row (only the leading
+        ``keep`` rows can hold any, if given)."""
         if keep is not None:
             node = _padded(rowdot(x[:keep].detach().flatten(1), ratio[:keep].flatten(1)), x.shape[0])
         elif x.dim() == 2:
@@ -396,6 +403,8 @@ class Context:
             node = rowdot(x.detach().flatten(1), ratio.flatten(1))
         else:
             node = x.detach() * ratio
+        if side is not None:
+            node = node + (side.flatten(1).sum(1) if side.dim() > 1 else side)
         rec = self.records.setdefault(name, {})
         rec["node"] = node if "node" not in rec else rec["node"] + node
 
@@ -638,7 +647,11 @@ def _flowing_on(ctx, branches, xs, keys, results, ratio, dtype, name=None, recor
             continue
         if key is not None:
             # Exact side channel for input-independent rules on the model's input.
-            ctx.side[key.name] = ctx.side.get(key.name, 0) + key.back(r_in).to(dtype)
+            back = key.back(r_in).to(dtype)
+            ctx.side[key.name] = ctx.side.get(key.name, 0) + back
+            if name is not None:
+                by = (name, key.name)
+                ctx.side_by_layer[by] = ctx.side_by_layer.get(by, 0) + back
             grads.append(torch.zeros(x.shape, dtype=dtype, device=x.device))
             continue
         ratio_in, lost = _ratio(r_in, x.to(r_in.dtype))
@@ -827,13 +840,19 @@ class _RecordFunction(torch.autograd.Function):
     def forward(fctx, call: LayerCall, x: Tensor) -> Tensor:
         fctx.call = call
         fctx.keep = call.ctx.live_rows(x.shape[0]) if x.dim() >= 2 else None  # (rows relevance can reach)
+        # The model's input itself: the layer's maps may hand its relevance over on the side
+        # channel (input-independent rules), which the record then adds.
+        key = call.ctx.input_key(x)
+        fctx.side_key = (call.name, key.name) if key is not None and key.same else None
         fctx.save_for_backward(x)
         return x.view_as(x)
 
     @staticmethod
     def backward(fctx, grad: Tensor):
         (x,) = fctx.saved_tensors
-        fctx.call.ctx.record_node(fctx.call.name, x, grad, fctx.keep)
+        ctx = fctx.call.ctx
+        side = ctx.side_by_layer.pop(fctx.side_key, None) if fctx.side_key is not None else None
+        ctx.record_node(fctx.call.name, x, grad, fctx.keep, side)
         return None, grad
 
 
