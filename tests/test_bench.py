@@ -19,6 +19,7 @@ EXPECTED_COLUMNS = {
     "sparse": sparse.COLUMNS,
     "graphs": graphs.COLUMNS,
     "explainers": explainers.COLUMNS,
+    "explainers_hetero": explainers.COLUMNS,
 }
 # Ratios that exist whatever optional libraries are installed.
 ALWAYS = {
@@ -26,6 +27,7 @@ ALWAYS = {
     "sparse": ["dense/sparse"],
     "graphs": ["lrp/fwd", "lrp/grad", "lrp_edges/fwd"],
     "explainers": ["method/lrp"],
+    "explainers_hetero": ["method/lrp"],
 }
 
 
@@ -112,9 +114,29 @@ def test_missing_libraries_are_skipped_with_a_note(monkeypatch):
     assert any("zennit columns skipped" in n for n in table.notes)
     assert any("captum columns skipped" in n for n in table.notes)
     _check_ratios(table.to_dict())
-    (expl,) = explainers.run(cfg)
-    assert not any("Captum" in r["method"] for r in expl.rows)
-    assert any("Captum rows skipped" in n for n in expl.notes)
+    expl, hetero = explainers.run(cfg)
+    for t in (expl, hetero):
+        assert not any("Captum" in r["method"] for r in t.rows)
+        assert any("Captum rows skipped" in n for n in t.notes)
+        _check_ratios(t.to_dict())
+
+
+def test_hetero_explainers_table_compares_every_method(tiny_run):
+    """The heterogeneous table: sparse_lrp (direct, batched, through PyG's Explainer) against
+    GNNExplainer and, with captum, Saliency and IntegratedGradients, on one to_hetero model."""
+    _, out = tiny_run
+    table = next(
+        t for t in json.loads((out / "results.json").read_text())["tables"] if t["name"] == "explainers_hetero"
+    )
+    methods = {r["method"] for r in table["rows"]}
+    assert {"sparse_lrp", "sparse_lrp batched", "LRPExplainer (PyG)"} <= methods
+    assert any(m.startswith("GNNExplainer") for m in methods)
+    if libs.captum() is not None:
+        assert {"Captum Saliency", "Captum IntegratedGradients"} <= methods
+    assert {r["model"] for r in table["rows"]} == {explainers.HETERO_MODEL}
+    assert all(_positive_finite(r["ms_per_explanation"]) for r in table["rows"])
+    assert next(r for r in table["rows"] if r["method"] == "sparse_lrp")["method/lrp"] == 1.0
+    assert [t["status"] for t in table["targets"]] == ["n/a"]  # (tiny: GNNExplainer runs 10 epochs)
 
 
 def test_peak_memory_sees_torch_allocations():

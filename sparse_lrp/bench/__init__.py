@@ -7,7 +7,8 @@ Suites (each a module with ``run(cfg) -> list[Table]``):
 * ``sparse``: pruned MLPs (sparse weights) against the dense reference and zennit.
 * ``graphs``: a 3-layer GCN and GIN on generated graphs of growing size: LRP time and
   peak memory against the model's own forward and gradient x input.
-* ``explainers``: per-explanation cost against PyG's GNNExplainer and Captum methods.
+* ``explainers``: per-explanation cost against PyG's GNNExplainer and Captum methods, on a
+  homogeneous graph (GCN, GIN) and on a heterogeneous one (a ``to_hetero`` SAGE model).
 * ``kernels``: the edge-kernel micro-benchmarks of ``benchmarks/bench_kernels.py``
   (only from a source checkout).
 

@@ -18,7 +18,7 @@ SUITES = ("dense", "sparse", "graphs", "explainers", "kernels")
 DEFAULT_SUITES = ("dense", "sparse", "graphs", "explainers", "kernels")
 DEFAULT_OUT = "sparse_lrp_out/bench"
 QUIET_WARNINGS = (
-    "Input Tensor 0 did not already require gradients",  # captum, every call
+    r"Input Tensor \d+ did not already require gradients",  # captum, every call (hetero: one per node type)
     "Sparse CSR tensor support is in beta",  # torch, once
 )
 

@@ -129,3 +129,83 @@ def graph_model(name: str, in_channels: int, hidden: int, out_channels: int, *, 
     torch.manual_seed(seed)
     model = GRAPH_MODELS[name](in_channels, hidden, out_channels)
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------
+# heterogeneous graphs
+
+WRITES, CITES, REV_WRITES = (
+    ("author", "writes", "paper"),
+    ("paper", "cites", "paper"),
+    ("paper", "rev_writes", "author"),
+)
+
+
+def hetero_graph(papers: int, authors: int, num_edges: int, features=(32, 16), *, seed: int = 0, device="cpu"):
+    """A generated bibliography: ``(x_dict, edge_index_dict)``.
+
+    Node types ``paper`` and ``author`` (``features`` input features each, standard
+    normal); edge types ``writes`` (author -> paper, uniform ends), ``cites`` (paper ->
+    paper, no self loops, as :func:`random_graph`) and ``rev_writes`` (the writes edges
+    reversed, so authors' representations are updated too): 40% / 20% / 40% of
+    ``num_edges``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n_writes = int(0.4 * num_edges)
+    n_cites = num_edges - 2 * n_writes
+    writes = torch.stack(
+        [torch.randint(0, authors, (n_writes,), generator=g), torch.randint(0, papers, (n_writes,), generator=g)]
+    )
+    src = torch.randint(0, papers, (n_cites,), generator=g)
+    dst = (src + torch.randint(1, max(2, papers), (n_cites,), generator=g)) % papers
+    x = {
+        "paper": torch.randn(papers, features[0], generator=g).to(device),
+        "author": torch.randn(authors, features[1], generator=g).to(device),
+    }
+    # (flip copies: every edge type keeps its own tensor, as sparse_lrp requires)
+    edge_index = {
+        WRITES: writes.to(device),
+        CITES: torch.stack([src, dst]).to(device),
+        REV_WRITES: writes.flip(0).to(device),
+    }
+    return x, edge_index
+
+
+class _SAGE(nn.Module):
+    """Two SAGEConv layers (lazy sizes, sum aggregation) and a Linear head; ``to_hetero`` turns it heterogeneous."""
+
+    def __init__(self, hidden: int, out_channels: int) -> None:
+        from torch_geometric.nn import SAGEConv
+
+        super().__init__()
+        self.conv1 = SAGEConv((-1, -1), hidden, aggr="sum")
+        self.conv2 = SAGEConv((-1, -1), hidden, aggr="sum")
+        self.head = nn.Linear(hidden, out_channels)
+
+    def forward(self, x: Tensor, edge_index: Tensor) -> Tensor:  # (to_hetero reads these argument names)
+        x = self.conv1(x, edge_index).relu()
+        x = self.conv2(x, edge_index).relu()
+        return self.head(x)
+
+
+class HeteroLogits(nn.Module):
+    """A ``to_hetero`` model returning one node type's logits (PyG's Explainer explains one tensor)."""
+
+    def __init__(self, metadata, hidden: int, out_channels: int, node_type: str = "paper") -> None:
+        from torch_geometric.nn import to_hetero
+
+        super().__init__()
+        self.node_type = node_type
+        self.gnn = to_hetero(_SAGE(hidden, out_channels), metadata, aggr="sum")
+
+    def forward(self, x_dict, edge_index_dict) -> Tensor:
+        return self.gnn(x_dict, edge_index_dict)[self.node_type]
+
+
+def hetero_model(x_dict, edge_index_dict, hidden: int, out_channels: int, *, seed: int = 0, device="cpu"):
+    """A seeded, untrained :class:`HeteroLogits` for the papers; one forward sets its lazy sizes."""
+    torch.manual_seed(seed)
+    model = HeteroLogits((list(x_dict), list(edge_index_dict)), hidden, out_channels)
+    with torch.no_grad():  # (on CPU copies: lazy parameters take their sizes, and values, there)
+        model({k: v.cpu() for k, v in x_dict.items()}, {k: v.cpu() for k, v in edge_index_dict.items()})
+    return model.to(device).eval()
