@@ -203,10 +203,12 @@ MESSAGE_LAYERS = {
 def test_message_layers_run_only_on_rows_that_reach_a_target(name, composite, index, dense_graph, monkeypatch):
     torch.manual_seed(4)
     model = Two(MESSAGE_LAYERS[name]).double().eval()
-    _check_cut_equals_whole(model, COMPOSITES[composite], index, dense_graph, monkeypatch)
+    # (EdgeConv with max: its MLP runs over edge rows, never cut, and its node mixing is a
+    # selection, no map: nothing to cut, and still exact)
+    _check_cut_equals_whole(model, COMPOSITES[composite], index, dense_graph, monkeypatch, cut=name != "edge_max")
 
 
-def _check_cut_equals_whole(model, rule, index, dense_graph, monkeypatch):
+def _check_cut_equals_whole(model, rule, index, dense_graph, monkeypatch, cut=True):
     x, ei = dense_graph
     monkeypatch.setattr(base, "RESTRICT_MIN_ROWS", 16)  # (small subgraphs: cut them too)
     cuts, prefixes = [], []
@@ -224,7 +226,7 @@ def _check_cut_equals_whole(model, rule, index, dense_graph, monkeypatch):
     monkeypatch.setattr(base.Context, "live_rows", spy_live)
     monkeypatch.setattr(base._Restricted, "__init__", spy_init)
     res = sparse_lrp.explain(model, x, ei, index=index, composite=rule)
-    assert any(k is not None for k in cuts) and any(prefixes), "nothing was cut"
+    assert not cut or (any(k is not None for k in cuts) and any(prefixes)), "nothing was cut"
     out = model(x, ei).detach()
     targets = [index] if isinstance(index, int) else index
     for t, i in enumerate(targets):

@@ -797,6 +797,32 @@ def _is_feature_map(b: MapBranch) -> bool:
     return not isinstance(b.op, EdgeOperator) or b.channels_are_rows
 
 
+class _SelectFunction(torch.autograd.Function):
+    """Forward: a max/min aggregation as the selection it computes, ``y_jc = sum_e s_ec m_ec``
+    over the in-edges ``e`` of ``j``, the winners' shares ``s`` fixed (1, or ``1/k`` for ``k``
+    tied winners; 0 for the others). Backward: each output channel's relevance to its
+    winners by their shares (winner-take-all: ratio ``s c_y``, what autograd's gradient of
+    the max is), whatever the layer's rule: a selection has no weights for a rule to weigh,
+    and a losing message is no connection that a rule could give a share (WSquare, Flat).
+    The messages are its inputs, so their relevance is the edge relevance."""
+
+    @staticmethod
+    def forward(fctx, call, msg: Tensor, share: Tensor, dst: Tensor, num_out: int, edge_ids) -> Tensor:
+        fctx.call, fctx.edge_ids = call, edge_ids
+        fctx.save_for_backward(msg, share, dst)
+        return msg.new_zeros(num_out, *msg.shape[1:]).scatter_add_(0, dst, msg * share)
+
+    @staticmethod
+    def backward(fctx, grad: Tensor):
+        msg, share, dst = fctx.saved_tensors
+        ratio = share * grad.gather(0, dst)
+        ctx = fctx.call.ctx
+        if ctx.want_edges:  # (a message no relevance reached may hold anything: no part in the sum)
+            rel = rowdot(torch.where(ratio != 0, msg, 0.0).flatten(1), ratio.flatten(1))
+            ctx.record_edges(fctx.call.name, fctx.edge_ids, rel)
+        return None, ratio, None, None, None, None
+
+
 class _PassFunction(torch.autograd.Function):
     """Forward: an element-wise ``y = fn(x)``. Backward: ``R_x = R_y`` (ratio ``c_y y / x``).
 
@@ -1010,8 +1036,10 @@ class LayerCall:
         channel: those weights are held fixed, as attention is. ``max``/``min`` are explained
         as what they compute: each output channel *is* the winning message's channel, so
         it passes all its relevance to that message, as autograd's gradient does (ties
-        share it equally; winner-take-all, as LRP treats max pooling). The selection is a
-        constant of the forward pass, and the winners' sum is the layer's output exactly.
+        share it equally; winner-take-all, as LRP treats max pooling), under every rule
+        (:class:`_SelectFunction`: a losing message is no connection). The selection is a
+        constant of the forward pass, and the winners' sum is the layer's output exactly;
+        what the layer sums with it (``extra``, ``bias``) is a map under its rule.
         Several aggregations (``MultiAggregation``, mode ``"cat"``) are each of these, their
         outputs concatenated: one map per aggregation, all reading the same messages.
         """
@@ -1042,7 +1070,13 @@ class LayerCall:
             )
             won = (msg == best.gather(0, dst)).to(msg.dtype)
             share = won / torch.zeros_like(best).scatter_add_(0, dst, won).gather(0, dst)
-        return self.messages(msg * share, rows, num_out, edge_ids, extra, bias)
+        self._hop()
+        self.maps += 1
+        out = _SelectFunction.apply(self, msg, share, dst, num_out, edge_ids)
+        if not extra and bias is None:
+            return out
+        # (what is summed with the selection, a root term or a bias, under the layer's rule)
+        return self.map([self.self_loops(out, 1.0), *extra], bias)
 
     def aggr_weights(
         self, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor, kind: str | None = None
