@@ -130,6 +130,7 @@ def _passes(model, x_dict, edge_index_dict, kwargs, jobs, composite, edges, stra
         for i, (rows, target) in enumerate(jobs):
             records, side, ctx.absorbed, ctx.lost = start_from
             ctx.records, ctx.side = {k: dict(v) for k, v in records.items()}, dict(side)
+            ctx.side_by_layer = {}
             node_feat, ea_rel, value, cls, _, _ = _backward(ctx, run, rows, target, retain=i < len(jobs) - 1)
             results.append(_result(ctx, spans, start, edges, node_feat, ea_rel, value, cls, rows))
     finally:

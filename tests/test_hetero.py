@@ -594,3 +594,19 @@ def test_a_missing_edge_type_and_lazy_sizes_are_named(x_dict):
         sparse_lrp.explain(lazy, x_dict, EI, index=0)
     with pytest.raises(ValueError, match="index is empty"):
         sparse_lrp.explain(model, x_dict, EI, index=[])
+
+
+def test_several_rows_keep_each_rows_layer_records_under_gamma(x_dict):
+    """Each row's backward pass starts from the forward's state: per-layer node records
+    (with the first layers' share handed over directly under WSquare) equal single calls."""
+    model = _hetero("graph", x_dict)
+    many = sparse_lrp.explain(model, x_dict, EI, index=[5, 0], composite="gamma")
+    for i, row in enumerate([5, 0]):
+        one = sparse_lrp.explain(model, x_dict, EI, index=row, composite="gamma")
+        for name, rec in one.layers.items():
+            if "node" in rec:
+                assert_close(many.layers[name]["node"][i], rec["node"])
+        for k in x_dict:
+            assert_close(many.node_feat[k][i], one.node_feat[k])
+    first = [name for name in one.layers if name.startswith("inner.conv1.") and "node" in one.layers[name]]
+    assert first and any(float(one.layers[name]["node"].abs().sum()) > 0 for name in first)
