@@ -786,20 +786,26 @@ def _validate(model, x, edge_index, kwargs) -> None:
 
 
 def _validate_model(model: nn.Module, x: Tensor) -> None:
-    """The model's parameters and buffers: on ``x``'s device and dtype, and finite."""
-    for name, p in model.named_parameters():
-        if isinstance(p, nn.parameter.UninitializedParameter):
-            raise ValueError(
-                f"model parameter {name!r} is not initialised yet (a lazy layer, in_channels=-1): run the "
-                "model once on the data (under torch.no_grad()) before explaining it"
-            )
-    first = next(model.parameters(), None)
-    if first is not None and first.device != x.device:
-        raise ValueError(f"model parameters are on {first.device} but x is on {x.device}")
-    if first is not None and first.is_floating_point() and first.dtype != x.dtype:
-        raise TypeError(f"model parameters have dtype {first.dtype} but x has dtype {x.dtype}; convert one of them")
+    """The model's parameters and buffers: initialised, on ``x``'s device and dtype, and
+    finite (one pass over them: this runs on every call)."""
+    first = True
     for kind, tensors in (("parameter", model.parameters()), ("buffer", model.buffers())):
         for t in tensors:
+            if isinstance(t, nn.parameter.UninitializedTensorMixin):
+                named = model.named_parameters() if kind == "parameter" else model.named_buffers()
+                name = next(n for n, u in named if u is t)
+                raise ValueError(
+                    f"model {kind} {name!r} is not initialised yet (a lazy layer, in_channels=-1): run the "
+                    "model once on the data (under torch.no_grad()) before explaining it"
+                )
+            if first and kind == "parameter":
+                first = False
+                if t.device != x.device:
+                    raise ValueError(f"model parameters are on {t.device} but x is on {x.device}")
+                if t.is_floating_point() and t.dtype != x.dtype:
+                    raise TypeError(
+                        f"model parameters have dtype {t.dtype} but x has dtype {x.dtype}; convert one of them"
+                    )
             # Weights explained call after call are checked once per version (_FINITE
             # remembers the good ones); names are looked up for an error only.
             if t.is_floating_point() and _FINITE.peek(t) is None:

@@ -739,3 +739,18 @@ def test_batched_graph_targets_need_separate_graphs():
     with pytest.raises(ValueError, match="different graphs"):
         sparse_lrp.explain(Pooled(), x, ei, index=[0, 1], batch=batch)
     sparse_lrp.explain(Pooled(), x, ei, index=1, batch=batch)  # one graph at a time is exact
+
+
+def test_a_model_with_uninitialised_lazy_layers_is_named():
+    """Lazy layers (in_channels=-1, LazyLinear, LazyBatchNorm1d) have no weights until a first
+    forward: the error names the parameter and says to run the model once."""
+    for model in (
+        torch.nn.Sequential(torch.nn.LazyLinear(4)),
+        torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LazyBatchNorm1d()),
+    ):
+        with pytest.raises(ValueError, match=r"model parameter '\d\.weight' is not initialised yet .* run the model"):
+            sparse_lrp.explain(model, torch.randn(5, 3), index=0)
+        with torch.no_grad():
+            model(torch.randn(5, 3))
+        res = sparse_lrp.explain(model.eval(), torch.randn(5, 3), index=0)
+        assert res.node_feat.shape == (5, 3)
