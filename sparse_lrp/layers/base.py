@@ -868,8 +868,8 @@ class _RecordFunction(torch.autograd.Function):
         fctx.keep = call.ctx.live_rows(x.shape[0]) if x.dim() >= 2 else None  # (rows relevance can reach)
         # The model's input itself: the layer's maps may hand its relevance over on the side
         # channel (input-independent rules), which the record then adds.
-        key = call.ctx.input_key(x)
-        fctx.side_key = (call.name, key.name) if key is not None and key.same else None
+        name = next((k for k, inp in call.ctx.inputs.items() if inp is x), None)  # (no views: a cheap test)
+        fctx.side_key = None if name is None else (call.name, name)
         fctx.save_for_backward(x)
         return x.view_as(x)
 
