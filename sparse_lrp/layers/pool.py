@@ -68,7 +68,8 @@ def node_selecting_pool(
         # The layer's own forward, with the edges' positions as their attributes: the kept
         # edges' positions come back where their attributes would.
         detached = None if attn is None else attn.detach()
-        _, ei_out, kept, batch_out, perm, score = call.original(x.detach(), edge_index, positions, batch, detached)
+        forward = type(m).forward.__get__(m)  # (the class's: call.original may be another name's handler)
+        _, ei_out, kept, batch_out, perm, score = forward(x.detach(), edge_index, positions, batch, detached)
     out = x[perm] * score.view(-1, 1)  # (the forward's operations, in its order)
     if m.multiplier != 1:
         out = m.multiplier * out
