@@ -768,12 +768,7 @@ def _validate(model, x, edge_index, kwargs) -> None:
             check_edge_index(edge_index, n, n)  # (raises: not a tensor)
         if edge_index.device != x.device:
             raise ValueError(f"edge_index is on {edge_index.device} but x is on {x.device}")
-    for name, value in kwargs.items():
-        if isinstance(value, Tensor):
-            if value.device != x.device:
-                raise ValueError(f"{name} is on {value.device} but x is on {x.device}")
-            if value.is_floating_point():
-                check_finite(name, value)
+    _validate_kwargs(kwargs, x)
     ew = kwargs.get("edge_weight")
     if isinstance(ew, Tensor) and isinstance(edge_index, Tensor):
         if ew.dim() != 1 or ew.shape[0] != edge_index.shape[1]:
@@ -783,6 +778,19 @@ def _validate(model, x, edge_index, kwargs) -> None:
     if x.shape[0] == 0:
         raise ValueError(f"x has no rows (shape {tuple(x.shape)}): there is nothing to explain")
     _validate_model(model, x)
+
+
+def _validate_kwargs(kwargs: dict, x: Tensor) -> None:
+    """Forward kwargs that are tensors (or dicts of them, per node or edge type): on ``x``'s
+    device, and finite where they are floating."""
+    for name, value in kwargs.items():
+        for k, t in value.items() if isinstance(value, Mapping) else [(None, value)]:
+            what = name if k is None else f"{name}[{k!r}]"
+            if isinstance(t, Tensor):
+                if t.device != x.device:
+                    raise ValueError(f"{what} is on {t.device} but x is on {x.device}")
+                if t.is_floating_point():
+                    check_finite(what, t)
 
 
 def _validate_model(model: nn.Module, x: Tensor) -> None:

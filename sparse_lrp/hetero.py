@@ -30,6 +30,7 @@ from .explain import (
     _collect,
     _conservation,
     _forward,
+    _validate_kwargs,
     _validate_model,
     _watched,
 )
@@ -84,14 +85,7 @@ def _validate(model: nn.Module, x_dict: Mapping, edge_index_dict: Any, kwargs: d
                 "told apart; pass a copy (.clone()) for one of them"
             )
         seen[(ei.data_ptr(), tuple(ei.shape), ei.stride())] = key
-    for name, value in kwargs.items():
-        for k, t in value.items() if isinstance(value, Mapping) else [(None, value)]:
-            what = name if k is None else f"{name}[{k!r}]"
-            if isinstance(t, Tensor):
-                if t.device != ref.device:
-                    raise ValueError(f"{what} is on {t.device} but x is on {ref.device}")
-                if t.is_floating_point():
-                    check_finite(what, t)
+    _validate_kwargs(kwargs, ref)
     ea = next((kwargs[k] for k in _HETERO_EDGE_FEATURES if isinstance(kwargs.get(k), Mapping)), None)
     for key, t in (ea or {}).items():
         if key not in edge_index_dict:

@@ -91,6 +91,12 @@ def check_graph(ei: Tensor, n: int) -> None:
     assert any((b, a) not in set(pairs) for a, b in non_loop), "directed edges"
 
 
+def typed_edges(n_src: int, n_dst: int, count: int, g: torch.Generator) -> Tensor:
+    """``count`` random edges from ``n_src`` source to ``n_dst`` target nodes (an edge type of
+    a heterogeneous graph; repeats are multi-edges)."""
+    return torch.stack([torch.randint(0, n_src, (count,), generator=g), torch.randint(0, n_dst, (count,), generator=g)])
+
+
 def make_batch(sizes=(6, 7, 5), seed: int = 0) -> tuple[Tensor, Tensor]:
     """``(edge_index, batch)`` of a mini-batch of small random graphs.
 

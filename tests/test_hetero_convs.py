@@ -32,6 +32,7 @@ from gnn_reference import (
     grad_x_input,
     lrp_explainer,
     randomise,
+    typed_edges,
     zero_biases,
 )
 from gnn_reference import RULES as ALL_RULES
@@ -59,9 +60,7 @@ def _graph() -> dict:
     g = torch.Generator().manual_seed(0)
 
     def rand(n_src, n_dst, count):
-        return torch.stack(
-            [torch.randint(0, n_src, (count,), generator=g), torch.randint(0, n_dst, (count,), generator=g)]
-        )
+        return typed_edges(n_src, n_dst, count, g)
 
     cites = torch.cat([torch.tensor([[0, 3, 1, 1, 1], [0, 3, 2, 2, 2]]), rand(NP - 1, NP - 1, 12)], 1)
     writes = torch.cat([torch.tensor([[2, 2], [4, 4]]), rand(NA - 1, NP - 1, 10)], 1)

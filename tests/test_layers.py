@@ -786,41 +786,27 @@ def test_sage_normalize_holds_the_row_norm_constant(inputs):
     assert res.node_feat.sum().item() == pytest.approx(res.output.item(), abs=1e-12)
 
 
-def test_max_aggregation_by_hand_ties_share():
+@pytest.mark.parametrize(
+    "rule", [Epsilon(0.0), WSquare(stabilizer=0.0), ZBox(-2.0, 2.0, stabilizer=0.0)], ids=["lrp0", "wsquare", "zbox"]
+)
+def test_max_aggregation_by_hand_ties_share(rule):
     """GraphConv(aggr="max") with the identity as its neighbour weight: node 2's channel 0
     is 1.0, reached by nodes 0 and 1 alike (a tie: each gets half, as autograd's gradient
-    splits it), channel 1 is 3.0 from node 3 alone. Edge relevance follows the winners."""
+    splits it), channel 1 is 3.0 from node 3 alone. Edge relevance follows the winners,
+    also under rules that weigh a connection whatever its input (a losing message was once
+    a connection with input 0 that took a share, reported as lost)."""
     conv = gnn.GraphConv(2, 2, aggr="max", bias=False).double().eval()
     with torch.no_grad():
         conv.lin_rel.weight.copy_(torch.eye(2))
         conv.lin_root.weight.zero_()
     x = torch.tensor([[1.0, 2.0], [1.0, -1.0], [0.0, 0.0], [0.5, 3.0]], dtype=DT)
     ei = torch.tensor([[0, 1, 3], [2, 2, 2]])
-    res = sparse_lrp.explain(conv, x, ei, index=2, target=0, composite=Epsilon(0.0))
-    assert res.output.item() == 1.0
-    assert_close(res.node_feat, torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=DT))
-    assert_close(res.edge, torch.tensor([0.5, 0.5, 0.0], dtype=DT))
-    res = sparse_lrp.explain(conv, x, ei, index=2, target=1, composite=Epsilon(0.0))
-    assert_close(res.node_feat, torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 3.0]], dtype=DT))
-    assert_close(res.edge, torch.tensor([0.0, 0.0, 3.0], dtype=DT))
-
-
-@pytest.mark.parametrize("rule", [WSquare(stabilizer=0.0), ZBox(-2.0, 2.0, stabilizer=0.0)], ids=["wsquare", "zbox"])
-def test_max_aggregation_is_winner_take_all_under_rules_that_ignore_the_input(rule):
-    """The by-hand case above under rules that weigh a connection whatever its input: the
-    selection still gives each output channel's relevance to its winners only (a losing
-    message was once a connection with input 0 that took a share, reported as lost)."""
-    conv = gnn.GraphConv(2, 2, aggr="max", bias=False).double().eval()
-    with torch.no_grad():
-        conv.lin_rel.weight.copy_(torch.eye(2))
-        conv.lin_root.weight.zero_()
-    x = torch.tensor([[1.0, 2.0], [1.0, -1.0], [0.0, 0.0], [0.5, 3.0]], dtype=DT)
-    ei = torch.tensor([[0, 1, 3], [2, 2, 2]])
-    for target, feat, edge in [
-        (0, [[0.5, 0.0], [0.5, 0.0], [0.0, 0.0], [0.0, 0.0]], [0.5, 0.5, 0.0]),
-        (1, [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 3.0]], [0.0, 0.0, 3.0]),
+    for target, value, feat, edge in [
+        (0, 1.0, [[0.5, 0.0], [0.5, 0.0], [0.0, 0.0], [0.0, 0.0]], [0.5, 0.5, 0.0]),
+        (1, 3.0, [[0.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 3.0]], [0.0, 0.0, 3.0]),
     ]:
         res = sparse_lrp.explain(conv, x, ei, index=2, target=target, composite=rule)
+        assert res.output.item() == value
         assert_close(res.node_feat, torch.tensor(feat, dtype=DT))
         assert_close(res.edge, torch.tensor(edge, dtype=DT))
         assert res.conservation["lost"] == 0

@@ -162,23 +162,25 @@ def run(cfg: Config) -> list[Table]:
         g = torch.Generator().manual_seed(cfg.seed + 7)
         nodes = torch.randperm(nodes_n, generator=g)[:k].tolist()
         cfg.log(f"[explainers] {name}: {k} nodes")
-        fns = explainer_methods(model, x, edge_index, nodes, epochs, have_captum)
-        t = compare(
-            {label: fn for label, (fn, _) in fns.items()},
-            device=device,
-            **cfg.timing(),
-        )
-        per = {label: t[label].ms / k for label in fns}
-        for label, (_, what) in fns.items():
-            table.add(
-                model=name,
-                method=label,
-                ms_per_explanation=per[label],
-                **{"method/lrp": ratio(per[label], per["sparse_lrp"])},
-                attributions=what,
-            )
-        gnn_target(table, name, per, epochs)
+        _timed_rows(table, name, explainer_methods(model, x, edge_index, nodes, epochs, have_captum), k, cfg, epochs)
     return [table, run_hetero(cfg, have_captum)]
+
+
+def _timed_rows(table: Table, name: str, fns: dict, k: int, cfg, epochs: int) -> None:
+    """Time ``fns`` (label -> (explain all ``k`` targets, what it attributes)) in one
+    process, add a row per method (ms per explanation, ratio to sparse_lrp's) and the
+    GNNExplainer target line."""
+    t = compare({label: fn for label, (fn, _) in fns.items()}, device=cfg.device, **cfg.timing())
+    per = {label: t[label].ms / k for label in fns}
+    for label, (_, what) in fns.items():
+        table.add(
+            model=name,
+            method=label,
+            ms_per_explanation=per[label],
+            **{"method/lrp": ratio(per[label], per["sparse_lrp"])},
+            attributions=what,
+        )
+    gnn_target(table, name, per, epochs)
 
 
 def gnn_target(table: Table, name: str, per: dict, epochs: int) -> None:
@@ -225,15 +227,5 @@ def run_hetero(cfg: Config, have_captum: bool) -> Table:
     nodes = torch.randperm(papers, generator=g)[:k].tolist()
     cfg.log(f"[explainers] {HETERO_MODEL}: {k} papers")
     fns = hetero_methods(model, x_dict, edge_index_dict, nodes, epochs, have_captum)
-    t = compare({label: fn for label, (fn, _) in fns.items()}, device=device, **cfg.timing())
-    per = {label: t[label].ms / k for label in fns}
-    for label, (_, what) in fns.items():
-        table.add(
-            model=HETERO_MODEL,
-            method=label,
-            ms_per_explanation=per[label],
-            **{"method/lrp": ratio(per[label], per["sparse_lrp"])},
-            attributions=what,
-        )
-    gnn_target(table, HETERO_MODEL, per, epochs)
+    _timed_rows(table, HETERO_MODEL, fns, k, cfg, epochs)
     return table
