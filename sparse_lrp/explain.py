@@ -151,15 +151,22 @@ def _nonlinear_free() -> tuple[type, ...]:
 _NONLINEAR_FREE = _nonlinear_free()
 # Normalisers a classifier may end with; anywhere else they are not explainable maps.
 _OUTPUT_ONLY = (nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d)
+_WATCHED = (MessagePassing, *_OUTPUT_ONLY)
 
 
-def _collect(model: nn.Module, traversed: set | None = None) -> list[tuple[str, nn.Module, Any]]:
+def _collect(
+    model: nn.Module, traversed: set | None = None, modules: list[nn.Module] | None = None
+) -> list[tuple[str, nn.Module, Any]]:
     """Modules to route through handlers; errors on unsupported modules with parameters.
 
     ``traversed`` collects the ids of the modules whose calls are explained as they run
-    (not those inside a handled module, which its handler rewrites).
+    (not those inside a handled module, which its handler rewrites). ``modules``: the
+    model's modules, if already listed.
     """
     found: list[tuple[str, nn.Module, Any]] = []
+    # Hooks on a submodule a handler only reads are refused (_check_read_only); a model
+    # without any hooks, the usual case, needs no look at each handled module's subtree.
+    hooked = any(m._forward_hooks or m._forward_pre_hooks for m in modules or model.modules())
 
     def visit(name: str, module: nn.Module) -> None:
         if traversed is not None:
@@ -172,9 +179,11 @@ def _collect(model: nn.Module, traversed: set | None = None) -> list[tuple[str, 
             for child in children:
                 sub = getattr(module, child, None)
                 if isinstance(sub, nn.Module):
-                    called.update(id(m) for m in sub.modules())
+                    if hooked:
+                        called.update(id(m) for m in sub.modules())
                     visit(f"{name}.{child}" if name else child, sub)
-            _check_read_only(name, module, called)
+            if hooked:
+                _check_read_only(name, module, called)
             return
         if isinstance(module, _NONLINEAR_FREE):
             raise TypeError(
@@ -226,8 +235,8 @@ def _check_read_only(name: str, module: nn.Module, called: set) -> None:
 @contextlib.contextmanager
 def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
     """Route handled modules through their handlers; restore everything afterwards."""
-    modules = ctx.handled if ctx.handled is not None else _collect(model, ctx.traversed)
-    training = [m for m in model.modules() if m.training]  # usually none: skip the toggles then
+    modules = ctx.handled if ctx.handled is not None else _collect(model, ctx.traversed, ctx.modules)
+    training = [m for m in ctx.modules or model.modules() if m.training]  # usually none: skip the toggles then
     saved = []
     try:
         for m in training:  # the flags only: a module's own train() override must not run
@@ -241,7 +250,7 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
             original = module.__dict__.get("forward", module.forward)
             saved.append((module, had, original))
             module.forward = functools.partial(_run_handler, ctx, name, module, handler, original)
-        watched = ctx.watched if ctx.watched is not None else _watched(model, modules, ctx.traversed)
+        watched = ctx.watched if ctx.watched is not None else _watched(model, modules, ctx.traversed, ctx.modules)
         for name, module, kind in watched:
             if kind == "hops":
                 wrap = functools.partial(_count_hops, ctx, module)
@@ -262,11 +271,15 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
             m.training = True
 
 
-def _watched(model: nn.Module, handled: list, traversed: set) -> list[tuple[str, nn.Module, str]]:
+def _watched(
+    model: nn.Module, handled: list, traversed: set, modules: list[nn.Module] | None = None
+) -> list[tuple[str, nn.Module, str]]:
     """Modules without a handler that run as they are, watched: message passing (its calls
     count hops, ``"hops"``) and softmax-like modules explained as they run (their outputs
     must be the model's, ``"normaliser"``)."""
     routed = {id(m) for _, m, _ in handled}
+    if modules is not None and all(id(m) in routed or not isinstance(m, _WATCHED) for m in modules):
+        return []  # (the usual case: no names needed)
     found = []
     for name, module in model.named_modules():
         if id(module) in routed:
@@ -381,13 +394,14 @@ class _MixesNodesError(_BeyondSubgraphError):
     """The model's own code mixes node rows outside message passing (``h.mean(0)``)."""
 
 
-def num_hops(model: nn.Module) -> int:
-    """Message-passing hops of a model counted over its layers, each called once.
+def num_hops(model: nn.Module, modules: list[nn.Module] | None = None) -> int:
+    """Message-passing hops of a model counted over its layers, each called once
+    (``modules``: the model's, if already listed).
 
     A layer called several times (shared weights) reaches further: :func:`explain`
     counts the calls as they happen and widens the subgraphs if they need it.
     """
-    return sum(_layer_hops(m) for m in model.modules() if isinstance(m, MessagePassing))
+    return sum(_layer_hops(m) for m in modules or model.modules() if isinstance(m, MessagePassing))
 
 
 # Hops counted from a model's layer calls in its last explanation (a layer called in a
@@ -395,10 +409,10 @@ def num_hops(model: nn.Module) -> int:
 _HOPS_RUN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _receptive_hops(model: nn.Module, hops: int | None) -> int:
+def _receptive_hops(model: nn.Module, hops: int | None, modules: list[nn.Module] | None = None) -> int:
     """Hops node targets' subgraphs span: ``hops`` if given, else the model's layers
     counted, widened to what its last explanation's layer calls reached."""
-    return max(num_hops(model) if hops is None else int(hops), _HOPS_RUN.get(model, 0))
+    return max(num_hops(model, modules) if hops is None else int(hops), _HOPS_RUN.get(model, 0))
 
 
 class _MoreHopsError(Exception):
@@ -754,7 +768,8 @@ _CHECKED = TensorKeyed(8, content=True)
 _FINITE = TensorKeyed(4096)
 
 
-def _validate(model, x, edge_index, kwargs) -> None:
+def _validate(model, x, edge_index, kwargs) -> list[nn.Module]:
+    """Checks of the inputs and the model; returns the model's modules (listed once per call)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     check_tensor("x", x)
@@ -777,7 +792,9 @@ def _validate(model, x, edge_index, kwargs) -> None:
             raise TypeError(f"edge_weight has dtype {ew.dtype} but x has dtype {x.dtype}; convert one of them")
     if x.shape[0] == 0:
         raise ValueError(f"x has no rows (shape {tuple(x.shape)}): there is nothing to explain")
-    _validate_model(model, x)
+    modules = list(model.modules())
+    _validate_model(model, x, modules)
+    return modules
 
 
 def _validate_kwargs(kwargs: dict, x: Tensor) -> None:
@@ -793,12 +810,25 @@ def _validate_kwargs(kwargs: dict, x: Tensor) -> None:
                     check_finite(what, t)
 
 
-def _validate_model(model: nn.Module, x: Tensor) -> None:
+def _own_tensors(modules: list[nn.Module], kind: str) -> Iterator[Tensor]:
+    """The parameters (``kind="parameter"``) or buffers of ``modules``, each once, in the
+    order ``model.parameters()`` / ``model.buffers()`` give them."""
+    seen = set()
+    for m in modules:
+        for t in (m._parameters if kind == "parameter" else m._buffers).values():
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                yield t
+
+
+def _validate_model(model: nn.Module, x: Tensor, modules: list[nn.Module] | None = None) -> None:
     """The model's parameters and buffers: initialised, on ``x``'s device and dtype, and
-    finite (one pass over them: this runs on every call)."""
+    finite (one pass over them: this runs on every call). ``modules``: the model's, if
+    already listed."""
+    modules = list(model.modules()) if modules is None else modules
     first = True
-    for kind, tensors in (("parameter", model.parameters()), ("buffer", model.buffers())):
-        for t in tensors:
+    for kind in ("parameter", "buffer"):
+        for t in _own_tensors(modules, kind):
             if isinstance(t, nn.parameter.UninitializedTensorMixin):
                 named = model.named_parameters() if kind == "parameter" else model.named_buffers()
                 name = next(n for n, u in named if u is t)
@@ -1269,7 +1299,7 @@ def explain(
             model, x, edge_index, index=index, target=target, composite=composite, edges=edges,
             strategy=strategy, max_memory=max_memory, forward_kwargs=forward_kwargs,
         )  # fmt: skip
-    _validate(model, x, edge_index, forward_kwargs)
+    modules = _validate(model, x, edge_index, forward_kwargs)
     check_budget(max_memory)
     for name, value, least in (("hops", hops, 0), ("max_union", max_union, 1)):
         if value is None:
@@ -1283,6 +1313,7 @@ def explain(
         if value < least:
             raise ValueError(f"{name} must be >= {least}, got {value}")
     ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)
+    ctx.modules = modules
     n = x.shape[0]
     batch = forward_kwargs.get("batch")
     if task_level not in (None, "node", "graph"):
@@ -1331,11 +1362,11 @@ def explain(
             "relevance would add up; explain the repeats in separate calls"
         )
 
-    ctx.handled = _collect(model, ctx.traversed)  # once per call: also what _patched routes
+    ctx.handled = _collect(model, ctx.traversed, modules)  # once per call: also what _patched routes
     ctx.composite.check_names([name for name, _, _ in ctx.handled])
     ctx.few_rows = rows is not None
     needs = subgraph_needs(m for _, m, _ in ctx.handled) if edge_index is not None else None
-    ctx.watched = _watched(model, ctx.handled, ctx.traversed)
+    ctx.watched = _watched(model, ctx.handled, ctx.traversed, modules)
     if any(kind == "hops" for _, _, kind in ctx.watched):
         needs = None  # message passing without a handler (LGConv): what it reads is unknown
     # A single target whose layers did not all declare what they read keeps the graph,
@@ -1344,7 +1375,7 @@ def explain(
     several = rows is not None and rows.numel() > 1
     small = edge_index is not None and not sparse_output and not _SUBGRAPHS_ONLY.get()
     if small:
-        small = _whole_graph_pays(n, edge_index.shape[1], _receptive_hops(model, hops))
+        small = _whole_graph_pays(n, edge_index.shape[1], _receptive_hops(model, hops, modules))
     on_subgraphs = (
         rows is not None and not is_graph and edge_index is not None and (several or (needs is not None and not small))
     )
@@ -1352,7 +1383,7 @@ def explain(
     by_size = small and rows is not None and not is_graph and edge_index is not None and not several
     by_size = by_size and needs is not None
     beyond = False  # the whole graph holds NaN/Inf beyond the target's subgraph
-    was_grad = {p: p.requires_grad for p in model.parameters()}
+    was_grad = {p: p.requires_grad for p in _own_tensors(modules, "parameter")}
     try:
         if on_subgraphs:
             # Node targets run on their k-hop computation subgraphs: on a large graph a
@@ -1614,7 +1645,7 @@ def _explain_many_nodes(
     results equal single-target calls.
     """
     n = x.shape[0]
-    k = _receptive_hops(model, hops)
+    k = _receptive_hops(model, hops, ctx.modules)
     rows = rows.to(x.device)
     if isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == n and rows.numel() != n:
         # One class (or relevance row) per node: the targets' own. (With as many targets
@@ -1686,6 +1717,7 @@ def _many_nodes_pass(
         )
         cctx = Context(composite, strategy=ctx.strategy, max_memory=ctx.max_memory, want_edges=ctx.want_edges)
         cctx.handled, cctx.traversed, cctx.watched = ctx.handled, ctx.traversed, ctx.watched
+        cctx.modules = ctx.modules
         cctx.few_rows = cctx.on_subgraphs = True
         cctx.row_groups, cctx.num_groups = run_t, count  # (chunk-local target of each union node)
         hops_sorted = hop.index_select(0, order)

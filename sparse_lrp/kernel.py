@@ -76,9 +76,24 @@ def stabilize(d: Tensor, eps: float, return_shift: bool = False):
     # first turns -0.0 into +0.0 so that sign(0) = +1 holds for both zeros. eps is taken
     # in d's own dtype (a float64 scalar would upcast half inputs).
     out = d + 0.0
-    shift = torch.copysign(out.new_full((), eps), out)
+    shift = torch.copysign(_scalar(eps, out), out)
     out += shift
     return (out, shift) if return_shift else out
+
+
+_SCALARS: dict[tuple, Tensor] = {}
+
+
+def _scalar(value: float, like: Tensor) -> Tensor:
+    """``value`` as a 0-d tensor of ``like``'s dtype and device, made once (a stabiliser
+    is the same few numbers call after call)."""
+    key = (value, like.dtype, like.device)
+    t = _SCALARS.get(key)
+    if t is None:
+        if len(_SCALARS) > 64:
+            _SCALARS.clear()
+        t = _SCALARS[key] = like.new_full((), value)
+    return t
 
 
 def _safe_divide(r: Tensor, d: Tensor) -> Tensor:
@@ -410,10 +425,11 @@ def _propagate_branches(branches: list[Branch], relevance: Tensor, bias, z, opts
             s = s * group.coef
         if want_absorbed == "total" and direct:
             # One group over all outputs: R - s contrib = s (stab(d) - contrib), the bias
-            # share and the stabiliser's shift, summed as dot products without temporaries.
-            left = torch.dot(s.reshape(-1), shift.reshape(-1))
+            # share and the stabiliser's shift, summed as one dot product (the shift is
+            # this group's own temporary: the bias share joins it in place).
             if use_bias:
-                extra = extra + _dot(s, bias if contrib is None else group.bias(bias))
+                shift = shift.add_(bias if contrib is None else group.bias(bias))
+            left = torch.dot(s.reshape(-1), shift.reshape(-1))
         elif want_absorbed == "total":
             # One running R - sum_g s_g contrib_g, in place; its elementwise differences
             # are small where conservation is good, so summing them loses no accuracy
@@ -446,7 +462,7 @@ def _propagate_branches(branches: list[Branch], relevance: Tensor, bias, z, opts
         results.append((r_in, edge))
     absorbed = None
     if want_absorbed == "total" and direct:
-        absorbed = left + extra
+        absorbed = left
     elif want_absorbed == "total":
         absorbed = (left.sum() if left is not None else relevance.sum()) + extra
     elif want_absorbed:

@@ -188,6 +188,29 @@ def summing_once(fn: Callable) -> Callable:
 
 
 _MISS = object()
+# Tensors the library built and keeps to itself (a normalised graph held in a cache): no
+# user code edits them, so the caches keyed by them skip the content read.
+# (by id, held weakly: a WeakSet would compare tensors with ==)
+_OWNED: dict[int, weakref.ref] = {}
+
+
+def owned(t: Tensor) -> Tensor:
+    """Declare ``t`` the library's own (see :data:`_OWNED`); returns it."""
+    key = id(t)
+
+    def forget(ref: weakref.ref) -> None:
+        if _OWNED.get(key) is ref:
+            del _OWNED[key]
+
+    _OWNED[key] = weakref.ref(t, forget)
+    return t
+
+
+def _is_owned(t: Tensor) -> bool:
+    ref = _OWNED.get(id(t))
+    return ref is not None and ref() is t
+
+
 _CACHES: weakref.WeakSet = weakref.WeakSet()  # every TensorKeyed cache (clear_caches)
 
 
@@ -224,7 +247,7 @@ class TensorKeyed:
 
     def _state(self, t: Tensor) -> tuple:
         state = (t._version, *_storage(t))
-        if not self.content:
+        if not self.content or _is_owned(t):
             return state
         memo = _SUMS.get()
         if memo is None:
@@ -281,9 +304,11 @@ class TensorKeyed:
 GRAPH_STRUCTURES = TensorKeyed(8, content=True)
 
 
-def graph_operator(edge_index: Tensor, num_in: int, num_out: int) -> EdgeOperator:
-    """An :class:`EdgeOperator` over ``edge_index`` sharing its graph's cached structures."""
-    return EdgeOperator(edge_index, num_in, num_out, store=GRAPH_STRUCTURES.get(edge_index, dict, num_in, num_out))
+def graph_operator(edge_index: Tensor, num_in: int, num_out: int, within_call: bool = False) -> EdgeOperator:
+    """An :class:`EdgeOperator` over ``edge_index`` sharing its graph's cached structures
+    (``within_call``: used within one explanation only, see :class:`EdgeOperator`)."""
+    store = GRAPH_STRUCTURES.get(edge_index, dict, num_in, num_out)
+    return EdgeOperator(edge_index, num_in, num_out, store=store, within_call=within_call)
 
 
 class EdgeOperator:
@@ -298,9 +323,14 @@ class EdgeOperator:
     :func:`~sparse_lrp.edge_lrp` for many layers or targets pays the sort only once.
     """
 
-    def __init__(self, edge_index: Tensor, num_in: int, num_out: int, store: dict | None = None) -> None:
+    def __init__(
+        self, edge_index: Tensor, num_in: int, num_out: int, store: dict | None = None, within_call: bool = False
+    ) -> None:
         # `store` keeps the built CSR structures for other operators over the same graph;
         # they are new tensors, so a cache holding it does not hold the graph alive.
+        # An operator prepared by a user may see a weight again after an edit that bypasses
+        # its version counter (`w.data[...] = ...`): its caches then check the content too.
+        # One used `within_call` (an explanation's) sees its weights for that call only.
         self._store = store if store is not None else {}
         self.edge_index = edge_index
         self.src = edge_index[0]
@@ -310,8 +340,9 @@ class EdgeOperator:
         self.num_edges = int(edge_index.shape[1])
         self._by_dst: tuple[Tensor, Tensor, Tensor] | None = None
         self._by_src: tuple[Tensor, Tensor, Tensor] | None = None
-        self._perm = TensorKeyed(1, content=True)  # the last weight seen, in both CSR orders
-        self._fused = TensorKeyed(4, content=True)  # bounded: weights change per layer (attention) or call
+        self._perm = TensorKeyed(1, content=not within_call)  # the last weight seen, in both CSR orders
+        # (bounded: weights change per layer, attention, or call)
+        self._fused = TensorKeyed(4, content=not within_call)
         self._diagonal = False  # edge e is e -> e (identity_pattern): products are row scalings
         self._prefix_edges: dict[int, int] = {}  # edges into the first `rows` outputs, by rows
 
@@ -635,6 +666,9 @@ class EdgeValues:
 
 # Transformed layer weights, weakly keyed by the parameter (a weight per entry: bounded).
 _TRANSFORMS = TensorKeyed(32, content=True)
+# Below this size a transform (one to three element-wise ops) costs less than the cache's
+# own look-up, which reads the weight's content (two reductions and a host read).
+_TRANSFORMS_FROM = 2**16
 
 
 class DenseOperator:
@@ -655,7 +689,7 @@ class DenseOperator:
         pays them once."""
         if fn is _ident:  # (Epsilon's weights as they are: nothing to keep)
             return weight
-        if self.source is None or weight is not self.weight:
+        if self.source is None or weight is not self.weight or weight.numel() < _TRANSFORMS_FROM:
             return fn(weight)
         src = self.source
         return _TRANSFORMS.get(src, lambda: fn(weight), fn)

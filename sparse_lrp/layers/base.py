@@ -196,6 +196,7 @@ class Context:
     normalised: list = field(default_factory=list)  # (name, type, output) of softmax-like modules
     traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
     watched: list | None = None  # (name, module, kind) run as they are but watched (explain._watched)
+    modules: list | None = None  # the model's modules, listed once per call
     in_handler: int = 0  # depth of handler calls running (their own element-wise calls are theirs)
     # Autograd nodes no feature map precedes (LayerCall.map: a composite's `first` rule).
     unweighted: set = field(default_factory=set)
@@ -277,7 +278,7 @@ class Context:
         key = (edge_index.data_ptr(), tuple(edge_index.shape), edge_index.stride(), num_in, num_out)
         op = self._operators.get(key)
         if op is None or (op.edge_index is not edge_index and not torch.equal(op.edge_index, edge_index)):
-            op = self._operators[key] = graph_operator(edge_index, num_in, num_out)
+            op = self._operators[key] = graph_operator(edge_index, num_in, num_out, within_call=True)
         return op
 
     def memo(self, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -296,6 +297,8 @@ class Context:
         a 2-D input), or its rows flattened (``[B, S, F]`` read as ``[B * S, F]``), possibly
         transposed too."""
         for key, inp in self.inputs.items():
+            if t.data_ptr() != inp.data_ptr():  # (every such layout starts where the input does)
+                continue
             for view in _input_views(key, inp):
                 if same_tensor(t, view.of(inp)):
                     return view
@@ -370,7 +373,7 @@ class Context:
         else:
             # Edges the model added (ids -1: self-loops) land in one slot past the end,
             # dropped: cheaper than selecting the others by a mask.
-            slot = torch.where(ids >= 0, ids, num_edges)
+            slot = self.memo(("slot", ids, num_edges), lambda: torch.where(ids >= 0, ids, num_edges))
             full = values.new_zeros(num_edges + 1).index_add_(0, slot, values)[:num_edges]
         rec["edge"] = full if "edge" not in rec else rec["edge"] + full
 
@@ -756,7 +759,8 @@ def _flattened(extra: list[MapBranch] | None, bias: Tensor | None, num_out: int,
     """A node map's ``extra`` branches and ``bias`` with their trailing dimensions ``lead``
     (heads, channels) flattened into the map's channels."""
     flat = [dataclasses.replace(b, x=b.x.reshape(b.x.shape[0], math.prod(b.x.shape[1:]))) for b in extra or []]
-    if bias is not None:
+    if bias is not None and not (len(lead) == 1 and bias.dim() <= 1):
+        # (a [C] bias broadcasts as it is: an expanded [N, C] copy would cost every later use)
         bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
     return flat, bias
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import GRAPH_STRUCTURES, DiagonalOperator
+from ..operators import GRAPH_STRUCTURES, DiagonalOperator, owned
 from . import register_handler
 from .base import LayerCall, MapBranch
 
@@ -110,7 +110,7 @@ def _gcn_norm(call: LayerCall, edge_index, edge_weight, n, improved, add_self_lo
                 ei, w, ids = _gcn_norm_now(call, edge_index, None, n, improved, add_self_loops, dtype)
                 # (without added loops gcn_norm hands back the graph itself: the entry must
                 # not hold its own key, or a graph the caller drops would never be freed)
-                return None if ei is edge_index else ei, w, ids
+                return None if ei is edge_index else owned(ei), w, ids
 
             ei, w, ids = GRAPH_STRUCTURES.get(edge_index, build, "gcn_norm", n, improved, add_self_loops, dtype)
             return edge_index if ei is None else ei, w, ids
