@@ -293,17 +293,17 @@ class WithGatedConv(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv = gnn.FiLMConv(F, C)
+        self.conv = gnn.PointTransformerConv(F, C)
 
     def forward(self, x, edge_index):
-        return self.conv(x, edge_index)
+        return self.conv(x, x[:, :3], edge_index)
 
 
 def test_unsupported_message_passing_with_learned_children_is_named(x):
-    """Its child Linears have handlers, but its feature-wise modulation would pass relevance as a
-    gradient: refused (it ran silently before). Parameter-free LGConv still runs
-    (test_models: test_layers_reading_beyond_the_given_in_edges)."""
-    with pytest.raises(TypeError, match=r"'conv'.*FiLMConv has parameters but no LRP handler"):
+    """Its child Linears have handlers, but its attention (computed from features and positions)
+    would pass relevance as a gradient: refused (it ran silently before). Parameter-free
+    LGConv still runs (test_models: test_layers_reading_beyond_the_given_in_edges)."""
+    with pytest.raises(TypeError, match=r"'conv'.*PointTransformerConv has parameters but no LRP handler"):
         sparse_lrp.explain(WithGatedConv().double(), x, EI, index=0)
 
 
