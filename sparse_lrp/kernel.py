@@ -479,8 +479,8 @@ def _check_finite_run(rule: Rule, denominators: list[tuple[Tensor, bool]], resul
     parts = [d.sum() for d, check in denominators if check]
     parts += [t.sum() for r, e in results for t in (r, e) if t is not None and t.numel()]
     if isinstance(absorbed, Tensor):
-        parts.append(absorbed.sum())
-    if not parts or math.isfinite(sum(parts).item()):
+        parts.append(absorbed if absorbed.dim() == 0 else absorbed.sum())
+    if not parts or math.isfinite((parts[0] if len(parts) == 1 else torch.stack(parts).sum()).item()):
         return
     for d, _ in denominators:
         kind = non_finite(d)

@@ -345,6 +345,7 @@ class EdgeOperator:
         self._fused = TensorKeyed(4, content=not within_call)
         self._diagonal = False  # edge e is e -> e (identity_pattern): products are row scalings
         self._prefix_edges: dict[int, int] = {}  # edges into the first `rows` outputs, by rows
+        self._ones: dict[torch.dtype, Tensor] = {}  # the pattern's values for sampled products
 
     @property
     def device(self) -> torch.device:
@@ -372,12 +373,13 @@ class EdgeOperator:
         torch.cumsum(counts, 0, out=crow[1:])
         return crow, cols.index_select(0, perm).to(torch.int64), perm
 
-    def permuted(self, weight: Tensor) -> tuple[Tensor, Tensor]:
-        """``weight`` in CSR order of ``W`` and of ``Wᵀ``; cached for the last weight seen."""
-        return self._perm.get(
-            weight,
-            lambda: (weight.index_select(0, self._csr_by_dst()[2]), weight.index_select(0, self._csr_by_src()[2])),
-        )
+    def permuted(self, weight: Tensor, end: int) -> Tensor:
+        """``weight`` in CSR order of ``W`` (``end=1``: grouped by target) or of ``Wᵀ``
+        (``end=0``: by source); each order cached for the last weight seen, once used."""
+        orders = self._perm.get(weight, dict)
+        if end not in orders:
+            orders[end] = weight.index_select(0, (self._csr_by_dst() if end == 1 else self._csr_by_src())[2])
+        return orders[end]
 
     def grouped(self, end: int) -> tuple[Tensor, Tensor]:
         """``(start, order)``: edges ordered by their source (``end=0``) or target (1)
@@ -525,7 +527,10 @@ class EdgeOperator:
     def sampled_dot(self, f: Tensor, s: Tensor, max_memory: int = DEFAULT_MAX_MEMORY) -> Tensor:
         """:meth:`edge_dot` as a sampled dense-dense product (SDDMM) on the CSR pattern."""
         crow, col, perm = self._csr_by_dst()
-        pattern = _csr_tensor(crow, col, f.new_ones(self.num_edges), (self.num_out, self.num_in))
+        ones = self._ones.get(f.dtype)
+        if ones is None:  # (every layer over this operator samples the same pattern)
+            ones = self._ones[f.dtype] = f.new_ones(self.num_edges)
+        pattern = _csr_tensor(crow, col, ones, (self.num_out, self.num_in))
         try:
             vals = torch.sparse.sampled_addmm(pattern, s, f.T, beta=0.0).values()
         except (RuntimeError, NotImplementedError):  # dtype/device without an SDDMM kernel
@@ -657,11 +662,11 @@ class EdgeValues:
 
     @property
     def by_dst(self) -> Tensor:
-        return self.fn(self.op.permuted(self.weight)[0])
+        return self.fn(self.op.permuted(self.weight, 1))
 
     @property
     def by_src(self) -> Tensor:
-        return self.fn(self.op.permuted(self.weight)[1])
+        return self.fn(self.op.permuted(self.weight, 0))
 
 
 # Transformed layer weights, weakly keyed by the parameter (a weight per entry: bounded).
