@@ -1068,9 +1068,17 @@ class _Forward:
 
 def _forward(model, ctx: Context, x, edge_index, kwargs, rows, task_level: str | None) -> _Forward:
     # Contiguous, so that a layer's flattened or transposed view of the input is still the
-    # input (Context.input_key): a reshape of a strided tensor would copy it.
+    # input (Context.input_key): a reshape of a strided tensor would copy it. Inputs are
+    # told apart by their storage there, so one tensor passed as two inputs (two node types'
+    # features) becomes two: a copy for the second.
+    starts: set[int] = set()
+
     def leaf(t: Tensor) -> Tensor:
-        return t.detach().contiguous().requires_grad_(True)
+        t = t.detach().contiguous()
+        if t.numel() and t.data_ptr() in starts:
+            t = t.clone()
+        starts.add(t.data_ptr())
+        return t.requires_grad_(True)
 
     hetero = isinstance(x, Mapping)  # features per node type (and edge features per edge type)
     ea_name = next((k for k in _HETERO_EDGE_FEATURES if isinstance(kwargs.get(k), Mapping)), None) if hetero else None
@@ -1294,6 +1302,14 @@ def explain(
             )  # fmt: skip
     if isinstance(x, Mapping):  # a heterogeneous graph: features per node type
         from .hetero import explain_hetero
+
+        # (whole-graph passes, index naming the output's rows whatever task_level says)
+        given = [k for k, v in (("hops", hops), ("sparse_output", sparse_output), ("max_union", max_union)) if v]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: not supported on a heterogeneous graph, which is explained on the whole "
+                "graph (no k-hop subgraphs)"
+            )
 
         return explain_hetero(
             model, x, edge_index, index=index, target=target, composite=composite, edges=edges,

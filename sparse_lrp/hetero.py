@@ -208,8 +208,6 @@ def explain_hetero(
     t_count = rows.numel()
     if not t_count:
         raise ValueError("index is empty: there is nothing to explain")
-    if rows.unique().numel() != t_count:
-        raise ValueError("index repeats a row: explain each row once")
     if target is not None and not isinstance(target, (int, Tensor)):
         target = torch.as_tensor(target, device=ref.device)
     per_index = isinstance(target, Tensor) and target.dim() > 0 and target.shape[0] == t_count

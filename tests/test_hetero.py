@@ -609,3 +609,86 @@ def test_several_rows_keep_each_rows_layer_records_under_gamma(x_dict):
             assert_close(many.node_feat[k][i], one.node_feat[k])
     first = [name for name in one.layers if name.startswith("inner.conv1.") and "node" in one.layers[name]]
     assert first and any(float(one.layers[name]["node"].abs().sum()) > 0 for name in first)
+
+
+class TwoTypesOneTensor(nn.Module):
+    """Papers and authors read through their own layers into the papers' logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = gnn.HeteroConv(
+            {WRITES: gnn.GINEConv(nn.Linear(FP, 3), edge_dim=D), CITES: gnn.GINEConv(nn.Linear(FP, 3), edge_dim=D)}
+        )
+
+    def forward(self, x_dict, edge_index_dict, edge_attr_dict):
+        return self.conv(x_dict, edge_index_dict, edge_attr_dict=edge_attr_dict)["paper"]
+
+
+@pytest.mark.parametrize("rule", ["gamma", "wsquare"])
+def test_one_tensor_passed_for_two_types_equals_two_copies(rule):
+    """Inputs are told apart by their storage inside the explanation: two node types (or two
+    edge types' features) given the same tensor get each its own relevance, as copies would
+    (input-independent rules hand the first layer's relevance to its input directly)."""
+    composite = WSquare() if rule == "wsquare" else rule
+    x = torch.randn(NP, FP, generator=torch.Generator().manual_seed(4), dtype=DT)
+    ea = torch.randn(EI[CITES].shape[1], D, generator=torch.Generator().manual_seed(5), dtype=DT)
+    ei = {CITES: EI[CITES], WRITES: EI[CITES].clone()}
+    model = randomise(TwoTypesOneTensor().double()).eval()
+    same = sparse_lrp.explain(
+        model, {"paper": x, "author": x}, ei, index=2, composite=composite, edge_attr_dict={CITES: ea, WRITES: ea}
+    )
+    copies = sparse_lrp.explain(
+        model,
+        {"paper": x, "author": x.clone()},
+        ei,
+        index=2,
+        composite=composite,
+        edge_attr_dict={CITES: ea, WRITES: ea.clone()},
+    )
+    for k in ("paper", "author"):
+        assert_close(same.node_feat[k], copies.node_feat[k])
+    for k in (CITES, WRITES):
+        assert_close(same.edge_attr[k], copies.edge_attr[k])
+    assert float(copies.node_feat["author"].abs().sum()) > 0  # (each type has relevance to lose)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: gnn.GATConv((FP, FA), 4, add_self_loops=False, heads=2),
+        lambda: gnn.TransformerConv((FP, FA), 4, heads=2),
+        lambda: gnn.GATv2Conv((FP, FA), 4, add_self_loops=False),
+    ],
+)
+def test_attention_into_a_node_type_without_nodes(make, x_dict):
+    """An (empty) edge type into a type with no nodes runs through attention layers, whose
+    per-head layouts have no rows: the papers' explanation is the one without that edge type."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = gnn.HeteroConv({CITES: gnn.GATConv(FP, 4, heads=2, concat=False), REV: make()})
+
+        def forward(self, x_dict, edge_index_dict):
+            return self.conv(x_dict, edge_index_dict)["paper"]
+
+    x = {"paper": x_dict["paper"], "author": torch.zeros(0, FA, dtype=DT)}
+    model = randomise(Net().double()).eval()
+    ei = {CITES: EI[CITES], REV: torch.zeros(2, 0, dtype=torch.long)}
+    res = sparse_lrp.explain(model, x, ei, index=3, composite="zplus")
+    alone = sparse_lrp.explain(model, x, {CITES: EI[CITES]}, index=3, composite="zplus")
+    assert_close(res.node_feat["paper"], alone.node_feat["paper"])
+    assert_close(res.edge[CITES], alone.edge[CITES])
+    assert res.node_feat["author"].shape == (0, FA) and res.edge[REV].shape == (0,)
+
+
+def test_repeated_rows_and_refused_subgraph_options(x_dict):
+    model = _hetero("sage", x_dict)
+    twice = sparse_lrp.explain(model, x_dict, EI, index=[4, 4], composite="zplus")
+    once = sparse_lrp.explain(model, x_dict, EI, index=4, composite="zplus")
+    for k in x_dict:
+        assert torch.equal(twice.node_feat[k][0], once.node_feat[k])
+        assert torch.equal(twice.node_feat[k][1], once.node_feat[k])
+    for kwargs in ({"hops": 2}, {"max_union": 1000}, {"sparse_output": True}):
+        with pytest.raises(ValueError, match=f"{next(iter(kwargs))}: not supported on a heterogeneous graph"):
+            sparse_lrp.explain(model, x_dict, EI, index=0, **kwargs)

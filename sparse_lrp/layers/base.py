@@ -761,7 +761,7 @@ def _flattened(extra: list[MapBranch] | None, bias: Tensor | None, num_out: int,
     flat = [dataclasses.replace(b, x=b.x.reshape(b.x.shape[0], math.prod(b.x.shape[1:]))) for b in extra or []]
     if bias is not None and not (len(lead) == 1 and bias.dim() <= 1):
         # (a [C] bias broadcasts as it is: an expanded [N, C] copy would cost every later use)
-        bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, -1)
+        bias = torch.broadcast_to(bias, (num_out, *lead)).reshape(num_out, math.prod(lead))  # (no -1: zero rows)
     return flat, bias
 
 

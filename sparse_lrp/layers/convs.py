@@ -277,8 +277,8 @@ def _head_ids(ids: Tensor | None, heads: int) -> Tensor | None:
 
 def _joined_heads(out: Tensor, n: int, heads: int, concat: bool) -> Tensor:
     """``[n * heads, c]`` rows back to the layer's output: heads concatenated or averaged."""
-    out = out.view(n, heads, -1)
-    return out.reshape(n, -1) if concat else out.mean(1)
+    out = out.view(n, heads, out.shape[-1])  # (sizes named: -1 is unknown with no rows)
+    return out.reshape(n, heads * out.shape[-1]) if concat else out.mean(1)
 
 
 def _heads(call: LayerCall, h, ei, alpha, ids, bias: Tensor | None, concat: bool, n: int | None = None) -> Tensor:
