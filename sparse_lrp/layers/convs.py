@@ -130,10 +130,12 @@ def _gcn_norm_now(call: LayerCall, edge_index, edge_weight, n, improved, add_sel
         improved = False
     ei, w = gcn_norm(edge_index, weight, n, improved, add_self_loops, "source_to_target", dtype)
     positions = torch.arange(edge_index.shape[1], device=edge_index.device)
-    if add_self_loops:
+    if add_self_loops and bool((edge_index[0] == edge_index[1]).any()):
         # Same re-ordering as gcn_norm, applied to edge positions (exact, multi-edges too).
         _, pos = add_remaining_self_loops(edge_index, positions.to(torch.float64), -1.0, n)
         positions = pos.long()
+    elif add_self_loops:  # (no loops to move: the edges in order, then one new loop per node)
+        positions = torch.cat([positions, positions.new_full((n,), -1)])
     return ei, w, _follow(_model_ids(call, edge_index), positions)
 
 
