@@ -1520,13 +1520,14 @@ def _only_target(res: ExplainResult) -> ExplainResult:
 
 
 def _conservation(ctx: Context, out_value: Tensor, node_feat: Tensor, ea_rel: Tensor | None) -> dict[str, float]:
-    def total(v) -> float:  # (detached: a sum that still tracks gradients warns when read)
-        return float(v.detach().sum()) if isinstance(v, Tensor) else float(v)
-
-    out, into, absorbed, lost = (
-        total(out_value), total(node_feat) + (total(ea_rel) if ea_rel is not None else 0.0),
-        total(ctx.absorbed), total(ctx.lost),
-    )  # fmt: skip
+    parts = [out_value, node_feat, ea_rel, ctx.absorbed, ctx.lost]
+    values = [0.0 if v is None else v for v in parts]
+    at = [i for i, v in enumerate(parts) if isinstance(v, Tensor)]
+    if at:  # (one host read for all; detached: a sum that still tracks gradients warns when read)
+        for i, v in zip(at, torch.stack([parts[i].detach().sum() for i in at]).tolist()):
+            values[i] = v
+    out, feat, ea, absorbed, lost = (float(v) for v in values)
+    into = feat + ea
     if ctx.constants:
         # Constants the model's code adds (h + 1.0) take their share as a bias does: what
         # reached no input and no rule's bias.
