@@ -288,23 +288,25 @@ def test_unsupported_layer_with_parameters_is_named(x):
         sparse_lrp.explain(WithLSTM().double(), x, EI, index=0)
 
 
-class WithGatedConv(nn.Module):
-    """A message-passing layer whose parameters all sit in child Linears."""
+class WithAttentionConv(nn.Module):
+    """A message-passing layer whose parameters all sit in child Linears (DNAConv's queries,
+    keys and values, in its ``multi_head``)."""
 
     def __init__(self):
         super().__init__()
-        self.conv = gnn.PointTransformerConv(F, C)
+        self.conv = gnn.DNAConv(F, heads=2)
 
     def forward(self, x, edge_index):
-        return self.conv(x, x[:, :3], edge_index)
+        return self.conv(torch.stack([x, torch.relu(x)], 1), edge_index)
 
 
 def test_unsupported_message_passing_with_learned_children_is_named(x):
-    """Its child Linears have handlers, but its attention (computed from features and positions)
-    would pass relevance as a gradient: refused (it ran silently before). Parameter-free
-    LGConv still runs (test_models: test_layers_reading_beyond_the_given_in_edges)."""
-    with pytest.raises(TypeError, match=r"'conv'.*PointTransformerConv has parameters but no LRP handler"):
-        sparse_lrp.explain(WithGatedConv().double(), x, EI, index=0)
+    """Its child Linears have handlers, but its attention (computed from queries and keys
+    over the layer history) would pass relevance as a gradient: refused (it ran silently
+    before). Parameter-free LGConv still runs (test_models:
+    test_layers_reading_beyond_the_given_in_edges)."""
+    with pytest.raises(TypeError, match=r"'conv'.*DNAConv has parameters but no LRP handler"):
+        sparse_lrp.explain(WithAttentionConv().double(), x, EI, index=0)
 
 
 def test_samples_joint_pass_refuses_models_that_mix_rows():

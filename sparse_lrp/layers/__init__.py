@@ -101,4 +101,16 @@ def supported_types() -> list[str]:
     return sorted(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in _HANDLERS)
 
 
-from . import aggr, convs, edge_conditioned, hetero_convs, message_convs, norms, pool, relational, sparse, torch_nn  # noqa: E402,F401 - registers the built-in handlers
+from . import (  # noqa: E402,F401 - registers the built-in handlers
+    aggr,
+    convs,
+    edge_conditioned,
+    hetero_convs,
+    message_convs,
+    more_convs,
+    norms,
+    pool,
+    relational,
+    sparse,
+    torch_nn,
+)
