@@ -237,8 +237,14 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
     """Route handled modules through their handlers; restore everything afterwards."""
     modules = ctx.handled if ctx.handled is not None else _collect(model, ctx.traversed, ctx.modules)
     training = [m for m in ctx.modules or model.modules() if m.training]  # usually none: skip the toggles then
+    # Gradient checkpointing (PyG's DeepGCNLayer) reruns a layer's forward inside the
+    # backward, outside the routing: off while explaining (it saves memory, the values
+    # are the same).
+    checkpointed = [m for m in ctx.modules or model.modules() if m.__dict__.get("ckpt_grad") is True]
     saved = []
     try:
+        for m in checkpointed:
+            m.ckpt_grad = False
         for m in training:  # the flags only: a module's own train() override must not run
             m.training = False
         routed = set()
@@ -269,6 +275,8 @@ def _patched(model: nn.Module, ctx: Context) -> Iterator[None]:
                 module.__dict__.pop("forward", None)
         for m in training:
             m.training = True
+        for m in checkpointed:
+            m.ckpt_grad = True
 
 
 def _watched(
@@ -379,6 +387,8 @@ def _layer_hops(m: nn.Module) -> int:
     """Edges one call of a message-passing layer reaches across (K for K-step layers)."""
     if type(m).__name__ == "ChebConv":
         return len(m.lins) - 1
+    if type(m).__name__ == "GatedGraphConv":  # (num_layers propagations)
+        return int(m.num_layers)
     return int(getattr(m, "K", 1))
 
 

@@ -1186,6 +1186,21 @@ def test_deep_gcn_layer_lrp0_is_gradient_x_input_with_the_fixed_parts_detached(b
         _conserved(res)
 
 
+@pytest.mark.parametrize("block", ["res+", "res"])
+def test_deep_gcn_layer_with_gradient_checkpointing(block, inputs):
+    """``ckpt_grad=True`` reruns the conv inside the backward (reentrant checkpointing, which
+    torch.autograd.grad refuses): it is off while explaining, the same values, and back on after."""
+    x = inputs[0]
+    plain = _deep(block)
+    model = _deep(block)
+    for layer in model.layers:
+        layer.ckpt_grad = True
+    want = sparse_lrp.explain(plain, x, EI, index=4, composite="gamma")
+    got = sparse_lrp.explain(model, x, EI, index=4, composite="gamma")
+    assert torch.equal(got.node_feat, want.node_feat) and torch.equal(got.edge, want.edge)
+    assert all(layer.ckpt_grad is True for layer in model.layers)
+
+
 @pytest.mark.parametrize("block", BLOCKS)
 def test_deep_gcn_layer_through_pyg_explainer_and_on_subgraphs(block, inputs):
     x = inputs[0]

@@ -1080,7 +1080,7 @@ class LayerCall:
         if not extra and bias is None:
             return out
         # (what is summed with the selection, a root term or a bias, under the layer's rule)
-        return self.map([self.self_loops(out, 1.0), *extra], bias)
+        return self.map([self.self_loops(out, 1.0), *(extra or [])], bias)
 
     def aggr_weights(
         self, edge_index: Tensor, weight: Tensor | None, num_out: int, like: Tensor, kind: str | None = None
