@@ -551,6 +551,11 @@ def check_edge_call(
         raise ValueError(f"num_out={num_out} but relevance has {relevance.shape[0]} rows")
     check_same("x", x, relevance=relevance, edge_weight=edge_weight, bias=bias, z=z)
     ei = op.edge_index if op is not None else edge_index
+    if op is not None and op.edited():
+        raise ValueError(
+            "the prepared operator's edge_index was changed in place after prepare(): its sorted "
+            "structures describe the old edges; prepare the edited edge_index again"
+        )
     if op is not None and (op.num_in != x.shape[0] or op.num_out != relevance.shape[0]):
         raise ValueError(
             f"prepared operator maps {op.num_in} -> {op.num_out} but x has {x.shape[0]} rows "

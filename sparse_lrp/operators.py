@@ -54,7 +54,7 @@ _RADIX_MIN = 2**15
 _PAD_FROM = 10_000
 # rowdot's batched product pays from this many elements on (see rowdot).
 _ROWDOT_BMM_FROM = 2**21
-# Integer tensors' content key is read in chunks of this many values (see _content).
+# A tensor's content key is read in chunks of this many values (see _content).
 _CONTENT_CHUNK = 2**22
 
 
@@ -134,11 +134,32 @@ def _storage(t: Tensor) -> tuple:
     return (t.layout, tuple(t.shape), t.dtype, *(p.data_ptr() for p in parts), *(p.shape[-1] for p in parts))
 
 
+_PRIME = 2**31 - 1
+# Pseudo-random weights of a chunk's positions, per dtype and device (see _content).
+_POSITION_WEIGHTS: dict[tuple, Tensor] = {}
+
+
+def _position_weights(n: int, like: Tensor) -> Tensor:
+    """Weights of the first ``n`` positions of a chunk: pseudo-random integers below 2^31
+    (a Lehmer step, squared so that they are no linear function of the position), as
+    ``like``'s dtype (floats: scaled into [0, 1)). Made once per dtype and device."""
+    key = (like.dtype, like.device)
+    w = _POSITION_WEIGHTS.get(key)
+    if w is None or w.numel() < n:
+        size = min(max(n, 2 * (0 if w is None else w.numel()), 1024), _CONTENT_CHUNK)
+        h = (torch.arange(1, size + 1, dtype=torch.int64, device=like.device) * 48271) % _PRIME
+        h = (h * h) % _PRIME  # (products stay below 2^62: no overflow)
+        w = h if not like.is_floating_point() else (h.to(torch.float64) / _PRIME).to(like.dtype)
+        _POSITION_WEIGHTS[key] = w
+    return w[:n]
+
+
 def _content(t: Tensor) -> tuple:
-    """One host read of ``t``'s (a sparse tensor's stored) values: their sum, and for
-    floats also their sum of squares, which changes under an edit that keeps the sum
-    (``w[0] += a; w[1] -= a``), for integers a position-weighted sum, which also changes
-    when values trade places; a sparse tensor's indices count too (the structure)."""
+    """One host read of ``t``'s (a sparse tensor's stored) values: their sum, a sum weighted
+    by pseudo-random weights per position, which changes when values trade places or move
+    in any pattern a linear weighting would miss (an undirected edge_index's rows swapped,
+    +1/-2/+1 at equal spacings), and for floats also their sum of squares; a sparse
+    tensor's indices count too (the structure)."""
     if t.layout == torch.sparse_coo:
         return (*_content(t._indices()), *_content(t._values()))
     if t.layout == torch.sparse_csr:
@@ -146,23 +167,26 @@ def _content(t: Tensor) -> tuple:
     if t.layout != torch.strided:
         return ()
     t = t.detach()
-    if not t.is_floating_point():
-        # The sum, and a sum weighted by position, sum_i (n - i) v_i, which sees values
-        # moved between positions (an edge's source edited to another node and another's
-        # back, in place). From running sums, in chunks: one chunk-sized temporary, not a
-        # graph-sized one. Integer sums wrap alike in any order: the key is exact.
-        flat = t.reshape(-1).long()
-        n = flat.numel()
-        weighted = flat.new_zeros(())
-        for a in range(0, n, _CONTENT_CHUNK):
-            part = flat[a : a + _CONTENT_CHUNK]
-            weighted += part.cumsum(0).sum() + (n - a - part.numel()) * part.sum()
-        return tuple(torch.stack([flat.sum(), weighted]).tolist())
     flat = t.reshape(-1)
-    if t.dtype in (torch.float16, torch.bfloat16):
+    if not t.is_floating_point():
+        flat = flat.long()  # (integer sums wrap alike in any order and chunking: the key is exact)
+    elif t.dtype in (torch.float16, torch.bfloat16):
         flat = flat.float()
-    # (in its own dtype: a float64 accumulation of float32 costs 10x; dot needs no temporary)
-    return tuple(torch.stack([flat.sum(), torch.dot(flat, flat)]).tolist())
+    # In chunks (one chunk-sized temporary at most), each chunk's weights scaled by a
+    # number of its own, so that chunks are told apart too.
+    weighted = None
+    for a in range(0, flat.numel(), _CONTENT_CHUNK):
+        part = flat[a : a + _CONTENT_CHUNK]
+        w = _position_weights(part.numel(), part)
+        dot = (part * w).sum() if not part.is_floating_point() else torch.dot(part, w)
+        if a:
+            dot = dot * ((a // _CONTENT_CHUNK * 40692) % _PRIME + 1)
+        weighted = dot if weighted is None else weighted + dot
+    sums = [flat.sum(), flat.new_zeros(()) if weighted is None else weighted]
+    if flat.is_floating_point():
+        # (in its own dtype: a float64 accumulation of float32 costs 10x; dot needs no temporary)
+        sums.append(torch.dot(flat, flat))
+    return tuple(torch.stack(sums).tolist())
 
 
 # Within one explanation (:func:`summing_once`), each tensor's content is read once,
@@ -346,10 +370,16 @@ class EdgeOperator:
         self._diagonal = False  # edge e is e -> e (identity_pattern): products are row scalings
         self._prefix_edges: dict[int, int] = {}  # edges into the first `rows` outputs, by rows
         self._ones: dict[torch.dtype, Tensor] = {}  # the pattern's values for sampled products
+        self._version = edge_index._version if not edge_index.is_inference() else None
 
     @property
     def device(self) -> torch.device:
         return self.edge_index.device
+
+    def edited(self) -> bool:
+        """Whether ``edge_index`` was changed in place since this operator was made (its
+        version counter moved; an edit through ``.data`` does not move it)."""
+        return self._version is not None and self.edge_index._version != self._version
 
     # -- CSR structures -------------------------------------------------------------
     @staticmethod

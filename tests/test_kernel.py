@@ -283,6 +283,21 @@ def test_prepared_operator_size_mismatch_raises():
 
 
 @pytest.mark.parametrize("strategy", ["scatter", "spmm"])
+def test_a_prepared_operator_whose_edges_were_edited_in_place_is_refused(strategy):
+    """Its sorted structures describe the old edges (spmm gave the old graph's relevance,
+    scatter the new one's): refused under both strategies; prepared again, it is exact."""
+    ei = torch.tensor([[0, 1, 4, 2], [1, 2, 0, 3]])
+    op = prepare(ei)
+    x, R = torch.rand(5, 2, dtype=torch.float64), torch.rand(5, 2, dtype=torch.float64)
+    ei[1, 0] = 4
+    with pytest.raises(ValueError, match="changed in place after prepare"):
+        edge_lrp(x, op, None, R, Epsilon(), strategy=strategy)
+    torch.testing.assert_close(
+        edge_lrp(x, prepare(ei), None, R, Epsilon(), strategy=strategy), edge_lrp(x, ei.clone(), None, R, Epsilon())
+    )
+
+
+@pytest.mark.parametrize("strategy", ["scatter", "spmm"])
 @pytest.mark.parametrize("rule_id,spec", RULES, ids=RULE_IDS)
 def test_tiny_max_memory_chunks_give_identical_results(rule_id, spec, strategy, backend):
     ei, x, w, R, b = graph_data(14, C=5)

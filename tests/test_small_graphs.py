@@ -349,19 +349,30 @@ def test_nan_beyond_the_target_under_a_graph_the_model_builds_is_an_error_not_a_
         sparse_lrp.explain(model, x, ei, index=0, composite="epsilon")
 
 
-def test_an_integer_content_key_sees_swapped_values_and_does_not_depend_on_its_chunks(monkeypatch):
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_content_keys_see_values_that_trade_places(chunk, monkeypatch):
+    """The caches' content key (for edits that bypass the version counter, through .data)
+    changes under edits that keep the sum and any linear position weighting: an undirected
+    edge_index's rows swapped, an edge swapped with its reverse, +1/-2/+1 at equal spacing,
+    two float weights trading places; the same content gives the same key, in chunks too."""
     from sparse_lrp import operators
 
+    if chunk is not None:
+        monkeypatch.setattr(operators, "_CONTENT_CHUNK", chunk)  # (the last chunk short)
     g = torch.Generator().manual_seed(1)
-    t = torch.randint(0, 50, (2, 101), generator=g)
-    t[0, 3], t[0, 4] = 5, 9
-    flat = t.reshape(-1).tolist()
-    by_hand = (sum(flat), sum((len(flat) - i) * v for i, v in enumerate(flat)))
-    assert operators._content(t) == by_hand
-    monkeypatch.setattr(operators, "_CONTENT_CHUNK", 7)  # (15 chunks, the last one short)
-    assert operators._content(t) == by_hand
-    swapped = t.clone()
-    swapped[0, 3], swapped[0, 4] = t[0, 4], t[0, 3]
-    assert operators._content(swapped)[0] == by_hand[0]  # (the same sum)
-    assert operators._content(swapped)[1] == by_hand[1] + (9 - 5) * ((len(flat) - 3) - (len(flat) - 4))
-    assert operators._content(t.new_zeros(0)) == (0, 0)
+    ei = torch.randint(0, 50, (2, 60), generator=g)
+    und = torch.cat([ei, ei.flip(0)], 1)
+    key = operators._content(und)
+    assert operators._content(und.clone()) == key
+    assert operators._content(und.flip(0)) != key and operators._content(und.flip(0))[0] == key[0]
+    swapped = und.clone()
+    swapped[:, [3, 63]] = und[:, [63, 3]]  # (an edge and its reverse trade places)
+    assert operators._content(swapped) != key
+    spaced = und.clone().reshape(-1)
+    spaced[[10, 20, 30]] += torch.tensor([1, -2, 1])
+    assert operators._content(spaced.reshape(und.shape)) != key
+    w = torch.randn(100, generator=g, dtype=torch.float64)
+    v = w.clone()
+    v[3], v[7] = w[7], w[3]
+    assert operators._content(v) != operators._content(w) and operators._content(w.clone()) == operators._content(w)
+    assert operators._content(und.new_zeros(0)) == (0, 0)
