@@ -1750,6 +1750,7 @@ def _many_nodes_pass(
         hops_sorted = hop.index_select(0, order)
         cctx.live = torch.searchsorted(hops_sorted, torch.arange(k + 1, device=hop.device), right=True).tolist()
         cctx.cut = cut
+        cctx.given_graph = (edge_index, n, kwargs.get("edge_weight"))
         cctx.union_rows = order.numel()
         merged = edge_e == num_edges  # edges standing for all edges into a border node
         is_real = None if not bool(merged.any()) else ~merged

@@ -724,6 +724,17 @@ def test_gcn_with_a_filled_cache_explains_what_the_layer_computes():
         torch.testing.assert_close(res.node_feat, g * x)
     for before, after in zip(cached, model.c1._cached_edge_index):
         assert torch.equal(before, after)
+    # Several targets run on k-hop subgraphs of B, which cannot reproduce A's cache: refused
+    # (they explained another function silently before). A cache of B itself is exact there.
+    with pytest.raises(ValueError, match=r"c1 \(GCNConv\): its cache .* another graph"):
+        sparse_lrp.explain(model, x, graph_b, index=[2, 5])
+    model.c1._cached_edge_index = model.c2._cached_edge_index = None
+    model(x, graph_b)  # filled from graph B
+    many = sparse_lrp.explain(model, x, graph_b, index=[2, 5], composite=Epsilon(0.0))
+    for i, index in enumerate([2, 5]):
+        one = sparse_lrp.explain(model, x, graph_b, index=index, target=int(many.target[i]), composite=Epsilon(0.0))
+        torch.testing.assert_close(many.node_feat[i], one.node_feat)
+        assert many.output[i].item() == pytest.approx(one.output.item())
 
 
 NONLINEAR_AGGR = {

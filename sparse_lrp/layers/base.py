@@ -197,6 +197,8 @@ class Context:
     traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
     watched: list | None = None  # (name, module, kind) run as they are but watched (explain._watched)
     modules: list | None = None  # the model's modules, listed once per call
+    # On node targets' subgraphs: the model's whole graph (edge_index, nodes, edge_weight).
+    given_graph: tuple | None = None
     in_handler: int = 0  # depth of handler calls running (their own element-wise calls are theirs)
     # Autograd nodes no feature map precedes (LayerCall.map: a composite's `first` rule).
     unweighted: set = field(default_factory=set)

@@ -169,7 +169,34 @@ def _normalised(call: LayerCall, edge_index, edge_weight, x, improved, add_self_
     if cache is not None and not call.ctx.on_subgraphs:
         key = ("cached_ids", cache[0], edge_index, x.shape[0], add_self_loops)
         return (*cache, call.ctx.memo(key, lambda: _cached_ids(call, cache[0], edge_index, x.shape[0], add_self_loops)))
+    if cache is not None:
+        _check_cache_is_the_graphs(call, cache, improved, add_self_loops)
     return _gcn_norm(call, edge_index, edge_weight, x.shape[0], improved, add_self_loops, x.dtype)
+
+
+def _check_cache_is_the_graphs(call: LayerCall, cache: tuple[Tensor, Tensor], improved, add_self_loops) -> None:
+    """On node targets' subgraphs a filled cache is recomputed per subgraph: exact only when
+    it holds the given graph's normalisation (as after transductive training on it). One
+    built from another graph is what the model uses whatever graph it is given, which no
+    subgraph reproduces: refused."""
+    given = call.ctx.given_graph
+    if given is None:
+        return
+    edge_index, n, edge_weight = given
+
+    def matches() -> bool:
+        from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+        ei, w = gcn_norm(edge_index, edge_weight, n, improved, add_self_loops, "source_to_target", cache[1].dtype)
+        return ei.shape == cache[0].shape and torch.equal(ei, cache[0]) and torch.allclose(w, cache[1])
+
+    if not call.ctx.memo(("cache_is_the_graphs", cache[0], cache[1], edge_index), matches):
+        raise ValueError(
+            f"{call.name or '<model>'} ({type(call.module).__name__}): its cache (cached=True) holds the "
+            "normalisation of another graph, which the model uses whatever graph it is given: node targets' "
+            "k-hop subgraphs cannot reproduce it. Explain one target at a time (index=i uses the whole graph "
+            "and the cache), or clear the cache (layer._cached_edge_index = None)"
+        )
 
 
 def _cached_ids(call: LayerCall, cached: Tensor, edge_index: Tensor, n: int, add_self_loops: bool) -> Tensor | None:
