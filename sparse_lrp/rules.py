@@ -75,6 +75,19 @@ def _zeros(t: Tensor) -> Tensor:
     return torch.zeros_like(t)
 
 
+@dataclass(frozen=True)
+class _Lift:
+    """``t + γ t⁺`` (``up``) or ``t + γ t⁻``: a transform equal to any other with the same
+    ``γ`` (not a closure per rule object), so that a cache keyed by it (a layer's
+    transformed weights) serves every Gamma rule alike, one made per call included."""
+
+    gamma: float
+    up: bool
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return t + self.gamma * (t.clamp(min=0) if self.up else t.clamp(max=0))
+
+
 def broadcast_param(t: Tensor, x: Tensor, name: str = "a rule parameter (ZBox bound)") -> Tensor:
     """An input-shaped rule parameter (ZBox bounds) broadcast to ``x``'s shape and dtype,
     with an error that names it where it does not fit."""
@@ -288,13 +301,7 @@ class Gamma(Rule):
         if not 0 <= gamma < math.inf:
             raise ValueError(f"Gamma needs gamma >= 0 (and finite), got {gamma!r}")
         self.gamma = g = float(gamma)
-
-        def up(t: Tensor) -> Tensor:
-            return t + g * t.clamp(min=0)
-
-        def down(t: Tensor) -> Tensor:
-            return t + g * t.clamp(max=0)
-
+        up, down = _Lift(g, up=True), _Lift(g, up=False)
         self.groups = (
             Group((Term("pos", up), Term("neg", down)), bias=up, where=">=0"),
             Group((Term("pos", down), Term("neg", up)), bias=down, where="<0"),

@@ -31,3 +31,23 @@ def test_layer_outputs_are_freed_without_garbage_collection(monkeypatch):
         gc.enable()
     assert refs, "the explanation recorded no layer outputs"
     assert not alive, f"{len(alive)} of {len(refs)} layer outputs outlived the explanation"
+
+
+def test_transformed_weights_are_kept_once_per_layer_whatever_rule_object_asks():
+    """The preset name makes a new Gamma rule per call: its weight transforms (w + γw⁺,
+    w + γw⁻) must find the entries the last call kept, not add a copy of every large
+    weight per call (each call held another 8 MiB for this model before)."""
+    from sparse_lrp import operators
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024)).eval()
+    x = torch.randn(4, 64)
+    operators.clear_caches()
+    sparse_lrp.explain(model, x, None, index=0, composite="gamma")
+    sparse_lrp.explain(model, x, None, index=0, composite=sparse_lrp.Gamma(0.25))
+    kept = len(operators._TRANSFORMS._entries)
+    assert kept >= 2  # (w² of the first layer, and Gamma's transforms of the large weights)
+    for _ in range(4):
+        sparse_lrp.explain(model, x, None, index=0, composite="gamma")
+        sparse_lrp.explain(model, x, None, index=0, composite=sparse_lrp.Gamma(0.25))
+    assert len(operators._TRANSFORMS._entries) == kept
