@@ -42,7 +42,8 @@ class LRPExplainer(ExplainerAlgorithm):
     not per node: like ``node_mask`` itself, PyG takes it for a node attribute only on a
     one-node graph), and ``edge_mask_per_target`` ``[E, T]``; each is absent when its mask
     type is None. They may be sparse COO tensors (for many node targets, see
-    :func:`sparse_lrp.explain`'s ``sparse_output``). PyG's ``threshold_config`` applies to
+    :func:`sparse_lrp.explain`'s ``sparse_output``), which PyG's subgraph methods cannot
+    index: ``.to_dense()`` them first (or pass ``sparse_output=False``). PyG's ``threshold_config`` applies to
     ``node_mask``/``edge_mask`` only: the per-target masks keep the raw relevance.
 
     On a heterogeneous graph (``x`` and ``edge_index`` dicts) it returns PyG's
