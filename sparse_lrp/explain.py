@@ -895,6 +895,11 @@ _GLUE_FUNCTIONS = frozenset(
     }
 )  # fmt: skip
 _SIGMOIDS = frozenset({_F.sigmoid, torch.sigmoid, torch.special.expit, Tensor.sigmoid})
+# Softmax-like functions whose input, when no layer returned it (pooled or summed logits),
+# is found by watching the calls (a routed forward records each call's input and output).
+_SOFTMAXES = frozenset(
+    {_F.softmax, _F.log_softmax, torch.softmax, torch.log_softmax, Tensor.softmax, Tensor.log_softmax}
+)
 # Models whose forward calls such functions: later calls route them from the start.
 _ROUTES_GLUE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -916,9 +921,17 @@ class _GlueActivations(torch.overrides.TorchFunctionMode):
                 x, rest = kwargs.get("input"), ()
                 kwargs = {k: v for k, v in kwargs.items() if k != "input"}
             if isinstance(x, Tensor) and x.requires_grad and x.is_floating_point():
-                return pass_through(self.ctx, lambda t: func(t, *rest, **kwargs), x, normaliser=func in _SIGMOIDS)
+                out = pass_through(self.ctx, lambda t: func(t, *rest, **kwargs), x, normaliser=func in _SIGMOIDS)
+                if func in _SIGMOIDS:
+                    self.ctx.normaliser_inputs.append((out, x))
+                return out
             return func(x, *rest, **kwargs) if args else func(input=x, **kwargs)
-        return func(*args, **kwargs)
+        out = func(*args, **kwargs)
+        if func in _SOFTMAXES and not self.ctx.in_handler and isinstance(out, Tensor):
+            x = args[0] if args else kwargs.get("input")
+            if isinstance(x, Tensor):
+                self.ctx.normaliser_inputs.append((out, x))
+        return out
 
 
 _NORMALISERS = ("LogSoftmaxBackward0", "SoftmaxBackward0", "SigmoidBackward0")
@@ -933,14 +946,25 @@ def _is_normaliser(fn) -> bool:
     return fn is not None and (type(fn).__name__ in _NORMALISERS or getattr(fn, "normaliser", False) is True)
 
 
-def _logits(y: Tensor, outputs: list[tuple[int, Tensor]]) -> Tensor:
+class _NoLogitsError(ValueError):
+    """The model's output normalises a tensor that no layer returned (and no watched call
+    of the normaliser recorded)."""
+
+
+def _logits(y: Tensor, outputs: list[tuple[int, Tensor]], inputs: list[tuple[Tensor, Tensor]] = ()) -> Tensor:
     """The tensor whose values are explained: the model's output ``y`` itself, or, where
-    ``y`` normalises a layer's output (softmax, log_softmax, sigmoid), that output."""
+    ``y`` normalises a layer's output (softmax, log_softmax, sigmoid), that output, or the
+    normaliser's recorded input (``inputs``: its calls' ``(output, input)``, from a forward
+    that watched them)."""
     fn, normalised = y.grad_fn, False
     if not _is_normaliser(fn):  # (an nn.Sigmoid's output is a layer output, but no logit)
         return y
     while fn is not None:
         is_normaliser = _is_normaliser(fn)
+        if is_normaliser:
+            x = next((x for out, x in inputs if out.grad_fn is fn), None)
+            if x is not None and not _is_normaliser(x.grad_fn):
+                return x
         if not is_normaliser:
             hit = next((out for _, out in outputs if out.grad_fn is fn), None)
             if hit is not None:
@@ -949,9 +973,10 @@ def _logits(y: Tensor, outputs: list[tuple[int, Tensor]]) -> Tensor:
                 break
         normalised = normalised or is_normaliser
         fn = next(f for f, _ in fn.next_functions if f is not None) if fn.next_functions else None
-    raise ValueError(
-        "the model's output is a softmax/log_softmax/sigmoid of a tensor that no layer "
-        "returned: LRP explains logits, so return them (or end the model with a layer)"
+    raise _NoLogitsError(
+        "the model's output is a softmax/log_softmax/sigmoid of a tensor that could not be "
+        "found (not a layer's output, nor the input of a torch softmax/log_softmax/sigmoid call): "
+        "LRP explains logits, so return them (or end the model with a layer)"
     )
 
 
@@ -1123,7 +1148,20 @@ def _forward(model, ctx: Context, x, edge_index, kwargs, rows, task_level: str |
         if not isinstance(y, Tensor):
             raise TypeError(f"the model must return a tensor, got {type(y).__name__}")
         _check_normalisers(ctx, y)
-        y = _logits(y, ctx.outputs)
+        try:
+            y = _logits(y, ctx.outputs, ctx.normaliser_inputs)
+        except _NoLogitsError:
+            if route:
+                raise
+            # Logits no layer returned (pooled, summed): run the forward again watching the
+            # normaliser's calls for its input.
+            _ROUTES_GLUE[model] = route = True
+            ctx.outputs.clear()
+            ctx.normalised.clear()
+            ctx.normaliser_inputs.clear()
+            ctx.hops_run = hops
+            ctx.unweighted.clear()
+            continue
         if hetero and rows is not None and rows.numel() and int(rows.max()) >= y.shape[0]:
             raise ValueError(f"index out of range for the model's {y.shape[0]} output rows: {rows.tolist()}")
         # Several samples of a plain model share one pass split by row: only exact when no
@@ -1168,6 +1206,7 @@ def _forward(model, ctx: Context, x, edge_index, kwargs, rows, task_level: str |
         _ROUTES_GLUE[model] = route = True
         ctx.outputs.clear()
         ctx.normalised.clear()
+        ctx.normaliser_inputs.clear()
         ctx.hops_run = hops
         ctx.unweighted.clear()
     ctx.top_calls = top_calls

@@ -715,9 +715,13 @@ def test_an_output_summed_from_layers_is_explained_whole(data):
         assert_close(single.output.reshape(()), model(x, EI)[node, 1].detach())
         assert_close(single.node_feat, ref)
         assert_close(many.node_feat[t], ref)
-    model.head = "log_softmax"  # logits no layer returned: named, not explained wrongly
-    with pytest.raises(ValueError, match=r"softmax.*no layer"):
-        sparse_lrp.explain(model, x, EI, index=2, composite=LRP0)
+    # Under a log_softmax the logits are the sum itself, which no layer returned: found as
+    # the normaliser's input (the forward reruns watching its calls), not refused as before.
+    model.head = "log_softmax"
+    (ref,) = grad_x_input(lambda v: (model.conv(v, EI) + model.skip(v))[2, 1], x)
+    res = sparse_lrp.explain(model, x, EI, index=2, target=1, composite=LRP0)
+    assert_close(res.output.reshape(()), (model.conv(x, EI) + model.skip(x))[2, 1].detach())
+    assert_close(res.node_feat, ref)
 
 
 def test_samples_of_a_plain_model_get_a_target_dimension_and_repeats_are_refused():
@@ -1367,3 +1371,34 @@ def test_first_layer_record_is_the_input_relevance_under_every_rule(composite):
         record = record.to_dense() if record.is_sparse else record
         assert_close(record, res.node)
         assert float(res.node.abs().sum()) > 0
+
+
+class PooledLogits(nn.Module):
+    """Graph logits straight from a pooling function, under a normaliser or raw."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.c1, self.c2 = gnn.GCNConv(F, H), gnn.GCNConv(H, C)
+        self.head = head
+
+    def forward(self, x, edge_index, batch):
+        y = gnn.global_mean_pool(self.c2(self.c1(x, edge_index).relu(), edge_index), batch)
+        if self.head == "log_softmax":
+            return torch.log_softmax(y, -1)
+        return y.softmax(dim=-1) if self.head == "softmax" else torch.sigmoid(y) if self.head == "sigmoid" else y
+
+
+@pytest.mark.parametrize("head", ["log_softmax", "softmax", "sigmoid"])
+def test_a_normaliser_over_pooled_logits_explains_the_pooled_logits(head, data):
+    """``log_softmax(global_mean_pool(...))``: the logits are the pooling's output, which no
+    layer returns; the same explanation as the model returning them raw (refused before)."""
+    x, _ = data
+    batch = (torch.arange(x.shape[0]) >= x.shape[0] // 2).long()
+    ei = EI[:, batch[EI[0]] == batch[EI[1]]]
+    raw = randomise(PooledLogits("raw").double()).eval()
+    normalised = PooledLogits(head).double().eval()
+    normalised.load_state_dict(raw.state_dict())
+    want = sparse_lrp.explain(raw, x, ei, index=1, target=2, composite="zplus", batch=batch)
+    got = sparse_lrp.explain(normalised, x, ei, index=1, target=2, composite="zplus", batch=batch)
+    assert_close(got.node_feat, want.node_feat)
+    assert_close(got.output, want.output)

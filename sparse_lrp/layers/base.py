@@ -194,6 +194,7 @@ class Context:
     edge_inputs: tuple[Tensor, ...] = ()
     hops_run: int = 0  # message-passing hops of the layer calls made so far
     normalised: list = field(default_factory=list)  # (name, type, output) of softmax-like modules
+    normaliser_inputs: list = field(default_factory=list)  # (output, input) of watched softmax/sigmoid calls
     traversed: set = field(default_factory=set)  # ids of modules explained as they run (not in a handler)
     watched: list | None = None  # (name, module, kind) run as they are but watched (explain._watched)
     modules: list | None = None  # the model's modules, listed once per call
@@ -253,6 +254,7 @@ class Context:
         """
         self.outputs.clear()
         self.normalised.clear()
+        self.normaliser_inputs.clear()
         self._operators.clear()
         self._memo.clear()
         self.inputs.clear()
