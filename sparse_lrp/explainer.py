@@ -94,6 +94,14 @@ class LRPExplainer(ExplainerAlgorithm):
             # the output: every output explained by its own value.
             dtype = next(iter(x.values())).dtype if hetero else x.dtype
             tgt = tgt.to(dtype).reshape(tgt.shape[0], -1)
+        if cfg.mode == ModelMode.binary_classification and isinstance(tgt, Tensor) and not hetero:
+            rows = x.shape[0] if not graph_level else None
+            if rows and tgt.dim() == 1 and tgt.shape[0] > rows and tgt.shape[0] % rows == 0:
+                raise ValueError(
+                    f"binary_classification takes one logit per output row, but the targets number "
+                    f"{tgt.shape[0]} for {rows} nodes (PyG flattens a [N, {tgt.shape[0] // rows}] output): for a "
+                    "model with a logit per class use mode='multiclass_classification'"
+                )
         if isinstance(tgt, Tensor) and tgt.dim() > 0 and index is not None:
             # PyG hands one target per output row; explain takes one per index.
             tgt = tgt[_rows(index, x, tgt, graph_level, kwargs)]

@@ -212,6 +212,11 @@ def test_binary_two_outputs(x):
     explainer_b = make_explainer(model, explanation_type="phenomenon", mode="binary_classification")
     expl_b = explainer_b(x, EI, target=labels, index=7)
     assert_close(expl_b.node_mask, res.node_feat)
+    # ... but its own prediction as the target (explanation_type="model"): PyG flattens the
+    # two logits per node into 2N targets; the error says so (not "give one target per row")
+    explainer_m = make_explainer(model, explanation_type="model", mode="binary_classification")
+    with pytest.raises(ValueError, match=r"one logit per output row.*\[N, 2\].*multiclass_classification"):
+        explainer_m(x, EI, index=7)
 
 
 def test_regression(x):
