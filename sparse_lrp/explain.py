@@ -831,6 +831,19 @@ def _own_tensors(modules: list[nn.Module], kind: str) -> Iterator[Tensor]:
                 yield t
 
 
+def _non_finite_weight(modules: list[nn.Module] | None) -> str | None:
+    """Which of the model's parameters or buffers holds NaN/Inf, if any (``modules[0]`` is
+    the model): the per-call check trusts a weight it passed until its version moves, which
+    an edit through ``.data`` does not do."""
+    if not modules:
+        return None
+    for kind, named in (("parameter", modules[0].named_parameters()), ("buffer", modules[0].named_buffers())):
+        for name, t in named:
+            if t.is_floating_point() and (what := non_finite(t)):
+                return f"model {kind} {name!r} contains {what} values"
+    return None
+
+
 def _validate_model(model: nn.Module, x: Tensor, modules: list[nn.Module] | None = None) -> None:
     """The model's parameters and buffers: initialised, on ``x``'s device and dtype, and
     finite (one pass over them: this runs on every call). ``modules``: the model's, if
@@ -1231,9 +1244,12 @@ def _backward(ctx: Context, run: _Forward, rows, target, retain: bool = False):
         seed, value, cls, dropped = _seed(y, rows, target)
         ctx.lost = ctx.lost + dropped
         if not math.isfinite(value.sum().item()) and not bool(torch.isfinite(value).all()):
+            bad = _non_finite_weight(ctx.modules)
             raise ValueError(
-                f"the explained output is not finite ({value.flatten()[:4].tolist()}...): the model's "
-                "forward gives NaN/Inf on this input (an overflow, or NaN weights), and so would its relevance"
+                f"the explained output is not finite ({value.flatten()[:4].tolist()}...): "
+                + (f"{bad} (written since the last call, bypassing its version counter)" if bad else "")
+                + ("" if bad else "the model's forward gives NaN/Inf on this input (an overflow, or NaN weights)")
+                + ", and so would its relevance"
             )
         ea_leaves = [] if ea is None else [ea] if not hetero else [v for v in ea.values() if v.requires_grad]
         try:

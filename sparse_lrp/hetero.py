@@ -105,6 +105,7 @@ def _by_type(flat: Tensor, spans: list[tuple[Any, int, int]]) -> dict[Any, Tenso
 def _passes(model, x_dict, edge_index_dict, kwargs, jobs, composite, edges, strategy, max_memory):
     """One forward pass, then a backward pass per ``(rows, target)`` job: a result each."""
     ctx = Context(resolve(composite), strategy=strategy, max_memory=max_memory, want_edges=edges)
+    ctx.modules = list(model.modules())
     start, spans = 0, []
     ctx.edge_types = []
     for key, ei in edge_index_dict.items():
