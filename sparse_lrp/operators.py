@@ -235,6 +235,22 @@ def _is_owned(t: Tensor) -> bool:
     return ref is not None and ref() is t
 
 
+_LOOPS: dict[tuple, Tensor] = {}
+
+
+def loop_index(n: int, device: torch.device) -> Tensor:
+    """``[[0..n-1], [0..n-1]]`` (one self-loop per node), one tensor per size and device kept
+    between calls and marked the library's own: operators over it find their graph-cache
+    entry instead of reading a new tensor's content each call."""
+    key = (n, str(device))
+    loop = _LOOPS.get(key)
+    if loop is None:
+        if len(_LOOPS) >= 16:
+            _LOOPS.clear()
+        loop = _LOOPS[key] = owned(torch.arange(n, device=device).expand(2, n))
+    return loop
+
+
 _CACHES: weakref.WeakSet = weakref.WeakSet()  # every TensorKeyed cache (clear_caches)
 
 
@@ -245,6 +261,7 @@ def clear_caches() -> None:
     is freed now rather than with the tensors they came from."""
     for cache in list(_CACHES):
         cache.clear()
+    _LOOPS.clear()
 
 
 class TensorKeyed:

@@ -42,6 +42,7 @@ from ..operators import (
     RowwiseOperator,
     graph_operator,
     has_nonzero,
+    loop_index,
     nonzero_rows,
     rowdot,
 )
@@ -401,15 +402,16 @@ class Context:
     ) -> None:
         """Add the relevance ``x * ratio`` reaching a layer's input (and ``side``, relevance
         its maps handed to the model's input directly), summed per row (only the leading
-        ``keep`` rows can hold any, if given)."""
+        ``keep`` rows can hold any, if given). Called in the backward pass, where nothing is
+        tracked (no detach needed)."""
         if keep is not None:
-            node = _padded(rowdot(x[:keep].detach().flatten(1), ratio[:keep].flatten(1)), x.shape[0])
+            node = _padded(rowdot(x[:keep].flatten(1), ratio[:keep].flatten(1)), x.shape[0])
         elif x.dim() == 2:
-            node = rowdot(x.detach(), ratio)
+            node = rowdot(x, ratio)
         elif x.dim() > 2:
-            node = rowdot(x.detach().flatten(1), ratio.flatten(1))
+            node = rowdot(x.flatten(1), ratio.flatten(1))
         else:
-            node = x.detach() * ratio
+            node = x * ratio
         if side is not None:
             node = node + (side.flatten(1).sum(1) if side.dim() > 1 else side)
         rec = self.records.setdefault(name, {})
@@ -1160,8 +1162,7 @@ class LayerCall:
     def self_loops(self, x: Tensor, weight: float | Tensor) -> MapBranch:
         """A branch ``weight * x_i -> i`` (a root/self term) to pass as ``extra``."""
         n = x.shape[0]
-        # One loop operator per size and device, so its CSR is built once per explanation.
-        loop = self.ctx.memo(("self_loops", n, str(x.device)), lambda: torch.arange(n, device=x.device).expand(2, n))
+        loop = loop_index(n, x.device)
         w = torch.as_tensor(weight, dtype=x.dtype, device=x.device).expand(n).contiguous()
         return MapBranch(self.ctx.operator(loop, n, n).identity_pattern(), w, x)
 
