@@ -541,7 +541,8 @@ def _seed(y: Tensor, rows: Tensor | None, target) -> tuple[Tensor, Tensor, Tenso
         sign = cls.to(y2.dtype) * 2 - 1
         seed[sel, 0] = sign
         return seed.reshape(y.shape), sign * y2[sel, 0], cls, 0.0
-    if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= y2.shape[1]):
+    if target is not None and cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= y2.shape[1]):
+        # (the predicted class, an argmax, is in range by construction)
         raise ValueError(f"target class out of range for an output with {y2.shape[1]} columns")
     seed[sel, cls] = 1.0
     return seed.reshape(y.shape), y2[sel, cls], cls, 0.0
