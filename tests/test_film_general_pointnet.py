@@ -644,6 +644,39 @@ def test_node_targets_on_subgraphs_equal_the_whole_graph(preset, inputs, monkeyp
         _conserved(single)
 
 
+class OneGeneral(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.GeneralConv(4, 3, heads=2)
+
+    def forward(self, x, edge_index):
+        return self.conv(x, edge_index)
+
+
+@pytest.mark.parametrize("rule", ["epsilon", "wsquare"])
+def test_message_rows_as_many_as_the_subgraphs_nodes_are_not_cut(rule, monkeypatch):
+    """Target 0's subgraph holds nodes 0, 1, 2 and (with its ghost node) 4 rows, and its two
+    edges carry 2 x 2 heads = 4 message rows: the message map's rows were taken for the
+    subgraph's nodes and cut, so edge 2 -> 0 got -0.404 where the whole graph gives -0.178
+    (and under a non-proportional rule the node relevance moved too)."""
+    explain_module = importlib.import_module("sparse_lrp.explain")
+    composite = sparse_lrp.Composite(Epsilon(0.0), by_type={gnn.GeneralConv: sparse_lrp.WSquare()})
+    composite = "epsilon" if rule == "epsilon" else composite
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 4, generator=g, dtype=DT)
+    ei = torch.tensor([[1, 2, 3, 4], [0, 0, 5, 5]])
+    torch.manual_seed(0)
+    model = randomise(OneGeneral().double()).eval()
+    results = []
+    for rows in (10**9, None):  # the whole graph, then the subgraph
+        monkeypatch.setattr(explain_module, "WHOLE_GRAPH_ROWS", rows)
+        results.append(sparse_lrp.explain(model, x, ei, index=0, target=0, composite=composite))
+    whole, sub = results
+    assert_close(sub.edge, whole.edge, atol=1e-12, rtol=1e-9)
+    assert_close(sub.node, whole.node, atol=1e-12, rtol=1e-9)
+    assert whole.edge[:2].abs().min() > 0
+
+
 class Two(nn.Module):
     """``conv2(relu(conv1(x)))`` on a large graph (PointNetConv's positions: x's first columns)."""
 

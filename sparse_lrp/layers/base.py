@@ -527,8 +527,12 @@ class _MapFunction(torch.autograd.Function):
         # the backward reads no other (the model's code may leave any value there).
         reach = None
         if keep is not None:
+            # (per-edge messages are no node rows, however many they are: the rows their
+            # edges into the live outputs read are found from the edges)
             reach = [
-                call.ctx.live_rows(x.shape[0], further=1)
+                None
+                if b.rows_are_edges
+                else call.ctx.live_rows(x.shape[0], further=1)
                 if isinstance(b.op, EdgeOperator) and not b.op.is_diagonal
                 else keep
                 for b, x in zip(branches, xs)
