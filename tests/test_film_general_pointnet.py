@@ -677,6 +677,30 @@ def test_message_rows_as_many_as_the_subgraphs_nodes_are_not_cut(rule, monkeypat
     assert whole.edge[:2].abs().min() > 0
 
 
+class SizedGeneral(nn.Module):
+    def __init__(self, size):
+        super().__init__()
+        self.conv = gnn.GeneralConv(4, 3)
+        self.size = size
+
+    def forward(self, x, edge_index):
+        return self.conv(x, edge_index, size=self.size or (x.shape[0], x.shape[0]))
+
+
+@pytest.mark.parametrize("size", [None, (10, 10)])
+def test_general_conv_with_its_size_given_runs_on_subgraphs_too(size):
+    """``size=(N, N)`` given as the graph's node count (a constant) was refused on node
+    targets' subgraphs, checked against the subgraph's: batched targets equal the
+    whole-graph calls (with the size read from x as well)."""
+    g = torch.Generator().manual_seed(2)
+    x, ei = torch.randn(10, 4, generator=g, dtype=DT), torch.randint(0, 10, (2, 30), generator=g)
+    model = randomise(SizedGeneral(size).double()).eval()
+    many = sparse_lrp.explain(model, x, ei, index=[2, 5], target=0, composite="zplus")
+    for row, i in enumerate([2, 5]):
+        one = sparse_lrp.explain(model, x, ei, index=i, target=0, composite="zplus")
+        assert_close(many.node_feat[row], one.node_feat, atol=1e-12, rtol=1e-9)
+
+
 class Two(nn.Module):
     """``conv2(relu(conv1(x)))`` on a large graph (PointNetConv's positions: x's first columns)."""
 

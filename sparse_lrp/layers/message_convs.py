@@ -140,7 +140,11 @@ def general_conv(call: LayerCall, x, edge_index, edge_attr=None, size=None) -> T
     x_src, x_dst = _pair(call, x, edge_index)
     m = call.module
     n, heads, c = x_dst.shape[0], m.heads, m.out_channels
-    if size is not None and tuple(size) != (x_src.shape[0], n):
+    # (the inputs' sizes; on node targets' subgraphs also the whole graph's, whose inputs the
+    # model was given)
+    given = call.ctx.given_graph
+    sizes = {(x_src.shape[0], n)} | (set() if given is None else {(given[1], given[1])})
+    if size is not None and tuple(size) not in sizes:
         raise _refusal(call, f"size={tuple(size)} other than the inputs' ({x_src.shape[0]}, {n}) is not supported")
     if edge_attr is not None and m.in_edge_channels is None:
         raise _refusal(call, "got edge_attr but has no in_edge_channels (no lin_edge)")
