@@ -249,6 +249,32 @@ def test_dir_gnn_lrp0_is_gradient_x_input(inputs):
     _check_lrp0(_dir_net(), inputs[0])
 
 
+class CachedDir(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = gnn.DirGNNConv(gnn.GCNConv(3, 4, cached=True), alpha=0.5, root_weight=False)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x, edge_index):
+        return self.head(self.conv(x, edge_index))
+
+
+def test_dir_gnn_around_cached_gcn_after_its_caches_were_filled():
+    """The model's forward fills conv_out's cache with the reversed graph's normalisation:
+    its edges map back through the reversed graph's own positions (they were matched to the
+    model's edges as they stand, which put edge 3 -> 0's relevance on 0 -> 3)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, dtype=DT)
+    ei = torch.tensor([[0, 1, 2, 3, 2, 0], [1, 2, 0, 0, 3, 3]])  # (3 -> 0 and 0 -> 3 both; 2 -> 3 alone)
+    model = randomise(CachedDir().double()).eval()
+    empty = sparse_lrp.explain(model, x, ei, index=3, target=1, composite=Epsilon(0.0))
+    model(x, ei)  # (fills conv_in's and conv_out's caches)
+    assert model.conv.conv_out._cached_edge_index is not None
+    filled = sparse_lrp.explain(model, x, ei, index=3, target=1, composite=Epsilon(0.0))
+    assert_close(filled.edge, empty.edge, atol=1e-12, rtol=1e-9)
+    assert float(empty.edge[3].abs()) > 0
+
+
 def test_dir_gnn_through_explain_and_pyg_explainer_leaves_the_model_unchanged(inputs):
     x = inputs[0]
     model = _dir_net()

@@ -205,14 +205,17 @@ def _cached_ids(call: LayerCall, cached: Tensor, edge_index: Tensor, n: int, add
     A cache built from the given graph holds its edges re-ordered by
     ``add_remaining_self_loops``, which keeps the weight of the last copy of a repeated
     self-loop: followed as ``gcn_norm`` does, that copy gets the loop's relevance (the
-    k-th-copy matching of other graphs would give it to the first)."""
-    if add_self_loops and call.ctx.is_given(edge_index):
-        from torch_geometric.utils import add_remaining_self_loops
+    k-th-copy matching of other graphs would give it to the first). A cache of the graph
+    the layer is given, when that is one the model derived (DirGNNConv's reversed edges),
+    maps through that graph's own positions, not by matching its edges to the model's."""
+    from torch_geometric.utils import add_remaining_self_loops
 
-        positions = torch.arange(edge_index.shape[1], device=edge_index.device, dtype=torch.float64)
-        ei, pos = add_remaining_self_loops(edge_index, positions, -1.0, n)
-        if ei.shape == cached.shape and torch.equal(ei, cached):
-            return pos.long()
+    positions = torch.arange(edge_index.shape[1], device=edge_index.device)
+    ei, pos = edge_index, positions
+    if add_self_loops:
+        ei, pos = add_remaining_self_loops(edge_index, positions.to(torch.float64), -1.0, n)
+    if ei.shape == cached.shape and torch.equal(ei, cached):
+        return _follow(_model_ids(call, edge_index), pos.long())
     return call.ctx.edge_ids(cached)
 
 
