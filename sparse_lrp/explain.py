@@ -1154,6 +1154,18 @@ def _forward(model, ctx: Context, x, edge_index, kwargs, rows, task_level: str |
         ctx.edge_index = edge_index
     route = _ROUTES_GLUE.get(model, False)
     hops = ctx.hops_run
+
+    def reroute() -> bool:
+        # Run the forward again with the model's own calls watched (glue functions routed
+        # through the Pass rule, softmax-like calls' inputs recorded), from now on for it.
+        _ROUTES_GLUE[model] = True
+        ctx.outputs.clear()
+        ctx.normalised.clear()
+        ctx.normaliser_inputs.clear()
+        ctx.hops_run = hops
+        ctx.unweighted.clear()
+        return True
+
     while True:
         glue = _GlueActivations(ctx) if route else contextlib.nullcontext()
         with _patched(model, ctx), torch.enable_grad(), glue:
@@ -1167,14 +1179,7 @@ def _forward(model, ctx: Context, x, edge_index, kwargs, rows, task_level: str |
         except _NoLogitsError:
             if route:
                 raise
-            # Logits no layer returned (pooled, summed): run the forward again watching the
-            # normaliser's calls for its input.
-            _ROUTES_GLUE[model] = route = True
-            ctx.outputs.clear()
-            ctx.normalised.clear()
-            ctx.normaliser_inputs.clear()
-            ctx.hops_run = hops
-            ctx.unweighted.clear()
+            route = reroute()  # (logits no layer returned, pooled or summed: the normaliser's input)
             continue
         if hetero and rows is not None and rows.numel() and int(rows.max()) >= y.shape[0]:
             raise ValueError(f"index out of range for the model's {y.shape[0]} output rows: {rows.tolist()}")
@@ -1216,13 +1221,7 @@ def _forward(model, ctx: Context, x, edge_index, kwargs, rows, task_level: str |
                 "the Pass rule (not a torch.tanh/F.elu-style call): their gradient would carry relevance "
                 "unconserved. Use the module form (nn.Tanh(), nn.ELU()...)"
             )
-        # The forward called such functions itself: run it again with them routed.
-        _ROUTES_GLUE[model] = route = True
-        ctx.outputs.clear()
-        ctx.normalised.clear()
-        ctx.normaliser_inputs.clear()
-        ctx.hops_run = hops
-        ctx.unweighted.clear()
+        route = reroute()  # (the forward called such functions itself)
     ctx.top_calls = top_calls
     if task_level == "node" and not hetero and y.shape[0] != x.shape[0]:
         where = f"a target's {x.shape[0]}-node subgraph" if ctx.on_subgraphs else f"{x.shape[0]} nodes"
