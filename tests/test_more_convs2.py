@@ -144,6 +144,17 @@ def _check(res, ref_x, ref_edge):
     _conserved(res)
 
 
+def _check_written_out(m, x, reference, rule_name):
+    """Layer ``m`` under the rule ``rule_name`` against ``reference(m, x, EI, R, rule)``, the
+    layer written out: its output, and the node and edge relevance of random output relevance."""
+    rule = RULES[rule_name]()
+    out = m(x, EI).detach()
+    R = _relevance(out)
+    ref_out, ref_x, ref_edge = reference(m, x, EI, R, rule)
+    assert_close(ref_out, out)
+    _check(_explain_rule(m, x, R, rule), ref_x, ref_edge)
+
+
 def _grad_x_input(model, x, index, target, **kw):
     xg = x.clone().requires_grad_(True)
     model(xg, EI, dense=True, **kw)[index, target].backward()
@@ -219,14 +230,7 @@ def dir_reference(m, x, ei, R, rule):
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("variant", list(DIR_VARIANTS))
 def test_dir_gnn_every_rule_matches_the_layer_written_out(variant, rule_name, inputs):
-    x, _, _ = inputs
-    m = _dir(variant)
-    rule = RULES[rule_name]()
-    out = m(x, EI).detach()
-    R = _relevance(out)
-    ref_out, ref_x, ref_edge = dir_reference(m, x, EI, R, rule)
-    assert_close(ref_out, out)
-    _check(_explain_rule(m, x, R, rule), ref_x, ref_edge)
+    _check_written_out(_dir(variant), inputs[0], dir_reference, rule_name)
 
 
 class DirNet(nn.Module):
@@ -449,14 +453,7 @@ def feast_reference(m, x, ei, R, rule):
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("variant", list(FEAST_VARIANTS))
 def test_feast_every_rule_matches_the_layer_written_out(variant, rule_name, inputs):
-    x, _, _ = inputs
-    m = randomise(_feast(variant), seed=2, scale=0.6).eval()
-    rule = RULES[rule_name]()
-    out = m(x, EI).detach()
-    R = _relevance(out)
-    ref_out, ref_x, ref_edge = feast_reference(m, x, EI, R, rule)
-    assert_close(ref_out, out)
-    _check(_explain_rule(m, x, R, rule), ref_x, ref_edge)
+    _check_written_out(randomise(_feast(variant), seed=2, scale=0.6).eval(), inputs[0], feast_reference, rule_name)
 
 
 def feast_dense(m, h, ei):
@@ -602,14 +599,7 @@ def eg_reference(m, x, ei, R, rule):
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("variant", list(EG_VARIANTS))
 def test_eg_every_rule_matches_the_layer_written_out(variant, rule_name, inputs):
-    x, _, _ = inputs
-    m = randomise(_eg(variant), seed=2, scale=0.6).eval()
-    rule = RULES[rule_name]()
-    out = m(x, EI).detach()
-    R = _relevance(out)
-    ref_out, ref_x, ref_edge = eg_reference(m, x, EI, R, rule)
-    assert_close(ref_out, out)
-    _check(_explain_rule(m, x, R, rule), ref_x, ref_edge)
+    _check_written_out(randomise(_eg(variant), seed=2, scale=0.6).eval(), inputs[0], eg_reference, rule_name)
 
 
 class EGNet(nn.Module):
@@ -708,14 +698,7 @@ def sgat_reference(m, x, ei, R, rule):
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("variant", list(SGAT_VARIANTS))
 def test_super_gat_every_rule_matches_the_layer_written_out(variant, rule_name, inputs):
-    x, _, _ = inputs
-    m = randomise(_sgat(variant), seed=2, scale=0.6).eval()
-    rule = RULES[rule_name]()
-    out = m(x, EI).detach()
-    R = _relevance(out)
-    ref_out, ref_x, ref_edge = sgat_reference(m, x, EI, R, rule)
-    assert_close(ref_out, out)
-    _check(_explain_rule(m, x, R, rule), ref_x, ref_edge)
+    _check_written_out(randomise(_sgat(variant), seed=2, scale=0.6).eval(), inputs[0], sgat_reference, rule_name)
 
 
 def sgat_dense(m, h, ei):
@@ -802,14 +785,7 @@ def anti_reference(m, x, ei, R, rule):
 @pytest.mark.parametrize("rule_name", list(RULES))
 @pytest.mark.parametrize("variant", list(ANTI_VARIANTS))
 def test_antisymmetric_every_rule_matches_the_layer_written_out(variant, rule_name, inputs):
-    x, _, _ = inputs
-    m = randomise(_anti(variant), seed=2, scale=0.6).eval()
-    rule = RULES[rule_name]()
-    out = m(x, EI).detach()
-    R = _relevance(out)
-    ref_out, ref_x, ref_edge = anti_reference(m, x, EI, R, rule)
-    assert_close(ref_out, out)
-    _check(_explain_rule(m, x, R, rule), ref_x, ref_edge)
+    _check_written_out(randomise(_anti(variant), seed=2, scale=0.6).eval(), inputs[0], anti_reference, rule_name)
 
 
 class AntiNet(nn.Module):
