@@ -914,7 +914,8 @@ def _ggc(variant, seed=0):
 def ggc_reference(m, x, ei, ew, R, rule):
     """GatedGraphConv as LRP treats a GRU: gates ``r``, ``z`` fixed, the candidate's map over
     ``[m, x]`` (``r`` folded into x's matrix) with tanh under the Pass rule, and
-    ``(1 - z) n + z x`` split in proportion."""
+    ``(1 - z) n + z x`` split in proportion. The first step's maps read the input's own
+    channels only (the layer's zero padding is no input: no connections to it)."""
     n, width = x.shape[0], m.out_channels
     src, dst = ei
     w = torch.ones(ei.shape[1], dtype=DT) if ew is None else ew
@@ -934,20 +935,23 @@ def ggc_reference(m, x, ei, ew, R, rule):
         z = torch.sigmoid(agg @ w_iz.T + b_iz + h @ w_hz.T + b_hz)
         pre = agg @ w_in.T + b_in + r * (h @ w_hn.T + b_hn)
         cand = torch.tanh(pre)
-        steps.append((h, weight, lin, agg, r, z, pre, cand, (1 - z) * cand + z * h))
+        f = x.shape[1] if layer == 0 else width  # (the channels the step's maps read)
+        steps.append((f, h, weight, lin, agg, r, z, pre, cand, (1 - z) * cand + z * h))
         h = steps[-1][-1]
     out = h
     R, edge = _mask(R, out), torch.zeros(ei.shape[1], dtype=DT)
-    for h, weight, lin, agg, r, z, pre, cand, new in reversed(steps):
+    for f, h, weight, lin, agg, r, z, pre, cand, new in reversed(steps):
         c = _ratio(R, new)
         r_pre = torch.where(pre == 0, 0.0, (1 - z) * cand * c)
-        W = torch.cat([w_in.expand(n, width, width), r[:, :, None] * w_hn], 2)  # [N, out, 2 * width]
-        r_in = per_row_lrp(torch.cat([agg, h], 1), W, b_in + r * b_hn, r_pre, rule)
+        W = torch.cat([w_in.expand(n, width, width), r[:, :, None] * w_hn[:, :f]], 2)  # [N, out, width + f]
+        r_in = per_row_lrp(torch.cat([agg, h[:, :f]], 1), W, b_in + r * b_hn, r_pre, rule)
         _, r_msg = aggregate_ref(lin[src], dst, n, carry(r_in[:, :width], agg), rule, kind, w)
         edge = edge + r_msg.sum(1)
         r_lin = torch.zeros_like(lin).index_add(0, src, r_msg)
-        r_x = dense_rule_lrp(h, weight.T, carry(r_lin, lin), rule)[0]
-        R = carry(z * h * c + r_in[:, width:] + r_x, h)
+        r_x = dense_rule_lrp(h[:, :f], weight[:f].T, carry(r_lin, lin), rule)[0]
+        r_h = z * h * c
+        r_h[:, :f] += r_in[:, width:] + r_x
+        R = carry(r_h, h)
     return out, R[:, : x.shape[1]], edge
 
 
@@ -1256,3 +1260,17 @@ class Refused(nn.Module):
 def test_what_cannot_be_explained_is_refused(how, index, match, inputs):
     with pytest.raises(ValueError, match=match):
         sparse_lrp.explain(Refused(how).double().eval(), inputs[0], EI, index=index)
+
+
+@pytest.mark.parametrize("first", ["flat", "wsquare"])
+def test_gated_graph_narrow_input_loses_nothing_to_its_padding(first):
+    """The layer pads a narrow input with zero channels; a first-layer rule that shares by
+    weights alone (Flat, w²) gave those channels relevance, reported lost (-0.655 of an
+    output of 1.94 with 2 of 6 channels): the first step's maps read the input's channels."""
+    torch.manual_seed(0)
+    model = randomise(_ggc("max_padded"), seed=2, scale=0.6).eval()
+    x = torch.randn(N, 2, dtype=DT)
+    comp = sparse_lrp.Composite(Epsilon(1e-9), first=RULES[first]())
+    res = sparse_lrp.explain(One(model), x, EI, index=2, target=1, composite=comp)
+    assert res.conservation["lost"] == pytest.approx(0.0, abs=1e-12)
+    _conserved(res)

@@ -316,8 +316,11 @@ def gated_graph_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor
     width = m.out_channels
     if x.shape[-1] > width:
         raise _refusal(call, f"got {x.shape[-1]} input channels, more than its out_channels ({width})")
-    if x.shape[-1] < width:
-        x = torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[-1])], dim=1)
+    narrow = x.shape[-1]  # (the first step's maps read these channels only: the padding is no input
+    # of the model, and a rule that shares by weights alone, Flat or w², would hand it relevance)
+    if narrow < width:
+        x = torch.cat([x, x.new_zeros(x.shape[0], width - narrow)], dim=1)
+    first = x[:, :narrow] if narrow < width else x
     rnn = m.rnn
     w_ir, w_iz, w_in = rnn.weight_ih.detach().chunk(3)
     w_hr, w_hz, w_hn = rnn.weight_hh.detach().chunk(3)
@@ -325,15 +328,16 @@ def gated_graph_conv(call: LayerCall, x, edge_index, edge_weight=None) -> Tensor
     b_ir, b_iz, b_in = (zero if rnn.bias_ih is None else rnn.bias_ih.detach()).chunk(3)
     b_hr, b_hz, b_hn = (zero if rnn.bias_hh is None else rnn.bias_hh.detach()).chunk(3)
     for layer in range(m.num_layers):
-        msg = call.aggregate(call.linear(x, m.weight[layer].T), edge_index, edge_weight)
+        read, f = (first, narrow) if layer == 0 else (x, width)
+        msg = call.aggregate(call.linear(read, m.weight[layer][:f].T), edge_index, edge_weight)
         with torch.no_grad():  # (the gates: constants of the forward)
             md, xd = msg.detach(), x.detach()
             reset = torch.sigmoid(md @ w_ir.T + b_ir + xd @ w_hr.T + b_hr)
             update = torch.sigmoid(md @ w_iz.T + b_iz + xd @ w_hz.T + b_hz)
         # The candidate's pre-activation, one map over [m, x]: x's matrix per row W_hnᵀ diag(r).
-        theta = w_hn.T.unsqueeze(0) * reset.unsqueeze(1)  # [N, in, out]
+        theta = (w_hn.T[:f].unsqueeze(0) * reset.unsqueeze(1)).contiguous()  # [N, in, out]
         branches = [MapBranch(DenseOperator(w_in), w_in, msg)]
-        branches.append(MapBranch(RowwiseOperator(theta), theta, x))
+        branches.append(MapBranch(RowwiseOperator(theta), theta, read))
         cand = call.passthrough(torch.tanh, call.map(branches, b_in + reset * b_hn))
         x = (1 - update) * cand + update * x
     return x
