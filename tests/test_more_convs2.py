@@ -1274,3 +1274,30 @@ def test_gated_graph_narrow_input_loses_nothing_to_its_padding(first):
     res = sparse_lrp.explain(One(model), x, EI, index=2, target=1, composite=comp)
     assert res.conservation["lost"] == pytest.approx(0.0, abs=1e-12)
     _conserved(res)
+
+
+class CachedEG(nn.Module):
+    def __init__(self, aggregators):
+        super().__init__()
+        self.conv = gnn.EGConv(3, 4, aggregators=aggregators, num_heads=2, num_bases=2, cached=True)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x, edge_index):
+        return self.head(self.conv(x, edge_index))
+
+
+@pytest.mark.parametrize("aggregators", [["symnorm"], ["sum"]])
+def test_eg_cache_of_the_graph_gives_a_repeated_loop_the_same_copy(aggregators):
+    """Node 1 has its self-loop twice: with the cache filled from this graph the loop's
+    relevance went to the other copy (the first, by matching edges) than with it empty
+    (the last, as the forward's re-ordering keeps it)."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, dtype=DT)
+    ei = torch.tensor([[0, 1, 1, 1, 2], [1, 2, 1, 1, 1]])
+    model = randomise(CachedEG(aggregators).double()).eval()
+    empty = sparse_lrp.explain(model, x, ei, index=1, target=1, composite=Epsilon(0.0))
+    model(x, ei)  # (fills the cache from this graph)
+    assert model.conv._cached_edge_index is not None
+    filled = sparse_lrp.explain(model, x, ei, index=1, target=1, composite=Epsilon(0.0))
+    assert_close(filled.edge, empty.edge, atol=1e-12, rtol=1e-9)
+    assert float(empty.edge[2:4].abs().sum()) > 0

@@ -74,7 +74,7 @@ from torch import Tensor
 from ..operators import DenseOperator, RowwiseOperator
 from . import register_handler
 from .base import LayerCall, MapBranch
-from .convs import _check_plain, _gcn_norm, _heads, _model_ids, _one_loop_per_node, _pair, check_graph
+from .convs import _cached_ids, _check_plain, _gcn_norm, _heads, _model_ids, _one_loop_per_node, _pair, check_graph
 from .message_convs import _refusal
 
 
@@ -179,12 +179,10 @@ def _eg_graph(call: LayerCall, edge_index: Tensor, x: Tensor):
     cache = m._cached_edge_index
     if "symnorm" in m.aggregators:
         if cache is not None:  # (the forward reads a filled cache whatever `cached` says now)
-            return cache[0], cache[1], call.ctx.edge_ids(cache[0])
+            return cache[0], cache[1], _cached_ids(call, cache[0], edge_index, x.shape[0], m.add_self_loops)
         return _gcn_norm(call, edge_index, None, x.shape[0], False, m.add_self_loops, x.dtype)
     if not m.add_self_loops:
         return edge_index, None, _model_ids(call, edge_index)
-    if m.cached and cache is not None:
-        return cache[0], None, call.ctx.edge_ids(cache[0])
 
     def looped():
         # (as the forward: loops for the nodes up to the largest index the graph holds)
@@ -194,7 +192,13 @@ def _eg_graph(call: LayerCall, edge_index: Tensor, x: Tensor):
         pos = pos.long()
         return ei, None, None if ids is None else torch.where(pos >= 0, ids[pos.clamp(min=0)], -1)
 
-    return call.ctx.memo(("eg_loops", edge_index), looped)
+    ei, _, ids = call.ctx.memo(("eg_loops", edge_index), looped)
+    if m.cached and cache is not None:
+        # (a cache of this graph: its loops' relevance goes where the forward's re-ordering puts
+        # it, the last copy of a repeated one, as for the graph itself)
+        same = cache[0].shape == ei.shape and torch.equal(cache[0], ei)
+        return cache[0], None, ids if same else call.ctx.edge_ids(cache[0])
+    return ei, None, ids
 
 
 def _eg_needs(m) -> tuple[str, ...] | None:
