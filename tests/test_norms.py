@@ -273,6 +273,34 @@ def test_graph_level_norm_per_graph_of_a_batch(norm):
             del m.forward
 
 
+@pytest.mark.parametrize("norm", ["layer_norm", "graph_norm", "instance_norm", "pair_norm"])
+def test_a_norm_called_without_batch_refuses_several_graphs_in_one_pass(norm):
+    """PyG's GIN calls its MLP's norm without ``batch``: statistics over the whole batch, so
+    graph 0's logit reads graph 1's nodes. One pass split by graph gave graph 0 none of that
+    relevance (its total +1.07 where the single call's is +1.60), silently: refused, naming
+    the layer; one graph at a time is explained as the model computes it."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gnn = gnn.GIN(5, 8, 2, norm=norm)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x, edge_index, batch):
+            return self.head(gnn.global_add_pool(self.gnn(x, edge_index), batch))
+
+    model = Net().double().eval()
+    (xa, ea), (xb, eb) = _graph(7, 1), _graph(9, 2)
+    ea, eb = ea[:, (ea < 7).all(0)], eb[:, (eb < 9).all(0)]
+    x, ei = torch.cat([xa, xb]), torch.cat([ea, eb + 7], 1)
+    batch = torch.tensor([0] * 7 + [1] * 9)
+    with pytest.raises(ValueError, match=r"without `batch`.*several graphs cannot be explained in one pass"):
+        sparse_lrp.explain(model, x, ei, index=[0, 1], batch=batch)
+    one = sparse_lrp.explain(model, x, ei, index=0, target=1, batch=batch, composite="zplus")
+    assert float(one.node_feat[7:].abs().sum()) > 0  # (graph 0's output reads graph 1's nodes)
+
+
 @pytest.mark.parametrize("preset", ["epsilon", "zplus", "gamma"])
 @pytest.mark.parametrize("norm", ["layer_norm", "graph_norm", "instance_norm", "pair_norm"])
 def test_presets_with_norms_are_finite_and_account_for_everything(preset, norm):

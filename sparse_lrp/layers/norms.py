@@ -86,6 +86,16 @@ def _graphs(call: LayerCall, x: Tensor, batch: Tensor | None, size: int | None) 
     call.whole_graph_only(
         "normalises by statistics over each graph's nodes", "use a per-node normalisation (LayerNorm(mode='node'))"
     )
+    groups = call.ctx.graph_groups
+    if batch is None and groups is not None and groups.numel() > 1:
+        # Several graphs of a batch explained in one pass, split by graph: exact only if
+        # no graph's output reads another's nodes, which statistics over all rows do.
+        raise ValueError(
+            f"layer {call.name or '<model>'!r} ({type(call.module).__name__}) is called without `batch`, so it "
+            "normalises by statistics over all the batch's graphs at once: each graph's output reads the "
+            "others', and several graphs cannot be explained in one pass. Pass `batch` to the layer in the "
+            "model's forward, or explain one graph at a time (index=g)"
+        )
     if batch is None:
         return torch.zeros(x.shape[0], dtype=torch.long, device=x.device), 1
     return batch, int(batch.max()) + 1 if size is None else int(size)
