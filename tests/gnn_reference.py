@@ -47,6 +47,15 @@ def assert_close(a, b, atol: float = 1e-8, rtol: float = 1e-7) -> None:
     torch.testing.assert_close(a, b, atol=atol, rtol=rtol)
 
 
+def assert_conserved(res, rel: float | None = None, abs: float | None = None) -> None:
+    """The conservation report adds up: relevance in + absorbed + lost = out, within
+    ``pytest.approx``'s ``rel``/``abs`` (one given alone is the only tolerance)."""
+    import pytest
+
+    c = res.conservation
+    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=rel, abs=abs)
+
+
 def make_graph(n: int = 12, extra: int = 14, seed: int = 0) -> Tensor:
     """A small directed multigraph with every awkward case present, in shuffled order.
 

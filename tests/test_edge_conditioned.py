@@ -15,7 +15,17 @@ import importlib
 import pytest
 import torch
 import torch_geometric.nn as gnn
-from gnn_reference import DT, assert_close, lrp_explainer, make_batch, make_graph, randomise, rule_groups, stab
+from gnn_reference import (
+    DT,
+    assert_close,
+    assert_conserved,
+    lrp_explainer,
+    make_batch,
+    make_graph,
+    randomise,
+    rule_groups,
+    stab,
+)
 from gnn_reference import RULES as ALL_RULES
 from test_model_safety import assert_unchanged, snapshot
 from torch import nn
@@ -246,8 +256,7 @@ def test_conservation_with_biases_and_every_preset(variant, inputs):
     model = randomise(make_net(variant, bias=True), seed=4, scale=0.5)
     for preset in ("epsilon", "zplus", "gamma"):
         res = sparse_lrp.explain(model, x, EI, index=[1, 6], composite=preset, edge_attr=ea)
-        c = res.conservation  # (summed over the targets)
-        assert c["out"] == pytest.approx(c["in"] + c["absorbed"] + c["lost"], abs=1e-10)
+        assert_conserved(res, abs=1e-10)  # (summed over the targets)
     res = sparse_lrp.explain(model, x, EI, index=1, composite=Epsilon(0.0), edge_attr=ea)
     assert abs(res.conservation["absorbed"]) > 1e-6  # (the biases take their share)
 
@@ -309,8 +318,7 @@ def test_every_rule_matches_the_two_stage_reference(variant, rule_name, inputs):
     res = sparse_lrp.explain(m, x, EI, target=R, composite=rule, edge_attr=ea)
     assert_close(res.node_feat, ref_x)
     assert_close(res.edge, ref_edge)
-    c = res.conservation
-    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-8)
+    assert_conserved(res, rel=1e-7, abs=1e-8)
 
 
 # -- (5) batched targets, subgraphs and the whole graph -----------------------------------

@@ -21,6 +21,7 @@ from gnn_reference import (
     Conn,
     _lin,
     assert_close,
+    assert_conserved,
     carry,
     dense_rule_lrp,
     edge_lrp,
@@ -52,8 +53,7 @@ def inputs():
 
 
 def _conserved(res) -> None:
-    c = res.conservation
-    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-8, abs=1e-9)
+    assert_conserved(res, rel=1e-8, abs=1e-9)
 
 
 # -- shared stages, written out -----------------------------------------------------------

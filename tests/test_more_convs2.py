@@ -12,6 +12,7 @@ the fixed parts detached.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 
@@ -30,7 +31,6 @@ from gnn_reference import (
     gcn_connections,
     loops,
     lrp_explainer,
-    make_graph,
     randomise,
     ref_gat,
     ref_gcn,
@@ -39,19 +39,14 @@ from gnn_reference import (
     to_model_edges,
     zero_biases,
 )
-from gnn_reference import RULES as ALL_RULES
-from test_film_general_pointnet import per_row_lrp, point_graph
+from test_film_general_pointnet import EI, RULES, TIGHT, C, D, E, F, H, N, P, _conserved, per_row_lrp, point_graph
 from test_model_safety import assert_unchanged, snapshot
 from torch import nn
 
 import sparse_lrp
 from sparse_lrp import Epsilon
 
-N, F, H, C, D, P = 12, 4, 5, 3, 2, 3
-EI = make_graph(N, extra=14, seed=5)  # self-loops, an isolated node, multi-edges, directed edges
-E = EI.shape[1]
-RULES = {"lrp0": lambda: Epsilon(0.0), **ALL_RULES}
-TIGHT = dict(atol=1e-10, rtol=1e-9)
+# (the graph, sizes and rules of test_film_general_pointnet: every awkward case present)
 
 
 @pytest.fixture
@@ -63,11 +58,6 @@ def inputs():
 
 def _relevance(out, seed=9):
     return torch.rand(out.shape, generator=torch.Generator().manual_seed(seed), dtype=DT) + 0.1
-
-
-def _conserved(res) -> None:
-    c = res.conservation
-    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-8, abs=1e-9)
 
 
 def _mask(R, out):
@@ -466,23 +456,28 @@ def feast_dense(m, h, ei):
     return _scatter(msg, dst, n, m.aggr)
 
 
-class FeaStNet(nn.Module):
-    def __init__(self, variant):
+class TwoConvs(nn.Module):
+    """``conv2(relu(conv1(x)))``, bias-free, or (``dense=True``) the same with each layer's
+    ``dense(conv, h, edge_index)`` written out (its fixed parts detached)."""
+
+    def __init__(self, make, dense, width=None):
         super().__init__()
-        self.conv1 = _feast(variant, F, H, seed=4, bias=False)
-        self.conv2 = _feast(variant, H, C, seed=5, bias=False)
+        self.conv1 = make(F, H, seed=4, bias=False)
+        self.conv2 = make(H if width is None else width(self.conv1), C, seed=5, bias=False)
+        self.dense = dense
 
     def forward(self, x, edge_index, dense=False):
         h = x
         for conv in (self.conv1, self.conv2):
-            h = feast_dense(conv, h, edge_index) if dense else conv(h, edge_index)
+            h = self.dense(conv, h, edge_index) if dense else conv(h, edge_index)
             h = torch.relu(h) if conv is self.conv1 else h
         return h
 
 
 @pytest.mark.parametrize("variant", list(FEAST_VARIANTS))
 def test_feast_lrp0_is_gradient_x_input_with_the_assignments_detached(variant, inputs):
-    _check_lrp0(FeaStNet(variant).double().eval(), inputs[0])
+    make = functools.partial(_feast, variant)
+    _check_lrp0(TwoConvs(make, feast_dense).double().eval(), inputs[0])
 
 
 class Bipartite(nn.Module):
@@ -710,24 +705,11 @@ def sgat_dense(m, h, ei):
     return out.reshape(n, -1) if m.concat else out.mean(1)
 
 
-class SuperGATNet(nn.Module):
-    def __init__(self, variant):
-        super().__init__()
-        self.conv1 = _sgat(variant, F, H, seed=4, bias=False)
-        width = H * self.conv1.heads if self.conv1.concat else H
-        self.conv2 = _sgat(variant, width, C, seed=5, bias=False)
-
-    def forward(self, x, edge_index, dense=False):
-        h = x
-        for conv in (self.conv1, self.conv2):
-            h = sgat_dense(conv, h, edge_index) if dense else conv(h, edge_index)
-            h = torch.relu(h) if conv is self.conv1 else h
-        return h
-
-
 @pytest.mark.parametrize("variant", list(SGAT_VARIANTS))
 def test_super_gat_lrp0_is_gradient_x_input_with_the_attention_detached(variant, inputs):
-    _check_lrp0(SuperGATNet(variant).double().eval(), inputs[0])
+    make = functools.partial(_sgat, variant)
+    width = lambda conv: H * conv.heads if conv.concat else H  # noqa: E731 - (concatenated heads)
+    _check_lrp0(TwoConvs(make, sgat_dense, width).double().eval(), inputs[0])
 
 
 # -- AntiSymmetricConv ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from gnn_reference import (
     RULES,
     Conn,
     assert_close,
+    assert_conserved,
     carry,
     dense_rule_lrp,
     edge_forward,
@@ -224,8 +225,7 @@ def test_rule_matches_dense_reference(config, rule_name, x):
     res = sparse_lrp.explain(m, x, EI, target=R, composite=rule, edge_type=ET)
     assert_close(res.node_feat, ref_x)
     assert_close(res.edge, ref_edge)
-    c = res.conservation
-    assert c["in"] + c["absorbed"] + c["lost"] == pytest.approx(c["out"], rel=1e-7, abs=1e-8)
+    assert_conserved(res, rel=1e-7, abs=1e-8)
 
 
 @pytest.mark.parametrize("config", ["mean", "blocks", "blocks_no_root"])
@@ -324,8 +324,7 @@ def test_batched_targets_equal_single_calls_and_the_whole_graph(config, x, monke
                 assert_close(batched.edge[row], single.edge, atol=1e-12, rtol=1e-9)
                 assert_close(batched.output[row], single.output.reshape(()), atol=1e-12, rtol=1e-9)
             assert_close(sub.layers["conv1"]["edge"], whole.layers["conv1"]["edge"], atol=1e-12, rtol=1e-9)
-            c = sub.conservation
-            assert c["out"] == pytest.approx(c["in"] + c["absorbed"] + c["lost"], abs=1e-10)
+            assert_conserved(sub, abs=1e-10)
 
 
 # -- (6) FastRGCNConv --------------------------------------------------------------------
