@@ -718,8 +718,9 @@ class EdgeValues:
 
 # Transformed layer weights, weakly keyed by the parameter (a weight per entry: bounded).
 _TRANSFORMS = TensorKeyed(32, content=True)
-# Below this size a transform (one to three element-wise ops) costs less than the cache's
-# own look-up, which reads the weight's content (two reductions and a host read).
+# Below this size a transform (one to three element-wise ops) is redone: the cache's own
+# look-up reads the weight's content (two reductions and a host read), as many operations,
+# whose fixed cost per operation dominates small tensors.
 _TRANSFORMS_FROM = 2**16
 
 
